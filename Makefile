@@ -1,0 +1,25 @@
+# fpgen: `make install` then `make test`.
+#
+# TORCH is the torch requirement installed before the package. torch==2.13.0 is a CUDA build from
+# PyPI on a Linux GPU box and the CPU build on machines that provide one locally; to choose a CUDA
+# variant, e.g.: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+BIN = $(VENV)/bin
+
+.PHONY: install test clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/fpgen --version
+
+test:
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

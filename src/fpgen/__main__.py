@@ -1,0 +1,3 @@
+from fpgen.cli import main
+
+main()

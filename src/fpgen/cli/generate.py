@@ -1,0 +1,92 @@
+"""``fpgen generate``: parse the options, check them before any model loads, run, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fpgen.cli import app
+
+EXAMPLES = """
+Examples:
+
+  fpgen generate face.png --prompt "The girl dances gracefully" --seconds 5
+
+  fpgen generate face.png -p "A man walks to the door" --seconds 60 --model framepack-f1 -o walk.mp4
+
+  fpgen generate face.png --size 480x832 --seed 7 --teacache --json
+"""
+
+
+@app.command(epilog=EXAMPLES)
+def generate(
+    image: Path = typer.Argument(..., help="Start picture (PNG, JPEG, WebP): the video's first frame."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="What happens in the video."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="What to avoid; used only with --cfg above 1."),
+    seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length; rounded to whole sections of 4*window frames."),
+    seed: int = typer.Option(31337, "--seed", help="Noise seed: the same seed and settings give the same video."),
+    steps: int = typer.Option(25, "--steps", help="Sampling steps per section."),
+    window: int = typer.Option(9, "--window", help="Latent frames per section (9 = 33 video frames); the models were trained with 9."),
+    distilled_guidance: float = typer.Option(10.0, "--distilled-guidance", help="Distilled guidance scale fed to the model."),
+    cfg: float = typer.Option(1.0, "--cfg", help="Real classifier-free guidance; above 1 doubles the cost per step."),
+    guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale for real CFG, 0..1."),
+    teacache: bool = typer.Option(False, "--teacache/--no-teacache", help="Skip transformer passes that would change little (about 2x faster, slightly different result)."),
+    teacache_threshold: float = typer.Option(0.15, "--teacache-threshold", help="TeaCache's accumulated-change threshold; higher skips more."),
+    model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id or a local transformer folder."),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="A folder made by `fpgen download --local-dir` to load every model from, instead of the HF cache."),
+    resolution: int = typer.Option(640, "--resolution", help="Size bucket class; the picture is resized and centre-cropped to the nearest bucket."),
+    size: str | None = typer.Option(None, "--size", help="Exact size HEIGHTxWIDTH in pixels (multiples of 16), e.g. 640x608; overrides the bucket."),
+    crf: int = typer.Option(16, "--crf", help="H.264 quality, 0 (lossless) to 51; 16 is the official default."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="MP4 to write [default: outputs/<time>_<seed>.mp4]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output if it exists."),
+    save_latents: Path | None = typer.Option(None, "--save-latents", help="Also save the video's latents (safetensors, tensor `latents`, time order)."),
+    device: str = typer.Option("auto", "--device", help="auto, cuda, cuda:N or cpu."),
+    dtype: str = typer.Option("auto", "--dtype", help="Transformer compute dtype: auto (bf16 on CUDA, float32 on CPU), bfloat16 or float32."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Generate a video from a start picture and a prompt.
+
+    The original model (framepack) makes the end of the video first and walks back to your picture, which keeps long videos from drifting; framepack-f1 walks forwards and moves more.
+    """
+    from fpgen.api import check_output, default_output, find_model, generate_video, load_models
+    from fpgen.devices import choose_placement
+    from fpgen.buckets import load_image, parse_size
+    from fpgen.cli.report import Reporter
+    from fpgen.pipeline import Settings
+    from fpgen.plan import latents_to_frames, section_count
+
+    report = Reporter(json_output, quiet)
+    settings = Settings(
+        prompt=prompt, negative_prompt=negative_prompt, seconds=seconds, seed=seed, steps=steps, window=window,
+        distilled_guidance=distilled_guidance, cfg=cfg, guidance_rescale=guidance_rescale, teacache=teacache,
+        teacache_threshold=teacache_threshold, resolution=resolution, size=parse_size(size) if size else None,
+    ).validate()  # fmt: skip
+    picture = load_image(image)
+    height, width = settings.frame_size(picture)
+    output = output or default_output(seed)
+    check_output(output, overwrite, crf)
+    choose_placement(device, dtype)
+    files = find_model(model, model_dir)
+
+    report.info(f"loading {files.spec.name} ...")
+    models = load_models(files, device=device, dtype=dtype)
+    sections = section_count(seconds, window)
+    frames = latents_to_frames(1 + sections * window)
+    report.info(
+        f"{sections} section(s), {frames} frames at {width}x{height} on {models.placement.device} "
+        f"({str(models.placement.transformer_dtype).removeprefix('torch.')}), {models.order} order"
+    )
+    with report.job_progress(sections, steps, frames) as progress:
+        video = generate_video(models, picture, output, settings, crf, save_latents, overwrite, progress)
+
+    report.result(
+        {
+            "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height,
+            "fps": 30, "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": seed, "model": model,
+            "order": models.order, "sections": sections, "transformer_passes": video.result.transformer_passes,
+            "latents": str(save_latents) if save_latents else None,
+        },
+        f"{video.output}  ({video.frames} frames, {video.seconds:.2f} s, {video.width}x{video.height}, {video.elapsed:.1f} s)",
+    )  # fmt: skip

@@ -1,0 +1,105 @@
+"""Conditioning: the Llama prompt embedding, CLIP pooled text, SigLIP image tokens and the start latent.
+
+Each encoder runs in its own dtype on its own device; the results are handed to the transformer as
+``fpgen.transformer.Conditioning`` after a cast. The prompt template and its 95-token crop are
+HunyuanVideo's; a tokenizer that splits the template differently would silently feed the wrong
+tokens, so ``check_prompt_template`` refuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fpgen.errors import ModelMissingError
+
+PROMPT_TEMPLATE = (
+    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
+    "1. The main content and theme of the video."
+    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
+    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
+    "4. background environment, light, style and atmosphere."
+    "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+)
+PROMPT_CROP = 95  # tokens of the template before the prompt: BOS, the system part and the user header
+MAX_PROMPT_TOKENS = 256
+PROMPT_PAD_LENGTH = 512
+CLIP_LENGTH = 77
+
+
+@dataclass(frozen=True)
+class PromptEmbedding:
+    embeds: torch.Tensor  # (1, 512, D) Llama hidden_states[-3] of the prompt tokens, zero-padded
+    mask: torch.Tensor  # (1, 512) bool
+    pooled: torch.Tensor  # (1, P) CLIP-L pooler output
+    tokens: int  # real prompt tokens used (template and padding excluded)
+    truncated: bool  # the prompt was longer than MAX_PROMPT_TOKENS and was cut
+
+    @staticmethod
+    def zeros_like(other: PromptEmbedding) -> PromptEmbedding:
+        """The official stand-in negative when real CFG is off: zeros, mask over the same length."""
+        return PromptEmbedding(torch.zeros_like(other.embeds), other.mask.clone(), torch.zeros_like(other.pooled), other.tokens, False)
+
+
+def check_prompt_template(tokenizer) -> None:
+    """Refuse a Llama tokenizer for which the template's prefix is not exactly PROMPT_CROP tokens."""
+    prefix = PROMPT_TEMPLATE.split("{}")[0]
+    count = len(tokenizer(prefix)["input_ids"])
+    if count != PROMPT_CROP:
+        raise ModelMissingError(
+            f"the Llama tokenizer splits HunyuanVideo's prompt template into {count} tokens instead of {PROMPT_CROP}",
+            "this tokenizer would give wrong conditioning; use hunyuanvideo-community/HunyuanVideo's tokenizer loaded with AutoTokenizer",
+        )
+
+
+@torch.no_grad()
+def encode_prompt(prompt: str, tokenizer, text_encoder, tokenizer_2, text_encoder_2) -> PromptEmbedding:
+    """Encode a prompt as the official FramePack demo does (Llama hidden state -3, CLIP-L pooled)."""
+    device = text_encoder.device
+    llama = tokenizer(
+        [PROMPT_TEMPLATE.format(prompt)],
+        padding="max_length",
+        max_length=MAX_PROMPT_TOKENS + PROMPT_CROP,
+        truncation=True,
+        return_tensors="pt",
+        return_attention_mask=True,
+    )
+    length = int(llama.attention_mask.sum())
+    hidden = text_encoder(
+        input_ids=llama.input_ids.to(device),
+        attention_mask=llama.attention_mask.to(device),
+        output_hidden_states=True,
+    ).hidden_states[-3][:, PROMPT_CROP:length]
+    tokens = hidden.shape[1]
+    embeds = hidden.new_zeros((1, PROMPT_PAD_LENGTH, hidden.shape[2]))
+    embeds[:, :tokens] = hidden
+    mask = torch.zeros((1, PROMPT_PAD_LENGTH), dtype=torch.bool, device=hidden.device)
+    mask[:, :tokens] = True
+    untruncated = len(tokenizer(PROMPT_TEMPLATE.format(prompt))["input_ids"])
+
+    clip = tokenizer_2([prompt], padding="max_length", max_length=CLIP_LENGTH, truncation=True, return_tensors="pt")
+    pooled = text_encoder_2(clip.input_ids.to(text_encoder_2.device), output_hidden_states=False).pooler_output
+    return PromptEmbedding(embeds, mask, pooled, tokens, untruncated > MAX_PROMPT_TOKENS + PROMPT_CROP)
+
+
+@torch.no_grad()
+def encode_image(image: np.ndarray, feature_extractor, image_encoder) -> torch.Tensor:
+    """SigLIP's last hidden state of the bucketed uint8 picture, through the PIL preprocessing."""
+    pixels = feature_extractor.preprocess(images=image, return_tensors="pt")["pixel_values"]
+    pixels = pixels.to(device=image_encoder.device, dtype=image_encoder.dtype)
+    return image_encoder(pixel_values=pixels).last_hidden_state
+
+
+def image_to_vae_input(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (1, 3, 1, H, W) in [-1, 1]."""
+    return (torch.from_numpy(image).float() / 127.5 - 1).permute(2, 0, 1)[None, :, None]
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE posterior mean times the scaling factor, in float32 on the CPU (deterministic, unlike a sample)."""
+    posterior = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    return (posterior.mean * vae.config.scaling_factor).float().cpu()

@@ -1,0 +1,79 @@
+"""From latents to frames: the official per-section VAE decode and the linear cross-fade between sections.
+
+Every section decodes its own window plus the neighbouring window already made (so the causal VAE
+sees context), and the ``4*window - 3`` frames the two decodes share are cross-faded. ``stitch``
+does this incrementally: it returns the frames no later section can change, and keeps only the
+overlap pending, so memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fpgen.packing import window_bounds
+from fpgen.plan import Section, SectionPlan
+
+
+def overlap_frames(window: int) -> int:
+    return 4 * window - 3
+
+
+def latent_to_frame(position: int) -> int:
+    """First video frame of a decode that starts at latent ``position`` (the causal VAE aligns decodes at 4*position)."""
+    return 4 * position
+
+
+def decode_span(plan: SectionPlan, section: Section) -> tuple[int, int]:
+    """Latent positions [begin, end) the official code decodes after ``section``.
+
+    Inverted: the new window and the window after it (the start latent too on the last section).
+    Forward: the new window and the one before it (the start latent too on the first section).
+    """
+    begin, end = window_bounds(section.slot, plan.window)
+    first, last = section.is_first, plan.is_last(section)
+    if plan.order == "inverted":
+        return (0 if last else begin), (end if first else end + plan.window)
+    return (0 if first else end - 2 * plan.window), end
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """(B, 16, T, h, w) scaled latents -> (B, 3, 4T-3, H, W) pixels in about [-1, 1], on the CPU in the VAE's dtype."""
+    scaled = latents.float() / vae.config.scaling_factor
+    return vae.decode(scaled.to(device=vae.device, dtype=vae.dtype)).sample.cpu()
+
+
+def cross_fade(before: torch.Tensor, after: torch.Tensor, overlap: int) -> torch.Tensor:
+    """Join two clips along time, blending ``before``'s last and ``after``'s first ``overlap`` frames linearly."""
+    weights = torch.linspace(1, 0, overlap, dtype=before.dtype).view(1, 1, -1, 1, 1)
+    blended = weights * before[:, :, -overlap:] + (1 - weights) * after[:, :, :overlap]
+    return torch.cat([before[:, :, :-overlap], blended, after[:, :, overlap:]], dim=2).to(before)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Decoded frames a later section may still blend into, and the video frame they start at."""
+
+    frames: torch.Tensor
+    start: int
+
+
+def stitch(
+    pending: Pending | None, decoded: torch.Tensor, decoded_start: int, plan: SectionPlan, is_last: bool
+) -> tuple[torch.Tensor, int, Pending | None]:
+    """Blend a section's decode in; return (final frames, the video frame they start at, what stays pending)."""
+    overlap = overlap_frames(plan.window)
+    if pending is None:
+        joined, start = decoded, decoded_start
+    elif plan.order == "inverted":  # new frames go in front
+        joined, start = cross_fade(decoded, pending.frames, overlap), decoded_start
+    else:
+        joined, start = cross_fade(pending.frames, decoded, overlap), pending.start
+    if is_last:
+        return joined, start, None
+    if plan.order == "inverted":
+        return joined[:, :, overlap:], start + overlap, Pending(joined[:, :, :overlap], start)
+    keep = joined.shape[2] - overlap
+    return joined[:, :, :keep], start, Pending(joined[:, :, keep:], start + keep)

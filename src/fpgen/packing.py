@@ -1,0 +1,113 @@
+"""FramePack's context packing: which latents go into the 1x/2x/4x slots, and their RoPE frame indices.
+
+This is the one place that knows the index layouts. Generation builds every step's context with
+``pack_section`` from the latents made so far; training builds every sample with the same call on
+ground-truth latents, so a training sample and an inference step cannot disagree.
+
+Layouts (frame indices, in split order):
+- inverted: ``start[1] | blank[padding*window] | window | post[1] | 2x[2] | 4x[16]``; the history is
+  the future (the frames after the window), nearest first.
+- forward (F1): ``start[1] | 4x[16] | 2x[2] | post[1] | window``; the history is the past, nearest last.
+The 1x slot always holds the start latent and the nearest history frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fpgen.plan import Order, Section
+
+HISTORY_1X, HISTORY_2X, HISTORY_4X = 1, 2, 16
+HISTORY_LENGTH = HISTORY_1X + HISTORY_2X + HISTORY_4X  # 19 latent frames of history
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """RoPE frame indices (1-D int64) of the noisy window and of each history slot."""
+
+    latents: torch.Tensor
+    clean: torch.Tensor
+    clean_2x: torch.Tensor
+    clean_4x: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PackedContext:
+    """Everything the transformer sees besides the noisy window and the text/image conditioning."""
+
+    indices: IndexLayout
+    clean: torch.Tensor  # (B, C, 2, h, w): start latent, nearest history frame
+    clean_2x: torch.Tensor  # (B, C, 2, h, w)
+    clean_4x: torch.Tensor  # (B, C, 16, h, w)
+
+
+def inverted_layout(window: int, padding: int) -> IndexLayout:
+    sizes = [1, padding * window, window, HISTORY_1X, HISTORY_2X, HISTORY_4X]
+    start, _blank, latents, post, x2, x4 = torch.arange(sum(sizes)).split(sizes)
+    return IndexLayout(latents, torch.cat([start, post]), x2, x4)
+
+
+def forward_layout(window: int) -> IndexLayout:
+    sizes = [1, HISTORY_4X, HISTORY_2X, HISTORY_1X, window]
+    start, x4, x2, post, latents = torch.arange(sum(sizes)).split(sizes)
+    return IndexLayout(latents, torch.cat([start, post]), x2, x4)
+
+
+def _fit_history(frames: torch.Tensor | None, like: torch.Tensor, nearest_first: bool) -> torch.Tensor:
+    """Exactly HISTORY_LENGTH frames: the nearest ones kept, zeros where the video has none."""
+    b, c, _, h, w = like.shape
+    out = like.new_zeros((b, c, HISTORY_LENGTH, h, w))
+    if frames is None or frames.shape[2] == 0:
+        return out
+    n = min(frames.shape[2], HISTORY_LENGTH)
+    if nearest_first:
+        out[:, :, :n] = frames[:, :, :n]
+    else:
+        out[:, :, HISTORY_LENGTH - n :] = frames[:, :, -n:]
+    return out
+
+
+def pack_inverted(start: torch.Tensor, future: torch.Tensor | None, window: int, padding: int) -> PackedContext:
+    """Context for an inverted section: ``future`` is the latents after the window, in time order."""
+    post, x2, x4 = _fit_history(future, start, nearest_first=True).split([HISTORY_1X, HISTORY_2X, HISTORY_4X], dim=2)
+    return PackedContext(inverted_layout(window, padding), torch.cat([start, post], dim=2), x2, x4)
+
+
+def pack_forward(start: torch.Tensor, past: torch.Tensor, window: int) -> PackedContext:
+    """Context for a forward section: ``past`` is the latents before the window, in time order (start included)."""
+    x4, x2, post = _fit_history(past, start, nearest_first=False).split([HISTORY_4X, HISTORY_2X, HISTORY_1X], dim=2)
+    return PackedContext(forward_layout(window), torch.cat([start, post], dim=2), x2, x4)
+
+
+def window_bounds(slot: int, window: int) -> tuple[int, int]:
+    """Latent positions [begin, end) of a section's window in the video (position 0 is the start latent)."""
+    begin = 1 + slot * window
+    return begin, begin + window
+
+
+def pack_section(
+    order: Order,
+    video: torch.Tensor,
+    section: Section,
+    window: int,
+    start: torch.Tensor | None = None,
+    future: torch.Tensor | None = None,
+) -> PackedContext:
+    """The context of ``section`` from a video's latents in time order, ``video[:, :, 0]`` being the start latent.
+
+    Only the latents a section may see are read: for the inverted order those after its window
+    (already generated, or ground truth when training), for the forward order those before it.
+    ``start`` overrides the start latent and ``future`` the frames after the window (an end frame).
+    """
+    start = video[:, :, :1] if start is None else start
+    begin, end = window_bounds(section.slot, window)
+    if order == "inverted":
+        return pack_inverted(start, video[:, :, end:] if future is None else future, window, section.padding)
+    return pack_forward(start, video[:, :, :begin], window)
+
+
+def context_to(context: PackedContext, device: torch.device) -> PackedContext:
+    """Move the history slots to ``device`` once per section instead of at every step."""
+    return PackedContext(context.indices, context.clean.to(device), context.clean_2x.to(device), context.clean_4x.to(device))

@@ -1,0 +1,84 @@
+"""The models fpgen knows: for each name, exactly the repos, folders and files it needs.
+
+``fpgen generate`` and ``fpgen download`` both resolve through ``resolve_model``; nothing else in
+fpgen names a Hub repository.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fpgen.errors import InputError
+from fpgen.plan import Order
+
+HUNYUAN_VIDEO = "hunyuanvideo-community/HunyuanVideo"
+FLUX_REDUX = "lllyasviel/flux_redux_bfl"
+TRANSFORMER_FILES = ("config.json", "diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.safetensors.index.json")
+METADATA_FILE = "fpgen.json"  # written next to a full finetune: {"order": ..., "base_model": ...}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One folder of one Hub repository (or of a local directory when ``local`` is set)."""
+
+    repo: str
+    subfolder: str = ""
+    revision: str | None = None
+    files: tuple[str, ...] = ("*",)
+    local: Path | None = None
+
+    @property
+    def allow_patterns(self) -> list[str]:
+        return [f"{self.subfolder}/{f}" if self.subfolder else f for f in self.files]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    order: Order
+    transformer: Source
+    text_encoder: Source = Source(HUNYUAN_VIDEO, "text_encoder")
+    text_encoder_2: Source = Source(HUNYUAN_VIDEO, "text_encoder_2")
+    tokenizer: Source = Source(HUNYUAN_VIDEO, "tokenizer")
+    tokenizer_2: Source = Source(HUNYUAN_VIDEO, "tokenizer_2")
+    vae: Source = Source(HUNYUAN_VIDEO, "vae")
+    image_encoder: Source = Source(FLUX_REDUX, "image_encoder")
+    feature_extractor: Source = Source(FLUX_REDUX, "feature_extractor")
+
+    def sources(self) -> dict[str, Source]:
+        return {
+            name: getattr(self, name)
+            for name in ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "image_encoder", "feature_extractor")
+        }
+
+
+MODELS: dict[str, ModelSpec] = {
+    "framepack": ModelSpec("framepack", "inverted", Source("lllyasviel/FramePackI2V_HY", files=TRANSFORMER_FILES)),
+    "framepack-f1": ModelSpec("framepack-f1", "forward", Source("lllyasviel/FramePack_F1_I2V_HY_20250503", files=TRANSFORMER_FILES)),
+}
+ORDERS = ("inverted", "forward")
+
+
+def _guess_order(name: str) -> Order:
+    """F1 checkpoints sample forwards; everything else is taken to be the original inverted model."""
+    return "forward" if "f1" in name.lower() else "inverted"
+
+
+def resolve_model(model: str, order: Order | None = None) -> ModelSpec:
+    """A registry name, a Hub repo id (``owner/name``) or a local transformer folder."""
+    if model in MODELS:
+        spec = MODELS[model]
+        return replace(spec, order=order) if order else spec
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{path} has no config.json", "pass a diffusers transformer folder, a Hub repo id, or one of: " + ", ".join(MODELS))
+        metadata = path / METADATA_FILE
+        saved = json.loads(metadata.read_text()).get("order") if metadata.is_file() else None
+        chosen = order or saved or _guess_order(path.name)
+        return ModelSpec(str(path), chosen, Source(str(path), files=TRANSFORMER_FILES, local=path))
+    if model.count("/") == 1 and all(model.split("/")) and not path.exists():
+        return ModelSpec(model, order or _guess_order(model), Source(model, files=TRANSFORMER_FILES))
+    raise InputError(f"unknown model {model!r}", "use one of: " + ", ".join(MODELS) + ", a Hub repo id (owner/name) or a local folder")

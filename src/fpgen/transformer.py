@@ -1,0 +1,163 @@
+"""One call of the FramePack transformer, the way the official implementation makes it.
+
+We drive diffusers' ``HunyuanVideoFramepackTransformer3DModel`` through its own submodules rather
+than its ``forward`` so that the official details are explicit: the history slots and their RoPE are
+packed by ``fpgen.packing``, the final projection runs in float32 (the official
+``high_quality_fp32_output_for_inference``), TeaCache can skip the block stack, and every block is
+an ordinary call that compilation, offloading and gradient checkpointing can wrap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fpgen.packing import PackedContext
+from fpgen.sampling import guided_velocity
+from fpgen.teacache import TeaCache
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text and image conditioning of one prompt, already in the transformer's dtype and device."""
+
+    prompt_embeds: torch.Tensor  # (B, L, D) Llama hidden states, zero-padded
+    prompt_mask: torch.Tensor  # (B, L) bool, True on real tokens
+    pooled: torch.Tensor  # (B, P) CLIP pooled output
+    image_embeds: torch.Tensor  # (B, N, E) SigLIP last hidden state
+
+    def to(self, device=None, dtype=None) -> Conditioning:
+        return Conditioning(
+            self.prompt_embeds.to(device=device, dtype=dtype),
+            self.prompt_mask.to(device=device),
+            self.pooled.to(device=device, dtype=dtype),
+            self.image_embeds.to(device=device, dtype=dtype),
+        )
+
+
+def use_float32_head(model: torch.nn.Module) -> None:
+    """Keep the final projection in float32, as the official demo does for quality."""
+    model.proj_out.to(torch.float32)
+
+
+def _rope(model, indices: torch.Tensor, height: int, width: int, device, kernel: tuple[int, int, int] | None = None):
+    """Rotary tables of a token group; for the 2x/4x groups the full-grid table is padded and average-pooled."""
+    cos, sin = model.rope(frame_indices=indices, height=height, width=width, device=device)
+    if kernel is not None:
+        cos, sin = model._pad_rotary_emb((cos, sin), height // model.config.patch_size, width // model.config.patch_size, kernel)
+    return cos, sin
+
+
+def embed_image_tokens(model, latents: torch.Tensor, context: PackedContext):
+    """Patchify the noisy window and the three history slots into one token sequence [4x, 2x, 1x, window]."""
+    dtype = model.x_embedder.proj.weight.dtype
+    _, _, _, height, width = latents.shape
+    device = latents.device
+    tokens = model.x_embedder(latents.to(dtype))
+    clean, clean_2x, clean_4x = model.clean_x_embedder(
+        context.clean.to(device=device, dtype=dtype),
+        context.clean_2x.to(device=device, dtype=dtype),
+        context.clean_4x.to(device=device, dtype=dtype),
+    )
+    groups = [
+        (clean_4x, _rope(model, context.indices.clean_4x, height, width, device, (4, 4, 4))),
+        (clean_2x, _rope(model, context.indices.clean_2x, height, width, device, (2, 2, 2))),
+        (clean, _rope(model, context.indices.clean, height, width, device)),
+        (tokens, _rope(model, context.indices.latents, height, width, device)),
+    ]
+    hidden = torch.cat([g[0] for g in groups], dim=1)
+    rope = (torch.cat([g[1][0] for g in groups]), torch.cat([g[1][1] for g in groups]))
+    return hidden, rope
+
+
+def embed_conditioning(model, timestep: torch.Tensor, guidance: torch.Tensor | None, cond: Conditioning):
+    """Timestep/guidance/pooled embedding and the text stream [image tokens, refined text], with its mask."""
+    temb, _ = model.time_text_embed(timestep, cond.pooled, guidance)
+    text = model.context_embedder(cond.prompt_embeds, timestep, cond.prompt_mask)
+    image = model.image_projection(cond.image_embeds)
+    context = torch.cat([image, text], dim=1)
+    mask = torch.cat([cond.prompt_mask.new_ones(image.shape[:2]), cond.prompt_mask], dim=1)
+    return temb, context, mask
+
+
+def _run_blocks(model, hidden, context, temb, attention_mask, rope):
+    checkpoint = torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False)
+    for block in (*model.transformer_blocks, *model.single_transformer_blocks):
+        if checkpoint:
+            hidden, context = model._gradient_checkpointing_func(block, hidden, context, temb, attention_mask, rope)
+        else:
+            hidden, context = block(hidden, context, temb, attention_mask, rope)
+    return hidden
+
+
+def packed_forward(
+    model,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    guidance: torch.Tensor | None,
+    cond: Conditioning,
+    context: PackedContext,
+    teacache: TeaCache | None = None,
+) -> torch.Tensor:
+    """The velocity prediction (float32, shape of ``latents``) for the noisy window ``latents``."""
+    batch, _, frames, height, width = latents.shape
+    p = model.config.patch_size
+    window_tokens = frames * (height // p) * (width // p)
+
+    hidden, rope = embed_image_tokens(model, latents, context)
+    temb, text, text_mask = embed_conditioning(model, timestep, guidance, cond)
+    if batch == 1:  # crop the text to its real length: no mask needed (the official batch-1 path)
+        text, attention_mask = text[:, : int(text_mask.sum())], None
+    else:  # keep padding, mask it out of attention
+        image_tokens = hidden.shape[1]
+        attention_mask = torch.cat([text_mask.new_ones((batch, image_tokens)), text_mask], dim=1)[:, None, None, :]
+
+    if teacache is None:
+        hidden = _run_blocks(model, hidden, text, temb, attention_mask, rope)
+    else:
+        modulated = model.transformer_blocks[0].norm1(hidden, emb=temb)[0]
+        if teacache.should_compute(modulated):
+            before = hidden
+            hidden = _run_blocks(model, hidden, text, temb, attention_mask, rope)
+            teacache.residual = hidden - before
+        else:
+            hidden = hidden + teacache.residual
+
+    hidden = model.norm_out(hidden[:, -window_tokens:], temb)
+    head = model.proj_out
+    out = F.linear(hidden.to(head.weight.dtype), head.weight, head.bias).float()
+    out = out.reshape(batch, frames, height // p, width // p, -1, 1, p, p)
+    return out.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+def make_denoiser(
+    model,
+    positive: Conditioning,
+    negative: Conditioning | None,
+    context: PackedContext,
+    distilled_guidance: float,
+    cfg: float = 1.0,
+    guidance_rescale: float = 0.0,
+    teacache: TeaCache | None = None,
+):
+    """The transformer as ``f(x, sigma) -> x0`` with FramePack's conventions.
+
+    The network sees x, the timestep sigma*1000 and the distilled guidance gs*1000 all in its own
+    dtype (bf16 quantises both), and x0 = x - sigma*v is formed from that quantised x with the
+    unquantised sigma. With ``cfg == 1`` there is no negative pass.
+    """
+    dtype = model.x_embedder.proj.weight.dtype
+    run_negative = cfg != 1.0 and negative is not None
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        x_in = x.to(dtype)
+        timestep = (sigma.float() * 1000.0).to(dtype)
+        guidance = torch.tensor([distilled_guidance * 1000.0] * x.shape[0], device=x.device).to(dtype)
+        positive_v = packed_forward(model, x_in, timestep, guidance, positive, context, teacache)
+        negative_v = packed_forward(model, x_in, timestep, guidance, negative, context, teacache) if run_negative else None
+        velocity = guided_velocity(positive_v, negative_v, cfg, guidance_rescale)
+        return x_in.float() - velocity * sigma.float().view(-1, *([1] * (x.ndim - 1)))
+
+    return denoise

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hubcache import build_hf_cache
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+HUB = GOLDEN / "hub"
+CASES = {case["name"]: case for case in json.loads((GOLDEN / "cases.json").read_text())["cases"]}
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    expected = expected.double()
+    return ((actual.double() - expected).norm() / expected.norm()).item()
+
+
+@pytest.fixture(scope="session")
+def hf_cache(tmp_path_factory) -> Path:
+    """An HF cache holding every tiny golden repo, as `fpgen download` would leave it."""
+    return build_hf_cache(HUB, tmp_path_factory.mktemp("hf") / "hub")
+
+
+@pytest.fixture
+def offline_cache(hf_cache, monkeypatch) -> Path:
+    """Point huggingface_hub (in this process) at the golden cache, offline."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return hf_cache
+
+
+def fpgen_env(cache: Path | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"})
+    if cache is not None:
+        env["HF_HUB_CACHE"] = str(cache)
+    env.update(extra)
+    return env
+
+
+def run_fpgen(*args: str, cache: Path | None = None, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
+    """Run the real `fpgen` command in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "fpgen", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env or fpgen_env(cache),
+    )  # fmt: skip

@@ -19,7 +19,8 @@ from fpgen.buckets import load_image
 from fpgen.devices import choose_placement
 from fpgen.errors import InputError
 from fpgen.hub import locate_model
-from fpgen.loading import Models, load_models as load_from_paths
+from fpgen.acceleration import choose_mode
+from fpgen.loading import Models, load_models as load_from_paths, transformer_parameter_bytes
 from fpgen.output import SegmentedMp4
 from fpgen.pipeline import Event, Result, Settings, generate_frames
 from fpgen.plan import FPS, Order
@@ -38,11 +39,28 @@ def find_model(model: str = "framepack", model_dir: Path | None = None, order: O
     return ModelFiles(spec, locate_model(spec, Path(model_dir) if model_dir else None))
 
 
-def load_models(model: str | ModelFiles = "framepack", model_dir: Path | None = None, device: str = "auto", dtype: str = "auto", order: Order | None = None) -> Models:
-    """Load every model a job needs; ``model`` is a name (see ``find_model``) or files already found."""
+def load_models(
+    model: str | ModelFiles = "framepack",
+    model_dir: Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    order: Order | None = None,
+    fast: bool = False,
+    low_vram: bool = False,
+    vram_budget: float | None = None,
+    compile: bool = True,
+) -> Models:
+    """Load every model a job needs; ``model`` is a name (see ``find_model``) or files already found.
+
+    The mode (exact, fast, low-vram) follows ``fast``/``low_vram`` and the GPU's memory (or
+    ``vram_budget`` in GiB); ``models.mode`` says which was picked and why. ``compile=False`` skips
+    torch.compile (for machines without Triton, or to start faster).
+    """
     placement = choose_placement(device, dtype)
     files = model if isinstance(model, ModelFiles) else find_model(model, model_dir, order)
-    return load_from_paths(files.paths, files.spec.order, placement)
+    transformer_bytes = transformer_parameter_bytes(files.paths["transformer"], placement.transformer_dtype) if placement.is_cuda else 0
+    mode = choose_mode(placement, transformer_bytes, fast, low_vram, vram_budget)
+    return load_from_paths(files.paths, files.spec.order, placement, mode, compile)
 
 
 @dataclass(frozen=True)

@@ -115,16 +115,16 @@ def prepare_inputs(models: Models, image: np.ndarray, settings: Settings) -> Job
     """Bucket the picture and run every encoder once."""
     height, width = settings.frame_size(image)
     image = resize_and_center_crop(image, height, width)
-    encode = (models.tokenizer, models.text_encoder, models.tokenizer_2, models.text_encoder_2)
-    positive = encode_prompt(settings.prompt, *encode)
-    negative = encode_prompt(settings.negative_prompt, *encode) if settings.cfg != 1.0 else None
-    return JobInputs(
-        image=image,
-        start_latent=encode_latents(models.vae, image_to_vae_input(image)),
-        image_embeds=encode_image(image, models.feature_extractor, models.image_encoder),
-        positive=positive,
-        negative=negative,
-    )
+    with models.use("text_encoder", "text_encoder_2") as (llama, clip):
+        encode = (models.tokenizer, llama, models.tokenizer_2, clip)
+        positive = encode_prompt(settings.prompt, *encode)
+        negative = encode_prompt(settings.negative_prompt, *encode) if settings.cfg != 1.0 else None
+    if models.mode.mode == "low-vram":
+        models.release("text_encoder")  # the 8B Llama leaves host memory before the 13B transformer loads
+    with models.use("vae", "image_encoder") as (vae, siglip):
+        start_latent = encode_latents(vae, image_to_vae_input(image))
+        image_embeds = encode_image(image, models.feature_extractor, siglip)
+    return JobInputs(image=image, start_latent=start_latent, image_embeds=image_embeds, positive=positive, negative=negative)
 
 
 def conditioning(prompt: PromptEmbedding, image_embeds: torch.Tensor, device, dtype) -> Conditioning:
@@ -139,11 +139,12 @@ def sample_section(
     negative: Conditioning | None,
     settings: Settings,
     on_step: Callable[[int], None] | None = None,
+    blocks=None,
 ) -> tuple[torch.Tensor, int]:
     """Denoise one window; returns its latents (float32, on the noise's device) and the transformer passes it took."""
     teacache = TeaCache(settings.steps, settings.teacache_threshold) if settings.teacache else None
     denoise = make_denoiser(
-        transformer, positive, negative, context, settings.distilled_guidance, settings.cfg, settings.guidance_rescale, teacache
+        transformer, positive, negative, context, settings.distilled_guidance, settings.cfg, settings.guidance_rescale, teacache, blocks
     )
     _, _, frames, height, width = noise.shape
     sigmas = get_schedule(settings.steps, frames * height * width // 4)
@@ -180,13 +181,14 @@ def generate_frames(
         noise = torch.randn((1, LATENT_CHANNELS, plan.window, height // 8, width // 8), generator=generator)
         context = context_to(pack_section(plan.order, video, section, plan.window), device)
         on_step = lambda step, s=section: emit(StepDone(s, step, settings.steps))  # noqa: E731
-        latents, passes = sample_section(models.transformer, context, noise.to(device), positive, negative, settings, on_step)
+        latents, passes = sample_section(models.transformer, context, noise.to(device), positive, negative, settings, on_step, models.blocks)
         begin, end = window_bounds(section.slot, plan.window)
         video[:, :, begin:end] = latents.float().cpu()
         result.transformer_passes.append(passes)
 
         span_begin, span_end = decode_span(plan, section)
-        decoded = decode_latents(models.vae, video[:, :, span_begin:span_end])
+        with models.use("vae") as (vae,):
+            decoded = decode_latents(vae, video[:, :, span_begin:span_end])
         frames, first_frame, pending = stitch(pending, decoded, latent_to_frame(span_begin), plan, plan.is_last(section))
         if frames.shape[2]:
             sink(frames, first_frame)

@@ -16,6 +16,10 @@ Examples:
   fpgen generate face.png -p "A man walks to the door" --seconds 60 --model framepack-f1 -o walk.mp4
 
   fpgen generate face.png --size 480x832 --seed 7 --teacache --json
+
+  fpgen generate face.png -p "A dog runs" --fast          # FP8 + TeaCache on a Hopper GPU
+
+  fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
 """
 
 
@@ -31,7 +35,7 @@ def generate(
     distilled_guidance: float = typer.Option(10.0, "--distilled-guidance", help="Distilled guidance scale fed to the model."),
     cfg: float = typer.Option(1.0, "--cfg", help="Real classifier-free guidance; above 1 doubles the cost per step."),
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale for real CFG, 0..1."),
-    teacache: bool = typer.Option(False, "--teacache/--no-teacache", help="Skip transformer passes that would change little (about 2x faster, slightly different result)."),
+    teacache: bool | None = typer.Option(None, "--teacache/--no-teacache", help="Skip transformer passes that would change little (faster, slightly different result). [default: on with --fast, else off]", show_default=False),
     teacache_threshold: float = typer.Option(0.15, "--teacache-threshold", help="TeaCache's accumulated-change threshold; higher skips more."),
     model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id or a local transformer folder."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="A folder made by `fpgen download --local-dir` to load every model from, instead of the HF cache."),
@@ -42,6 +46,10 @@ def generate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output if it exists."),
     save_latents: Path | None = typer.Option(None, "--save-latents", help="Also save the video's latents (safetensors, tensor `latents`, time order)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda, cuda:N or cpu."),
+    fast: bool = typer.Option(False, "--fast", help="FP8 matmuls and TeaCache: about twice as fast on Hopper GPUs, no longer identical to the official output."),
+    low_vram: bool = typer.Option(False, "--low-vram", help="Stream the transformer and text encoder from host memory (under 6 GiB of GPU memory); picked by itself on small cards."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the transformer blocks on CUDA (faster after a one-time compile; needs Triton)."),
+    vram_budget: float | None = typer.Option(None, "--vram-budget", help="GPU memory (GiB) fpgen may plan for; low-vram mode is picked when the models do not fit.", show_default=False),
     dtype: str = typer.Option("auto", "--dtype", help="Transformer compute dtype: auto (bf16 on CUDA, float32 on CPU), bfloat16 or float32."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -49,29 +57,38 @@ def generate(
     """Generate a video from a start picture and a prompt.
 
     The original model (framepack) makes the end of the video first and walks back to your picture, which keeps long videos from drifting; framepack-f1 walks forwards and moves more.
+
+    On CUDA the mode is picked by itself and printed: exact (the official bf16 result, compiled, the default), fast (--fast) or low-vram (--low-vram, or when the GPU cannot hold the 13B transformer).
     """
     from fpgen.api import check_output, default_output, find_model, generate_video, load_models
+    from fpgen.acceleration import choose_mode
     from fpgen.devices import choose_placement
     from fpgen.buckets import load_image, parse_size
     from fpgen.cli.report import Reporter
     from fpgen.pipeline import Settings
     from fpgen.plan import latents_to_frames, section_count
+    from dataclasses import replace
 
     report = Reporter(json_output, quiet)
     settings = Settings(
         prompt=prompt, negative_prompt=negative_prompt, seconds=seconds, seed=seed, steps=steps, window=window,
-        distilled_guidance=distilled_guidance, cfg=cfg, guidance_rescale=guidance_rescale, teacache=teacache,
+        distilled_guidance=distilled_guidance, cfg=cfg, guidance_rescale=guidance_rescale, teacache=bool(teacache),
         teacache_threshold=teacache_threshold, resolution=resolution, size=parse_size(size) if size else None,
     ).validate()  # fmt: skip
     picture = load_image(image)
     height, width = settings.frame_size(picture)
     output = output or default_output(seed)
     check_output(output, overwrite, crf)
-    choose_placement(device, dtype)
+    placement = choose_placement(device, dtype)
+    if not placement.is_cuda:
+        choose_mode(placement, 0, fast, low_vram, vram_budget)  # refuses GPU-only options before loading anything
     files = find_model(model, model_dir)
 
     report.info(f"loading {files.spec.name} ...")
-    models = load_models(files, device=device, dtype=dtype)
+    models = load_models(files, device=device, dtype=dtype, fast=fast, low_vram=low_vram, vram_budget=vram_budget, compile=compile)
+    if teacache is None and models.mode.mode == "fast":
+        settings = replace(settings, teacache=True)
+    report.info(f"mode: {models.mode.mode} ({models.mode.reason})")
     sections = section_count(seconds, window)
     frames = latents_to_frames(1 + sections * window)
     report.info(
@@ -85,7 +102,7 @@ def generate(
         {
             "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height,
             "fps": 30, "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": seed, "model": model,
-            "order": models.order, "sections": sections, "transformer_passes": video.result.transformer_passes,
+            "order": models.order, "mode": models.mode.mode, "teacache": settings.teacache, "sections": sections, "transformer_passes": video.result.transformer_passes,
             "latents": str(save_latents) if save_latents else None,
         },
         f"{video.output}  ({video.frames} frames, {video.seconds:.2f} s, {video.width}x{video.height}, {video.elapsed:.1f} s)",

@@ -33,9 +33,12 @@ class ModelFiles:
     paths: dict[str, Path]
 
 
-def find_model(model: str = "framepack", model_dir: Path | None = None, order: Order | None = None) -> ModelFiles:
-    """Resolve a model name and find its files (HF cache, a ``--local-dir`` folder, or a local transformer folder)."""
-    spec = resolve_model(model, order)
+def find_model(model: str = "framepack", model_dir: Path | None = None, order: Order | None = None, revision: str | None = None) -> ModelFiles:
+    """Resolve a model name and find its files (HF cache, a ``--local-dir`` folder, or a local transformer folder).
+
+    Never touches the network; ``revision`` picks the transformer's branch, tag or commit in the HF cache.
+    """
+    spec = resolve_model(model, order, revision)
     return ModelFiles(spec, locate_model(spec, Path(model_dir) if model_dir else None))
 
 

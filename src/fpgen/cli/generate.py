@@ -39,6 +39,7 @@ def generate(
     teacache_threshold: float = typer.Option(0.15, "--teacache-threshold", help="TeaCache's accumulated-change threshold; higher skips more."),
     model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id or a local transformer folder."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="A folder made by `fpgen download --local-dir` to load every model from, instead of the HF cache."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit of the model's transformer repo to load from the HF cache (as given to `fpgen download --revision`)."),
     resolution: int = typer.Option(640, "--resolution", help="Size bucket class; the picture is resized and centre-cropped to the nearest bucket."),
     size: str | None = typer.Option(None, "--size", help="Exact size HEIGHTxWIDTH in pixels (multiples of 16), e.g. 640x608; overrides the bucket."),
     crf: int = typer.Option(16, "--crf", help="H.264 quality, 0 (lossless) to 51; 16 is the official default."),
@@ -82,7 +83,7 @@ def generate(
     placement = choose_placement(device, dtype)
     if not placement.is_cuda:
         choose_mode(placement, 0, fast, low_vram, vram_budget)  # refuses GPU-only options before loading anything
-    files = find_model(model, model_dir)
+    files = find_model(model, model_dir, revision=revision)
 
     report.info(f"loading {files.spec.name} ...")
     models = load_models(files, device=device, dtype=dtype, fast=fast, low_vram=low_vram, vram_budget=vram_budget, compile=compile)

@@ -24,9 +24,11 @@ from fpgen.errors import InputError
 Mode = Literal["exact", "fast", "low-vram"]
 MODES = ("exact", "fast", "low-vram")
 
-# GPU memory a job needs besides the resident transformer at the 640 bucket: activations, the
-# encoders' working set and the untiled VAE decode (measured, see benchmarks/RESULTS.md).
-WORKSPACE_GIB = 14.0
+# Measured at the 640 bucket on an H100 (benchmarks/RESULTS.md): a job with every model resident
+# and the untiled VAE decode peaked at 66.6 GiB reserved; a step's activations stay under 2 GiB
+# and the tiled decode ran inside the 6 GiB low-vram cap. Margins on top.
+ALL_RESIDENT_GIB = 72.0  # every model on the GPU, untiled VAE decode
+WORKSPACE_GIB = 8.0  # besides a resident transformer: activations and a tiled VAE decode
 GIB = 2**30
 
 
@@ -40,6 +42,11 @@ def gpu_memory_gib(device: torch.device) -> float:
     return torch.cuda.get_device_properties(device).total_memory / GIB
 
 
+def vram_budget(placement: Placement, vram_budget_gib: float | None) -> float:
+    """GPU memory fpgen may plan for: --vram-budget, else the card's."""
+    return vram_budget_gib or gpu_memory_gib(placement.device)
+
+
 def choose_mode(placement: Placement, transformer_bytes: int, fast: bool = False, low_vram: bool = False, vram_budget_gib: float | None = None) -> ModeChoice:
     """Pick the mode: what was asked for, or low-vram when the transformer and its workspace do not fit."""
     if not placement.is_cuda:
@@ -48,7 +55,7 @@ def choose_mode(placement: Placement, transformer_bytes: int, fast: bool = False
         return ModeChoice("exact", "CPU")
     if vram_budget_gib is not None and vram_budget_gib <= 0:
         raise InputError(f"--vram-budget must be positive (got {vram_budget_gib})", "e.g. --vram-budget 6")
-    budget = vram_budget_gib or gpu_memory_gib(placement.device)
+    budget = vram_budget(placement, vram_budget_gib)
     needed = transformer_bytes / GIB * (0.5 if fast else 1.0) + WORKSPACE_GIB
     if low_vram:
         return ModeChoice("low-vram", "asked for with --low-vram")
@@ -125,14 +132,21 @@ class Float8Linear(torch.nn.Module):
         return out + self.bias if self.bias is not None else out
 
 
-def float8_linears(transformer) -> int:
+def float8_linears(transformer, device: torch.device | None = None) -> int:
     """Swap the blocks' large linears for Float8Linear; the per-token modulation linears and
-    everything outside the blocks stay bf16. Returns how many were swapped."""
-    if transformer.device.type == "cuda" and torch.cuda.get_device_capability(transformer.device) < (8, 9):
+    everything outside the blocks stay bf16. Returns how many were swapped.
+
+    With ``device``, each block moves there just before its conversion, so the GPU never holds
+    more than one block in bf16 (a 24 GB card takes the FP8 transformer).
+    """
+    target = torch.device(device) if device is not None else transformer.device
+    if target.type == "cuda" and torch.cuda.get_device_capability(target) < (8, 9):
         raise InputError("--fast needs FP8 matmuls (an Ada, Hopper or newer GPU)", "run without --fast")
     swapped = 0
-    for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks):
-        for name, module in list(blocks.named_modules()):
+    for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
+        if device is not None:
+            block.to(device)
+        for name, module in list(block.named_modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, torch.nn.Linear) and "norm" not in f"{name}.{child_name}":
                     setattr(module, child_name, Float8Linear(child))

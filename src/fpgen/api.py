@@ -63,7 +63,7 @@ def load_models(
     files = model if isinstance(model, ModelFiles) else find_model(model, model_dir, order)
     transformer_bytes = transformer_parameter_bytes(files.paths["transformer"], placement.transformer_dtype) if placement.is_cuda else 0
     mode = choose_mode(placement, transformer_bytes, fast, low_vram, vram_budget)
-    return load_from_paths(files.paths, files.spec.order, placement, mode, compile)
+    return load_from_paths(files.paths, files.spec.order, placement, mode, compile, vram_budget)
 
 
 @dataclass(frozen=True)

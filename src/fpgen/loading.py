@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fpgen.acceleration import GIB, WORKSPACE_GIB, ModeChoice, compile_blocks, float8_linears, gpu_memory_gib
+from fpgen.acceleration import ALL_RESIDENT_GIB, ModeChoice, compile_blocks, float8_linears, vram_budget
 from fpgen.conditioning import check_prompt_template
 from fpgen.devices import Placement
 from fpgen.offload import StreamedBlockStack, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
@@ -25,7 +25,6 @@ from fpgen.plan import Order
 from fpgen.transformer import BlockStack, use_float32_head
 
 ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder", "vae")
-ENCODER_RESIDENT_GIB = 18.0  # Llama, CLIP, SigLIP and VAE in fp16 (about 17.5 GB)
 
 
 def siglip_processor_class():
@@ -80,14 +79,14 @@ def transformer_parameter_bytes(path: Path, dtype: torch.dtype) -> int:
 class Models:
     """Every model a FramePack job needs, loaded on first use and placed for the chosen mode."""
 
-    def __init__(self, paths: dict[str, Path], order: Order, placement: Placement, mode: ModeChoice, compile: bool = True):
+    def __init__(
+        self, paths: dict[str, Path], order: Order, placement: Placement, mode: ModeChoice, compile: bool = True, vram_budget_gib: float | None = None
+    ):
         self.paths, self.order, self.placement, self.mode, self.compile = paths, order, placement, mode, compile
         self._loaded: dict[str, object] = {}
         cuda = placement.is_cuda
-        budget = gpu_memory_gib(placement.device) if cuda else 0.0
-        transformer_gib = transformer_parameter_bytes(paths["transformer"], placement.transformer_dtype) / GIB if cuda else 0.0
-        # Encoders stay on the GPU when it holds them beside the transformer; otherwise they visit it per call.
-        self.offload_encoders = cuda and (mode.mode == "low-vram" or budget < transformer_gib + WORKSPACE_GIB + ENCODER_RESIDENT_GIB)
+        # Below the measured all-resident peak, the encoders visit the GPU per call and the VAE decodes in tiles.
+        self.offload_encoders = cuda and (mode.mode == "low-vram" or vram_budget(placement, vram_budget_gib) < ALL_RESIDENT_GIB)
         if cuda and mode.mode == "low-vram":
             use_expandable_segments()
 
@@ -105,7 +104,7 @@ class Models:
             model = self._blocks(self.transformer)
         elif name == "vae":
             model = load_vae(self.paths[name], encoder_dtype, resident)
-            if self.mode.mode == "low-vram":
+            if self.offload_encoders:
                 model.enable_tiling()
         elif name == "text_encoder" and self.mode.mode == "low-vram":
             model = load_encoder(name, self.paths[name], encoder_dtype, "cpu")
@@ -117,15 +116,15 @@ class Models:
 
     def _load_transformer(self):
         mode, device = self.mode.mode, self.placement.device
-        model = load_transformer(self.paths["transformer"], self.placement.transformer_dtype, "cpu" if mode == "low-vram" else device)
+        model = load_transformer(self.paths["transformer"], self.placement.transformer_dtype, device if mode == "exact" else "cpu")
         if not self.placement.is_cuda:
             return model
-        if mode == "low-vram":  # everything but the blocks lives on the GPU; the blocks stream in
+        if mode != "exact":  # the blocks stream in (low-vram) or arrive converted to FP8 (fast); the rest lives on the GPU
             for name, child in model.named_children():
                 if name not in ("transformer_blocks", "single_transformer_blocks"):
                     child.to(device)
         if mode == "fast":
-            float8_linears(model)
+            float8_linears(model, device)
         if self.compile:
             compile_blocks(model, match_eager_rounding=mode != "fast")
         return model
@@ -171,5 +170,7 @@ class Models:
         release_cached_memory(self.placement.device)
 
 
-def load_models(paths: dict[str, Path], order: Order, placement: Placement, mode: ModeChoice | None = None, compile: bool = True) -> Models:
-    return Models(paths, order, placement, mode or ModeChoice("exact", "default"), compile).load_all()
+def load_models(
+    paths: dict[str, Path], order: Order, placement: Placement, mode: ModeChoice | None = None, compile: bool = True, vram_budget_gib: float | None = None
+) -> Models:
+    return Models(paths, order, placement, mode or ModeChoice("exact", "default"), compile, vram_budget_gib).load_all()

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +21,9 @@ from fpgen.errors import InputError
 from fpgen.hub import locate_model
 from fpgen.acceleration import choose_mode
 from fpgen.loading import Models, load_models as load_from_paths, transformer_parameter_bytes
+from fpgen.lora import Lora, LoraChoice, load_loras
 from fpgen.output import SegmentedMp4
-from fpgen.pipeline import Event, Result, Settings, generate_frames
+from fpgen.pipeline import Event, JobInputs, Result, Settings, generate_frames
 from fpgen.plan import FPS, Order
 from fpgen.registry import ModelSpec, resolve_model
 
@@ -52,18 +53,22 @@ def load_models(
     low_vram: bool = False,
     vram_budget: float | None = None,
     compile: bool = True,
+    loras: Sequence[LoraChoice | tuple[Lora, LoraChoice]] = (),
 ) -> Models:
     """Load every model a job needs; ``model`` is a name (see ``find_model``) or files already found.
 
     The mode (exact, fast, low-vram) follows ``fast``/``low_vram`` and the GPU's memory (or
     ``vram_budget`` in GiB); ``models.mode`` says which was picked and why. ``compile=False`` skips
-    torch.compile (for machines without Triton, or to start faster).
+    torch.compile (for machines without Triton, or to start faster). ``loras`` (``LoraChoice``, or
+    already read by ``fpgen.lora.load_loras``) are merged into the transformer's weights as it
+    loads, each at its scale; their files are read before any model loads.
     """
     placement = choose_placement(device, dtype)
     files = model if isinstance(model, ModelFiles) else find_model(model, model_dir, order)
+    adapters = load_loras(loras)
     transformer_bytes = transformer_parameter_bytes(files.paths["transformer"], placement.transformer_dtype) if placement.is_cuda else 0
     mode = choose_mode(placement, transformer_bytes, fast, low_vram, vram_budget)
-    return load_from_paths(files.paths, files.spec.order, placement, mode, compile, vram_budget)
+    return load_from_paths(files.paths, files.spec.order, placement, mode, compile, vram_budget, adapters)
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ def generate_video(
     save_latents: str | Path | None = None,
     overwrite: bool = False,
     on_event: Callable[[Event], None] | None = None,
+    inputs: JobInputs | None = None,
 ) -> VideoResult:
     """Generate a video from ``image`` (a path or uint8 RGB array) into ``output`` (an MP4 that exists only once it is complete)."""
     output = Path(output)
@@ -114,7 +120,7 @@ def generate_video(
     output.parent.mkdir(parents=True, exist_ok=True)
     sink = SegmentedMp4(output, output.with_name(output.name + ".job"), crf)
     started = time.perf_counter()
-    result = generate_frames(models, picture, settings, sink, on_event)
+    result = generate_frames(models, picture, settings, sink, on_event, inputs)
     sink.finish()
     if save_latents is not None:
         save_file({"latents": result.latents.float().contiguous()}, str(save_latents))

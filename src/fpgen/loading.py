@@ -11,7 +11,7 @@ together.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import torch
 from fpgen.acceleration import ALL_RESIDENT_GIB, ModeChoice, compile_blocks, float8_linears, vram_budget
 from fpgen.conditioning import check_prompt_template
 from fpgen.devices import Placement
+from fpgen.lora import Lora, LoraChoice, apply_loras
 from fpgen.offload import StreamedBlockStack, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
 from fpgen.plan import Order
 from fpgen.transformer import BlockStack, use_float32_head
@@ -80,9 +81,17 @@ class Models:
     """Every model a FramePack job needs, loaded on first use and placed for the chosen mode."""
 
     def __init__(
-        self, paths: dict[str, Path], order: Order, placement: Placement, mode: ModeChoice, compile: bool = True, vram_budget_gib: float | None = None
+        self,
+        paths: dict[str, Path],
+        order: Order,
+        placement: Placement,
+        mode: ModeChoice,
+        compile: bool = True,
+        vram_budget_gib: float | None = None,
+        loras: Sequence[tuple[Lora, LoraChoice]] = (),
     ):
         self.paths, self.order, self.placement, self.mode, self.compile = paths, order, placement, mode, compile
+        self.loras = list(loras)  # merged into the transformer's weights as it loads, before any FP8 conversion or compilation
         self._loaded: dict[str, object] = {}
         cuda = placement.is_cuda
         # Below the measured all-resident peak, the encoders visit the GPU per call and the VAE decodes in tiles.
@@ -117,6 +126,7 @@ class Models:
     def _load_transformer(self):
         mode, device = self.mode.mode, self.placement.device
         model = load_transformer(self.paths["transformer"], self.placement.transformer_dtype, device if mode == "exact" else "cpu")
+        apply_loras(model, self.loras)
         if not self.placement.is_cuda:
             return model
         if mode != "exact":  # the blocks stream in (low-vram) or arrive converted to FP8 (fast); the rest lives on the GPU
@@ -162,6 +172,11 @@ class Models:
                 modules.append(stack.enter_context(on_device(module, self.placement.device, visits)))
             yield tuple(modules)
 
+    def provide(self, **modules) -> Models:
+        """Use these modules (e.g. the transformer being trained) instead of loading them from ``paths``."""
+        self._loaded.update(modules)
+        return self
+
     def release(self, *names: str) -> None:
         """Drop models from memory; they load again if used later."""
         for name in names:
@@ -171,6 +186,12 @@ class Models:
 
 
 def load_models(
-    paths: dict[str, Path], order: Order, placement: Placement, mode: ModeChoice | None = None, compile: bool = True, vram_budget_gib: float | None = None
+    paths: dict[str, Path],
+    order: Order,
+    placement: Placement,
+    mode: ModeChoice | None = None,
+    compile: bool = True,
+    vram_budget_gib: float | None = None,
+    loras: Sequence[tuple[Lora, LoraChoice]] = (),
 ) -> Models:
-    return Models(paths, order, placement, mode or ModeChoice("exact", "default"), compile, vram_budget_gib).load_all()
+    return Models(paths, order, placement, mode or ModeChoice("exact", "default"), compile, vram_budget_gib, loras).load_all()

@@ -160,11 +160,16 @@ def generate_frames(
     settings: Settings,
     sink: FrameSink,
     on_event: Callable[[Event], None] | None = None,
+    inputs: JobInputs | None = None,
 ) -> Result:
-    """Make the whole video: ``sink(frames, first_frame)`` receives every frame exactly once, in pieces."""
+    """Make the whole video: ``sink(frames, first_frame)`` receives every frame exactly once, in pieces.
+
+    ``inputs`` are the already encoded picture and prompts (training's validation videos come from its
+    cache); without them every encoder runs here.
+    """
     settings.validate()
     emit = on_event or (lambda event: None)
-    inputs = prepare_inputs(models, image, settings)
+    inputs = inputs or prepare_inputs(models, image, settings)
     device, dtype = models.placement.device, models.placement.transformer_dtype
     positive = conditioning(inputs.positive, inputs.image_embeds, device, dtype)
     negative = conditioning(inputs.negative, inputs.image_embeds, device, dtype) if inputs.negative is not None else None

@@ -164,6 +164,13 @@ def packed_forward(
     return out.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
 
+def network_scalars(sigma: torch.Tensor, distilled_guidance: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The timestep (sigma*1000) and distilled guidance (gs*1000) per batch row as the network sees them: in its own dtype (bf16 quantises both)."""
+    timestep = (sigma.float() * 1000.0).to(dtype)
+    guidance = torch.full(sigma.shape, distilled_guidance * 1000.0, dtype=torch.float32, device=sigma.device).to(dtype)
+    return timestep, guidance
+
+
 def make_denoiser(
     model,
     positive: Conditioning,
@@ -186,8 +193,7 @@ def make_denoiser(
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         x_in = x.to(dtype)
-        timestep = (sigma.float() * 1000.0).to(dtype)
-        guidance = torch.tensor([distilled_guidance * 1000.0] * x.shape[0], device=x.device).to(dtype)
+        timestep, guidance = network_scalars(sigma, distilled_guidance, dtype)
         positive_v = packed_forward(model, x_in, timestep, guidance, positive, context, teacache, blocks)
         negative_v = packed_forward(model, x_in, timestep, guidance, negative, context, teacache, blocks) if run_negative else None
         velocity = guided_velocity(positive_v, negative_v, cfg, guidance_rescale)

@@ -20,6 +20,8 @@ Examples:
   fpgen generate face.png -p "A dog runs" --fast          # FP8 + TeaCache on a Hopper GPU
 
   fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
+
+  fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 """
 
 
@@ -38,6 +40,7 @@ def generate(
     teacache: bool | None = typer.Option(None, "--teacache/--no-teacache", help="Skip transformer passes that would change little (faster, slightly different result). [default: on with --fast, else off]", show_default=False),
     teacache_threshold: float = typer.Option(0.15, "--teacache-threshold", help="TeaCache's accumulated-change threshold; higher skips more."),
     model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id or a local transformer folder."),
+    lora: list[str] = typer.Option([], "--lora", help="A LoRA to apply, PATH[:SCALE] (scale 1 by default); repeatable. fpgen, diffusers and musubi-tuner FramePack LoRAs."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="A folder made by `fpgen download --local-dir` to load every model from, instead of the HF cache."),
     revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit of the model's transformer repo to load from the HF cache (as given to `fpgen download --revision`)."),
     resolution: int = typer.Option(640, "--resolution", help="Size bucket class; the picture is resized and centre-cropped to the nearest bucket."),
@@ -64,6 +67,7 @@ def generate(
     from fpgen.api import check_output, default_output, find_model, generate_video, load_models
     from fpgen.acceleration import choose_mode
     from fpgen.devices import choose_placement
+    from fpgen.lora import LoraChoice, load_loras
     from fpgen.buckets import load_image, parse_size
     from fpgen.cli.report import Reporter
     from fpgen.pipeline import Settings
@@ -83,10 +87,11 @@ def generate(
     placement = choose_placement(device, dtype)
     if not placement.is_cuda:
         choose_mode(placement, 0, fast, low_vram, vram_budget)  # refuses GPU-only options before loading anything
+    loras = load_loras(LoraChoice.parse(item) for item in lora)
     files = find_model(model, model_dir, revision=revision)
 
     report.info(f"loading {files.spec.name} ...")
-    models = load_models(files, device=device, dtype=dtype, fast=fast, low_vram=low_vram, vram_budget=vram_budget, compile=compile)
+    models = load_models(files, device=device, dtype=dtype, fast=fast, low_vram=low_vram, vram_budget=vram_budget, compile=compile, loras=loras)
     if teacache is None and models.mode.mode == "fast":
         settings = replace(settings, teacache=True)
     report.info(f"mode: {models.mode.mode} ({models.mode.reason})")
@@ -103,7 +108,8 @@ def generate(
         {
             "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height,
             "fps": 30, "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": seed, "model": model,
-            "order": models.order, "mode": models.mode.mode, "teacache": settings.teacache, "sections": sections, "transformer_passes": video.result.transformer_passes,
+            "order": models.order, "mode": models.mode.mode, "teacache": settings.teacache, "sections": sections, "loras": lora,
+            "transformer_passes": video.result.transformer_passes,
             "latents": str(save_latents) if save_latents else None,
         },
         f"{video.output}  ({video.frames} frames, {video.seconds:.2f} s, {video.width}x{video.height}, {video.elapsed:.1f} s)",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from fpgen.buckets import load_image, resize_and_center_crop
 from fpgen.acceleration import ModeChoice
+from fpgen.buckets import load_image, resize_and_center_crop
 from fpgen.devices import Placement
 from fpgen.loading import Models
 from fpgen.pipeline import JobInputs, Settings

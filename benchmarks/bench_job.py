@@ -279,8 +279,7 @@ def vae_compile(args, results: dict, started: float, budget_s: float = 440.0):
     results["vae_compiled"] = {"eager_s": eager_s, "compiled_s": seconds, "compile_s": compile_s, "rel_l2": rel_l2(out, reference)}
 
 
-def lowvram_and_fast(args, results: dict):
-    started = time.perf_counter()
+def lowvram(args, results: dict):
     model_dir(args.models, args.tiny)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -290,6 +289,11 @@ def lowvram_and_fast(args, results: dict):
     print(proc.stdout[-4000:], proc.stderr[-4000:], flush=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("LOWVRAM ")]
     results["lowvram"] = json.loads(lines[-1][len("LOWVRAM ") :]) if lines else {"error": proc.stderr[-600:]}
+
+
+def lowvram_and_fast(args, results: dict):
+    started = time.perf_counter()
+    lowvram(args, results)
     fast_job(args, results)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     vae_compile(args, results, started)
@@ -297,7 +301,7 @@ def lowvram_and_fast(args, results: dict):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=["resident", "lowvram-fast", "lowvram-child"], required=True)
+    parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-fast", "lowvram-child"], required=True)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--models", type=Path, default=default_models_dir())
     parser.add_argument("--exact-latents", type=Path, default=None, help="the exact job's latents from --part resident")
@@ -313,7 +317,7 @@ def main():
         return lowvram_child(args)
     results = Results(args.out, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__, models_dir=str(args.models))
     started = time.perf_counter()
-    {"resident": resident, "lowvram-fast": lowvram_and_fast}[args.part](args, results)
+    {"resident": resident, "lowvram": lowvram, "lowvram-fast": lowvram_and_fast}[args.part](args, results)
     results["total_s"] = time.perf_counter() - started
     print(json.dumps(results, indent=1))
 

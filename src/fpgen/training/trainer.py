@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -289,12 +290,10 @@ def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype) -> tu
 
 def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEvent], None] | None = None) -> TrainResult:
     """Train as ``config`` says; returns where the result is. Raises ``Interrupted`` after a requested stop."""
-    try:
-        import peft  # noqa: F401
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedType, is_tensorboard_available
-    except ImportError:
-        raise InputError("fpgen finetune needs peft and accelerate, which are not installed", "pip install 'fpgen[train]'") from None
+    if find_spec("peft") is None or find_spec("accelerate") is None:
+        raise InputError("fpgen finetune needs peft and accelerate, which are not installed", "pip install 'fpgen[train]'")
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, is_tensorboard_available
 
     emit = on_event or (lambda event: None)
     started_at = time.perf_counter()

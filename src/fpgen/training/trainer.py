@@ -322,8 +322,10 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
     batch_order = BatchOrder([layout_key(train_clips, r) for r in refs], config.batch_size, config.seed)
     eval_batches = [build_batch([r], held_out, config.window, order) for r in sample_refs(held_out, config.window, order)]
     fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and not config.full:
+        raise InputError("a LoRA trains with DDP, not FSDP (its weights are small; the frozen base is replicated)", "use configs/accelerate/ddp.yaml, or pass --full to shard a full finetune")
     if fsdp and config.validate_every:
-        raise InputError("validation videos are not supported under FSDP", "leave out --validate-every, or train a LoRA with DDP")
+        raise InputError("validation videos are not supported under FSDP", "leave out --validate-every")
 
     transformer, adapted = build_transformer(config, files.paths["transformer"], placement.transformer_dtype)
     parameters = adapters.trainable_parameters(transformer)

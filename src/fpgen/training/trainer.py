@@ -310,6 +310,11 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
     main = accelerator.is_main_process
     if not main:  # one process reports
         emit = lambda event: None  # noqa: E731
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and not config.full:
+        raise InputError("a LoRA trains with DDP, not FSDP (its weights are small; the frozen base is replicated)", "use configs/accelerate/ddp.yaml, or pass --full to shard a full finetune")
+    if fsdp and config.validate_every:
+        raise InputError("validation videos are not supported under FSDP", "leave out --validate-every")
 
     from fpgen.devices import Placement
 
@@ -321,11 +326,6 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
     refs = sample_refs(train_clips, config.window, order)
     batch_order = BatchOrder([layout_key(train_clips, r) for r in refs], config.batch_size, config.seed)
     eval_batches = [build_batch([r], held_out, config.window, order) for r in sample_refs(held_out, config.window, order)]
-    fsdp = accelerator.distributed_type == DistributedType.FSDP
-    if fsdp and not config.full:
-        raise InputError("a LoRA trains with DDP, not FSDP (its weights are small; the frozen base is replicated)", "use configs/accelerate/ddp.yaml, or pass --full to shard a full finetune")
-    if fsdp and config.validate_every:
-        raise InputError("validation videos are not supported under FSDP", "leave out --validate-every")
 
     transformer, adapted = build_transformer(config, files.paths["transformer"], placement.transformer_dtype)
     parameters = adapters.trainable_parameters(transformer)

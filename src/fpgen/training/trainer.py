@@ -269,8 +269,12 @@ def _write_full_model(state: dict[str, torch.Tensor], transformer, output: Path,
     (output / METADATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, list[str]]:
-    """The base transformer, on the CPU, with what is trained made trainable; returns it and those modules/weights."""
+def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype, cuda: bool = False) -> tuple[torch.nn.Module, list[str]]:
+    """The base transformer, on the CPU, with what is trained made trainable; returns it and those modules/weights.
+
+    With ``config.compile`` on CUDA each block is torch.compiled (forward and backward fused; the
+    LoRA and checkpointing go through the compiled blocks).
+    """
     from fpgen.loading import load_transformer
 
     transformer = load_transformer(path, dtype, "cpu")
@@ -282,6 +286,10 @@ def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype) -> tu
             memory.cast_base_to_fp8(transformer)
     if config.gradient_checkpointing:
         memory.enable_checkpointing(transformer, config.offload_activations)
+    if config.compile and cuda:
+        from fpgen.acceleration import compile_blocks
+
+        compile_blocks(transformer, match_eager_rounding=False)
     return transformer.train(), adapted
 
 
@@ -327,7 +335,7 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
     batch_order = BatchOrder([layout_key(train_clips, r) for r in refs], config.batch_size, config.seed)
     eval_batches = [build_batch([r], held_out, config.window, order) for r in sample_refs(held_out, config.window, order)]
 
-    transformer, adapted = build_transformer(config, files.paths["transformer"], placement.transformer_dtype)
+    transformer, adapted = build_transformer(config, files.paths["transformer"], placement.transformer_dtype, cuda)
     parameters = adapters.trainable_parameters(transformer)
     objective = FlowMatchingLoss(transformer, config.guidance)
     optimizer = make_optimizer(parameters, config)

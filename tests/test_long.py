@@ -1,0 +1,47 @@
+"""A minute of video on the CPU with the tiny models: 1801 frames, and memory that does not grow with length."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import GOLDEN, fpgen_env, run_fpgen
+
+from fpgen.video import iter_mp4
+
+MARGIN_KB = 40 * 1024  # run-to-run noise of the peak (set by model loading at this size): 427-468 MiB over four runs
+
+
+def generate(seconds: float, output: Path, cache, *extra: str) -> tuple[int, list[int]]:
+    """Run one real `fpgen generate`; return its peak resident memory (its own, from wait4) and its RSS after each section."""
+    args = ["generate", GOLDEN / "input.png", "--prompt", "a man walks", "--seconds", seconds, "--steps", "1", "--size", "16x16", "--device", "cpu", "-o", output, *extra]
+    child = subprocess.Popen([sys.executable, "-m", "fpgen", *map(str, args)], env=fpgen_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    after_sections = []
+    for line in child.stderr:  # plain progress lines: stderr is not a terminal
+        if re.match(r"section \d+/\d+ done", line):
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            after_sections.append(int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)))
+    _, status, usage = os.wait4(child.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_maxrss, after_sections
+
+
+def test_a_minute_of_video_in_constant_memory(hf_cache, tmp_path):
+    short, _ = generate(10, tmp_path / "short.mp4", hf_cache)
+    long, sections = generate(60, tmp_path / "long.mp4", hf_cache, "--preview")
+    growth = max(sections[5:]) - sections[5]
+    print(f"peak RSS: 10 s video {short / 1024:.0f} MiB, 60 s video {long / 1024:.0f} MiB; RSS growth over sections 6-50: {growth / 1024:.1f} MiB")
+    assert len(sections) == 50
+    assert long <= short * 1.10 + MARGIN_KB
+    # Sharper: within the run, 45 more sections add nothing (keeping every decoded frame would add 5.5 MiB here, 4 GB at 640)
+    assert growth < 3 * 1024
+
+    meta, frames = iter_mp4(tmp_path / "long.mp4")
+    assert sum(1 for _ in frames) == 1801 and meta["fps"] == 30
+    info = json.loads(run_fpgen("info", tmp_path / "long.mp4", "--json").stdout)
+    assert info["video"]["frames"] == 1801 and info["video"]["sections"] == 50 and info["job"]["seconds"] == 60
+    assert not (tmp_path / "long.mp4.job").exists() and not (tmp_path / "long.partial.mp4").exists()

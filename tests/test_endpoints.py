@@ -10,6 +10,7 @@ from conftest import GOLDEN
 from fpgen.api import generate_video
 from fpgen.buckets import load_image, resize_and_center_crop
 from fpgen.conditioning import encode_image, encode_latents, image_to_vae_input
+from fpgen.decode import decode_latents
 from fpgen.extend import PAST_LATENTS
 from fpgen.packing import HISTORY_LENGTH, window_bounds
 from fpgen.pipeline import SectionStarted, Settings, generate_frames, prepare_inputs
@@ -25,15 +26,29 @@ def latent_of(models, picture):
 
 
 def run(models, settings, inputs):
-    started = []
-    result = generate_frames(models, None, settings, lambda f, s: None, lambda e: started.append(e) if isinstance(e, SectionStarted) else None, inputs)
+    started, pieces = [], []
+    result = generate_frames(models, None, settings, lambda f, s: pieces.append((s, f)), lambda e: started.append(e) if isinstance(e, SectionStarted) else None, inputs)
+    result.frames = torch.cat([f for _, f in sorted(pieces, key=lambda p: p[0])], dim=2)
     return result, started
+
+
+def report_distance(model: str, models, with_end, without) -> None:
+    """How close the video's end gets to the end picture, with and without it (printed: run pytest -s to see)."""
+    end_latent = latent_of(models, END)
+    target = torch.from_numpy(resize_and_center_crop(END, *SIZE)).double()
+    round_trip = ((decode_latents(models.vae, end_latent)[0, :, 0].permute(1, 2, 0).double().clamp(-1, 1) + 1) * 127.5 - target).abs().mean().item()
+    print(f"{model}: the tiny VAE's own round trip of the end picture is {round_trip:.1f}/255 from it (the floor for any pixel distance here)")
+    for name, result in (("without", without), ("with", with_end)):
+        latent = (result.latents[:, :, -1:] - end_latent).abs().mean().item()
+        last = ((result.frames[0, :, -1].permute(1, 2, 0).double().clamp(-1, 1) + 1) * 127.5 - target).abs().mean().item()
+        print(f"{model} {name} --end-image: last latent frame to the end picture's latent {latent:.4f} (mean abs); last frame to the end picture {last:.1f}/255")
 
 
 def test_end_image_original_model(tiny_models):
     models = tiny_models("framepack")
     settings = Settings(prompt="she turns", seconds=2.4, steps=1, size=SIZE)
     result, started = run(models, settings, prepare_inputs(models, START, settings, END))
+    report_distance("framepack", models, result, run(models, settings, prepare_inputs(models, START, settings))[0])
     end = latent_of(models, END)
     first, *later = started
     assert first.section.slot == 1  # the end of the video, made first
@@ -52,6 +67,7 @@ def test_end_image_f1(tiny_models):
     end = latent_of(models, END)
     with_end, started = run(models, settings, prepare_inputs(models, START, settings, END))
     without, _ = run(models, settings, prepare_inputs(models, START, settings))
+    report_distance("framepack-f1", models, with_end, without)
     *earlier, last = started
     assert last.section.slot == 1
     assert torch.equal(last.context.clean[:, :, 2:3], end) and last.context.indices.clean.tolist() == [0, 19, 29]  # one frame after the window

@@ -146,11 +146,11 @@ def generate_video(
     folder.remove()
     output.parent.mkdir(parents=True, exist_ok=True)
     frame_offset = tail.frame_offset if tail is not None else 0
-    folder.create(options, inputs, models.order, frame_offset)
     sink = SegmentedMp4(folder.segments_dir, crf, partial_path(output) if preview else None, frame_offset)
-    if tail is not None:
+    if tail is not None:  # before the job exists: a resumed job always has the given video's frames
         sink.write(head_frames(tail, settings.window), 0)
-    return _complete(models, folder, options, settings, inputs, sink, output, crf, save_latents, on_event, [])
+    folder.create(options, inputs, models.order, frame_offset)
+    return _complete(models, folder, options, settings, inputs, sink, output, save_latents, on_event, [])
 
 
 def resume_video(models: Models, job: str | Path, on_event: Callable[[Event], None] | None = None, preview: bool = False) -> VideoResult:
@@ -165,7 +165,7 @@ def resume_video(models: Models, job: str | Path, on_event: Callable[[Event], No
         raise InputError(f"the job was made with the {saved.order} section order, these models use {models.order}", f"load the job's model ({spec.model})")
     check_output(spec.output, False, spec.crf)
     sink = SegmentedMp4(folder.segments_dir, spec.crf, partial_path(spec.output) if preview else None, saved.frame_offset)
-    return _complete(models, folder, saved.options, spec.settings, saved.inputs, sink, spec.output, spec.crf, spec.save_latents, on_event, saved.finished)
+    return _complete(models, folder, saved.options, spec.settings, saved.inputs, sink, spec.output, spec.save_latents, on_event, saved.finished)
 
 
 def run_job(models: Models, spec: JobSpec, on_event: Callable[[Event], None] | None = None, overwrite: bool = False, preview: bool = False) -> VideoResult:
@@ -179,7 +179,7 @@ def run_job(models: Models, spec: JobSpec, on_event: Callable[[Event], None] | N
     )  # fmt: skip
 
 
-def _complete(models, folder: JobFolder, options: dict, settings: Settings, inputs: JobInputs, sink: SegmentedMp4, output: Path, crf: int, save_latents, on_event, finished) -> VideoResult:
+def _complete(models, folder: JobFolder, options: dict, settings: Settings, inputs: JobInputs, sink: SegmentedMp4, output: Path, save_latents, on_event, finished) -> VideoResult:
     """Run (or continue) the sections, then join, describe and clean up; a stop leaves a partial video and the folder."""
     started = time.perf_counter()
     count = job_plan(settings, models.order, inputs).count

@@ -14,6 +14,7 @@ get the video an uninterrupted run gives.
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from safetensors.torch import save_file
 from fpgen import __version__
 from fpgen.buckets import parse_size
 from fpgen.conditioning import PromptEmbedding
-from fpgen.errors import InputError, Interrupted, OutOfMemoryError
+from fpgen.errors import DiskFullError, InputError, Interrupted, OutOfMemoryError
 from fpgen.pipeline import Event, FinishedSection, JobInputs, SectionDone, Settings
 from fpgen.plan import Order
 from fpgen.registry import MODELS
@@ -65,9 +66,13 @@ class JobSpec:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
 
     @classmethod
+    def option_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)} - {"settings"} | set(SETTINGS_FIELDS)
+
+    @classmethod
     def from_options(cls, options: dict) -> JobSpec:
         """Build a job from option values; an unknown option name is an error naming the closest known one."""
-        known = {f.name for f in fields(cls)} - {"settings"} | set(SETTINGS_FIELDS)
+        known = cls.option_names()
         for name in options:
             if name not in known:
                 close = difflib.get_close_matches(name, sorted(known), n=1)
@@ -234,4 +239,6 @@ def stopped_error(error: BaseException, folder: JobFolder, count: int, partial: 
         return Interrupted(f"interrupted ({where})", kept + resume)
     if is_out_of_memory(error):
         return OutOfMemoryError(f"out of memory ({where}): {str(error).splitlines()[0][:200]}", kept + "free memory (or use a smaller --size), then " + resume)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return DiskFullError(f"the disk is full ({where})", kept + "free some space, then " + resume)
     return None

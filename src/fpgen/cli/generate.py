@@ -7,6 +7,7 @@ override by being added here and to ``JobSpec``.
 
 from __future__ import annotations
 
+import difflib
 import signal
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def generate(
     report = Reporter(json_output, quiet)
     modes = [flag for flag, name in (("--resume", "resume"), ("--from", "from_video"), ("--jobs", "jobs")) if values[name] is not None]
     if len(modes) > 1:
-        raise _usage(f"{' and '.join(modes)} cannot be combined", "use one of them")
+        raise InputError(f"{' and '.join(modes)} cannot be combined", "use one of them")
     if resume is not None:
         _resume(values, given, report)
     elif jobs is not None:
@@ -109,21 +110,17 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _usage(message: str, hint: str) -> InputError:
-    return InputError(message, hint)
-
-
 def job_options(values: dict) -> dict:
     """The job's options from parsed values, with ``--prompts-file`` read into the prompt."""
     options = {k: v for k, v in values.items() if k not in RUN_OPTIONS}
     path = values.get("prompts_file")
     if path is not None:
         if values.get("prompt"):
-            raise _usage("--prompt and --prompts-file cannot be combined", "put every prompt in the file")
+            raise InputError("--prompt and --prompts-file cannot be combined", "put every prompt in the file")
         try:
             options["prompt"] = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise _usage(f"cannot read prompts file {path} ({type(exc).__name__})", "pass a UTF-8 text file") from None
+            raise InputError(f"cannot read prompts file {path} ({type(exc).__name__})", "pass a UTF-8 text file") from None
     return options
 
 
@@ -137,11 +134,9 @@ def _spec(options: dict):
 
 
 def _single(values: dict, given: set, report) -> None:
-    options = job_options(values)
-    if values["from_video"] is not None:
-        options = _recorded(values, given, report)
+    options = _recorded(values, given, report) if values["from_video"] is not None else job_options(values)
     if options.get("image") is None and options.get("extend") is None:
-        raise _usage("missing IMAGE", "pass a start picture (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
+        raise InputError("missing IMAGE", "pass a start picture (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
     from fpgen.api import check_job
 
     spec = _spec(options)
@@ -156,14 +151,14 @@ def _recorded(values: dict, given: set, report) -> dict:
     from fpgen.metadata import read_description
 
     recorded = read_description(values["from_video"])["job"]
-    known = set(JobSpec.from_options({"output": "x.mp4"}).options())
+    known = JobSpec.option_names()
     for name in sorted(set(recorded) - known):
         report.warn(f"ignoring recorded option {name!r}, which this fpgen does not have")
     options = {k: v for k, v in recorded.items() if k in known and k not in ("output", "save_latents")}
     given = given | ({"prompt"} if "prompts_file" in given else set())
     options.update({k: v for k, v in job_options(values).items() if k in given or k == "output"})
     if options.get("image") and not Path(options["image"]).exists() and "image" not in given:
-        raise _usage(f"the recorded start picture {options['image']} is missing", "pass the picture as IMAGE")
+        raise InputError(f"the recorded start picture {options['image']} is missing", "pass the picture as IMAGE")
     return options
 
 
@@ -176,6 +171,9 @@ def _load(spec, files, report):
 
 def _run(models, spec, values: dict, report, resume: bool = False):
     from fpgen.api import resume_video, run_job
+    from fpgen.errors import FpgenError
+    from fpgen.jobs import job_dir
+    from fpgen.metadata import sidecar_path
     from fpgen.plan import latents_to_frames, section_count
     from fpgen.prompts import describe
 
@@ -191,16 +189,22 @@ def _run(models, spec, values: dict, report, resume: bool = False):
         f"{sections} section(s), {latents_to_frames(1 + sections * settings.window)} new frames on {models.placement.device} "
         f"({str(models.placement.transformer_dtype).removeprefix('torch.')}), {models.order} order -> {spec.output}"
     )
-    with report.job_progress(sections, settings.steps, settings.window) as progress:
-        if resume:
-            video = resume_video(models, spec.output, progress, values["preview"])
-        else:
-            video = run_job(models, spec, progress, values["overwrite"], values["preview"])
+    try:
+        with report.job_progress(sections, settings.steps, settings.window) as progress:
+            if resume:
+                video = resume_video(models, spec.output, progress, values["preview"])
+            else:
+                video = run_job(models, spec, progress, values["overwrite"], values["preview"])
+    except Exception as error:
+        if not isinstance(error, FpgenError) and job_dir(spec.output).exists():
+            report.warn(f"the job is kept in {job_dir(spec.output)}; once the problem is fixed: fpgen generate --resume {spec.output}")
+        raise
     result = {
         "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height, "fps": 30,
         "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": settings.seed, "model": spec.model,
         "order": models.order, "sections": sections, "resumed_sections": video.resumed_sections,
         "transformer_passes": video.result.transformer_passes, "latents": str(spec.save_latents) if spec.save_latents else None,
+        "metadata": str(sidecar_path(video.output)),
     }  # fmt: skip
     line = f"{video.output}  ({video.frames} frames, {video.seconds:.2f} s, {video.width}x{video.height}, {video.elapsed:.1f} s)"
     report.result(result, line)
@@ -211,10 +215,11 @@ def _resume(values: dict, given: set, report) -> None:
     extra = sorted(given - {"resume", "json_output", "quiet", "preview"})
     if extra:
         flags = ", ".join("IMAGE" if name == "image" else "--" + name.replace("_", "-") for name in extra)
-        raise _usage(f"--resume continues a job with its saved settings; leave out {flags}", "to change settings start a new job (e.g. --from the finished video)")
+        raise InputError(f"--resume continues a job with its saved settings; leave out {flags}", "to change settings start a new job (e.g. --from the finished video)")
     from fpgen.api import check_output, find_model
     from fpgen.devices import choose_placement
     from fpgen.jobs import JobSpec, find_job
+
     folder = find_job(values["resume"])
     spec = JobSpec.from_options(folder.options())
     check_output(spec.output, False, spec.crf)
@@ -242,7 +247,7 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
             options = job_options({**values, **typed})
             options["output"] = options.get("output") or Path("outputs") / f"{Path(path).stem}-{number:03d}.mp4"
             if options.get("image") is None and options.get("extend") is None:
-                raise _usage("no image", "give the line an image (or extend) field, or pass IMAGE as the default")
+                raise InputError("no image", "give the line an image (or extend) field, or pass IMAGE as the default")
             spec = _spec(options)
             overwrite = typed.get("overwrite", values["overwrite"])
             if not spec.output.exists() or overwrite:
@@ -275,19 +280,16 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
 def _typed_fields(ctx: typer.Context, params: dict, fields: dict) -> dict:
     """A batch line's fields converted by the options' own types (CSV gives text, JSON gives numbers and booleans)."""
     if "__error__" in fields:
-        raise _usage(fields["__error__"], "fix the line")
+        raise InputError(fields["__error__"], "fix the line")
     allowed = set(params) - {"resume", "from_video", "jobs", "json_output", "quiet"}
     typed = {}
     for key, value in fields.items():
         name = key.lstrip("-").replace("-", "_")
-        name = "from_video" if name == "from" else name
         if name not in allowed:
-            import difflib
-
             close = difflib.get_close_matches(name, sorted(allowed), n=1)
-            raise _usage(f"unknown field {key!r}", f"did you mean {close[0]!r}?" if close else "fields are `fpgen generate` option names")
+            raise InputError(f"unknown field {key!r}", f"did you mean {close[0]!r}?" if close else "fields are `fpgen generate` option names")
         try:
             typed[name] = params[name].process_value(ctx, value) if value is not None else None
         except typer.BadParameter as exc:
-            raise _usage(f"field {key!r}: {exc.message}", "fix the value") from None
+            raise InputError(f"field {key!r}: {exc.message}", "fix the value") from None
     return typed

@@ -133,7 +133,7 @@ def generate_video(
         raise InputError(f"{folder.path} holds an unfinished job for this output", f"continue it with: fpgen generate --resume {folder.path}, or pass --overwrite to start over")
     picture = load_image(image) if isinstance(image, (str, Path)) else image
     end = load_image(end_image) if end_image is not None else None
-    tail = read_tail(Path(extend), settings.size_for, models.order, settings.window) if extend is not None else None
+    tail = read_tail(Path(extend), models.order, settings.window, settings.size, settings.resolution) if extend is not None else None
     if picture is None and tail is None and inputs is None:
         raise InputError("no start picture", "pass an IMAGE, or --extend VIDEO")
     if picture is None and tail is not None:

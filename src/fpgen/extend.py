@@ -11,7 +11,7 @@ them in time:
 The first new section's decode also spans the video's last window, and the video's last
 ``4*window - 3`` frames are cross-faded into that decode exactly as two sections are, so the join
 is as smooth as any section boundary. Every earlier frame of the video is copied unchanged (but
-re-encoded, at the new part's size).
+re-encoded). The video keeps its size when the model can take it (see ``extended_size``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from fpgen.buckets import resize_and_center_crop
+from fpgen.buckets import pick_bucket, resize_and_center_crop
 from fpgen.decode import overlap_frames
 from fpgen.errors import InputError
 from fpgen.packing import HISTORY_LENGTH
@@ -72,14 +72,18 @@ def _check_length(path: Path, count: int, window: int) -> int:
     return count
 
 
-def read_tail(path: Path, size_for, order: Order, window: int) -> VideoTail:
-    """One pass over the video keeping only its first and last frames (memory does not grow with its length).
+def extended_size(height: int, width: int, size: tuple[int, int] | None, resolution: int) -> tuple[int, int]:
+    """``size`` if given; else the video's own size when the model can take it (multiples of 16, as every fpgen video), else the nearest bucket."""
+    if size is not None:
+        return size
+    return (height, width) if height % 16 == 0 and width % 16 == 0 else pick_bucket(height, width, resolution)
 
-    ``size_for(height, width)`` gives the new video's size for the given one's.
-    """
+
+def read_tail(path: Path, order: Order, window: int, size: tuple[int, int] | None = None, resolution: int = 640) -> VideoTail:
+    """One pass over the video keeping only its first and last frames (memory does not grow with its length)."""
     meta, frames = iter_mp4(path)
     width, height = meta["size"]
-    size = size_for(height, width)
+    size = extended_size(height, width, size, resolution)
     keep = 4 * given_windows(order, window) * window + 1
     kept: deque[np.ndarray] = deque(maxlen=keep)
     first, count = None, 0

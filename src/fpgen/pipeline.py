@@ -73,11 +73,7 @@ class Settings:
         return self
 
     def frame_size(self, image: np.ndarray) -> tuple[int, int]:
-        return self.size_for(image.shape[0], image.shape[1])
-
-    def size_for(self, height: int, width: int) -> tuple[int, int]:
-        """The video's (height, width) for a picture of this size: ``size``, or the nearest bucket."""
-        return self.size or pick_bucket(height, width, self.resolution)
+        return self.size or pick_bucket(image.shape[0], image.shape[1], self.resolution)
 
     def section_prompts(self) -> tuple[list[str], list[str]]:
         """Each section's prompt in time order (timed prompts snapped to section boundaries), and warnings."""

@@ -61,8 +61,8 @@ def generate(
         "framepack-f1: the last section sees it one frame after its window and its last latent frame is pinned to it, so the video ends on it.",
     ),  # fmt: skip
     extend: Path | None = typer.Option(
-        None, "--extend", help="Continue this video: the output is the video (re-encoded) followed by --seconds of new frames, its last 4*window-3 frames cross-faded "
-        "with the new part's decode. F1 packs its history from the video's last frames and keeps its first frame (or IMAGE) as the start; "
+        None, "--extend", help="Continue this video: the output is the video (re-encoded, at its own size if a multiple of 16) followed by --seconds of new frames, "
+        "its last 4*window-3 frames cross-faded with the new part's decode. F1 packs its history from the video's last frames and keeps its first frame (or IMAGE) as the start; "
         "framepack starts from its last frame and sees the frames before it.",
     ),  # fmt: skip
     model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id or a local transformer folder."),

@@ -63,7 +63,7 @@ def test_end_image_original_model(tiny_models):
 
 def test_end_image_f1(tiny_models):
     models = tiny_models("framepack-f1")
-    settings = Settings(prompt="she turns", seconds=2.4, steps=2, size=SIZE)
+    settings = Settings(prompt="she turns", seconds=2.4, steps=1, size=SIZE)
     end = latent_of(models, END)
     with_end, started = run(models, settings, prepare_inputs(models, START, settings, END))
     without, _ = run(models, settings, prepare_inputs(models, START, settings))
@@ -83,7 +83,7 @@ def made(tiny_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("extend")
     videos = {}
     for model in ("framepack", "framepack-f1"):
-        videos[model] = generate_video(tiny_models(model), START, folder / f"{model}.mp4", Settings(prompt="a man walks", seconds=2.4, steps=2, size=SIZE)).output
+        videos[model] = generate_video(tiny_models(model), START, folder / f"{model}.mp4", Settings(prompt="a man walks", seconds=2.4, steps=1, size=SIZE)).output
     return videos
 
 
@@ -97,7 +97,7 @@ def test_extend(model, made, tiny_models, tmp_path):
     source, _ = read_mp4(made[model])
     n = len(source)  # 73
     started = []
-    settings = Settings(prompt="he sits down", seconds=2.4, steps=2, size=SIZE)
+    settings = Settings(prompt="he sits down", seconds=2.4, steps=1, size=SIZE)
     video = generate_video(models, None, tmp_path / "longer.mp4", settings, extend=made[model], on_event=lambda e: started.append(e) if isinstance(e, SectionStarted) else None)
     frames, _ = read_mp4(video.output)
     assert len(frames) == video.frames == n + 72  # the input, then 2 new sections of 36 frames

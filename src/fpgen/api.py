@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +21,10 @@ from fpgen.devices import choose_placement
 from fpgen.errors import InputError
 from fpgen.extend import check_extendable, head_frames, read_tail
 from fpgen.hub import locate_model
+from fpgen.acceleration import choose_mode
 from fpgen.jobs import JobFolder, JobSpec, find_job, job_dir, stopped_error
-from fpgen.loading import Models, load_models as load_from_paths
+from fpgen.loading import Models, load_models as load_from_paths, transformer_parameter_bytes
+from fpgen.lora import Lora, LoraChoice, load_loras
 from fpgen.metadata import describe_video, mp4_tags, sidecar_is_ours, sidecar_path, write_sidecar
 from fpgen.output import SegmentedMp4, partial_path
 from fpgen.pipeline import Event, JobInputs, Result, Settings, generate_frames, job_plan, prepare_inputs
@@ -36,17 +38,41 @@ class ModelFiles:
     paths: dict[str, Path]
 
 
-def find_model(model: str = "framepack", model_dir: Path | None = None, order: Order | None = None) -> ModelFiles:
-    """Resolve a model name and find its files (HF cache, a ``--local-dir`` folder, or a local transformer folder)."""
-    spec = resolve_model(model, order)
+def find_model(model: str = "framepack", model_dir: Path | None = None, order: Order | None = None, revision: str | None = None) -> ModelFiles:
+    """Resolve a model name and find its files (HF cache, a ``--local-dir`` folder, or a local transformer folder).
+
+    Never touches the network; ``revision`` picks the transformer's branch, tag or commit in the HF cache.
+    """
+    spec = resolve_model(model, order, revision)
     return ModelFiles(spec, locate_model(spec, Path(model_dir) if model_dir else None))
 
 
-def load_models(model: str | ModelFiles = "framepack", model_dir: Path | None = None, device: str = "auto", dtype: str = "auto", order: Order | None = None) -> Models:
-    """Load every model a job needs; ``model`` is a name (see ``find_model``) or files already found."""
+def load_models(
+    model: str | ModelFiles = "framepack",
+    model_dir: Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    order: Order | None = None,
+    fast: bool = False,
+    low_vram: bool = False,
+    vram_budget: float | None = None,
+    compile: bool = True,
+    loras: Sequence[LoraChoice | tuple[Lora, LoraChoice]] = (),
+) -> Models:
+    """Load every model a job needs; ``model`` is a name (see ``find_model``) or files already found.
+
+    The mode (exact, fast, low-vram) follows ``fast``/``low_vram`` and the GPU's memory (or
+    ``vram_budget`` in GiB); ``models.mode`` says which was picked and why. ``compile=False`` skips
+    torch.compile (for machines without Triton, or to start faster). ``loras`` (``LoraChoice``, or
+    already read by ``fpgen.lora.load_loras``) are merged into the transformer's weights as it
+    loads, each at its scale; their files are read before any model loads.
+    """
     placement = choose_placement(device, dtype)
     files = model if isinstance(model, ModelFiles) else find_model(model, model_dir, order)
-    return load_from_paths(files.paths, files.spec.order, placement)
+    adapters = load_loras(loras)
+    transformer_bytes = transformer_parameter_bytes(files.paths["transformer"], placement.transformer_dtype) if placement.is_cuda else 0
+    mode = choose_mode(placement, transformer_bytes, fast, low_vram, vram_budget)
+    return load_from_paths(files.paths, files.spec.order, placement, mode, compile, vram_budget, adapters)
 
 
 @dataclass(frozen=True)
@@ -91,14 +117,28 @@ def check_job(spec: JobSpec, overwrite: bool = False) -> ModelFiles:
             load_image(picture)
     if spec.extend is not None:
         check_extendable(spec.extend, spec.settings.window)
+    for item in spec.lora:
+        if not LoraChoice.parse(item).path.is_file():
+            raise InputError(f"LoRA not found: {LoraChoice.parse(item).path}", "check the --lora path")
     check_output(spec.output, overwrite, spec.crf)
     if spec.save_latents is not None and spec.save_latents.exists() and not overwrite:
         raise InputError(f"{spec.save_latents} already exists", "choose another --save-latents path, or pass --overwrite")
     folder = JobFolder(job_dir(spec.output))
     if folder.exists() and not overwrite and folder.options() != spec.options():
         raise InputError(f"{folder.path} holds an unfinished job for this output with other settings", f"continue it with: fpgen generate --resume {folder.path}, or pass --overwrite to start over")
-    choose_placement(spec.device, spec.dtype)
-    return find_model(spec.model, spec.model_dir)
+    placement = choose_placement(spec.device, spec.dtype)
+    if not placement.is_cuda:
+        choose_mode(placement, 0, spec.fast, spec.low_vram, spec.vram_budget)  # refuses GPU-only options
+    return find_model(spec.model, spec.model_dir, revision=spec.revision)
+
+
+def load_job_models(spec: JobSpec, files: ModelFiles | None = None) -> Models:
+    """The models ``spec`` needs (its LoRA files read first, so a bad one fails before the big load)."""
+    loras = load_loras(LoraChoice.parse(item) for item in spec.lora)
+    files = files or find_model(spec.model, spec.model_dir, revision=spec.revision)
+    return load_models(
+        files, device=spec.device, dtype=spec.dtype, fast=spec.fast, low_vram=spec.low_vram, vram_budget=spec.vram_budget, compile=spec.compile, loras=loras
+    )
 
 
 def generate_video(

@@ -30,6 +30,7 @@ from fpgen import __version__
 from fpgen.buckets import parse_size
 from fpgen.conditioning import PromptEmbedding
 from fpgen.errors import DiskFullError, InputError, Interrupted, OutOfMemoryError
+from fpgen.lora import LoraChoice
 from fpgen.pipeline import Event, FinishedSection, JobInputs, SectionDone, Settings
 from fpgen.plan import Order
 from fpgen.registry import MODELS
@@ -49,20 +50,27 @@ class JobSpec:
     extend: Path | None = None
     model: str = "framepack"
     model_dir: Path | None = None
+    revision: str | None = None
+    lora: tuple[str, ...] = ()  # PATH:SCALE, paths absolute
     device: str = "auto"
     dtype: str = "auto"
+    fast: bool = False
+    low_vram: bool = False
+    compile: bool = True
+    vram_budget: float | None = None
     crf: int = 16
     save_latents: Path | None = None
 
     def models_key(self) -> tuple:
         """What decides the models a job needs: jobs with equal keys share loaded models."""
-        return (self.model, self.model_dir, self.device, self.dtype)
+        return (self.model, self.model_dir, self.revision, self.lora, self.device, self.dtype, self.fast, self.low_vram, self.compile, self.vram_budget)
 
     def options(self) -> dict:
         """The flat, JSON-ready form: option name -> value (paths absolute, size as ``HxW``)."""
         flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
         flat.update({name: getattr(self.settings, name) for name in SETTINGS_FIELDS})
         flat["size"] = "x".join(map(str, self.settings.size)) if self.settings.size else None
+        flat["lora"] = list(self.lora)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
 
     @classmethod
@@ -85,11 +93,20 @@ class JobSpec:
                 values[name] = Path(values[name]).expanduser().absolute()
         if "size" in values:
             values["size"] = parse_size(values["size"]) if isinstance(values["size"], str) else tuple(values["size"])
+        if "lora" in values:
+            values["lora"] = tuple(_absolute_lora(item) for item in ([values["lora"]] if isinstance(values["lora"], str) else values["lora"]))
+        if values.get("teacache") is None:  # TeaCache is on with --fast unless asked otherwise
+            values["teacache"] = bool(values.get("fast"))
         model = values.get("model")
         if model and model not in MODELS and Path(model).expanduser().is_dir():  # a local folder: valid from any directory
             values["model"] = str(Path(model).expanduser().absolute())
         settings = Settings(**{k: values.pop(k) for k in SETTINGS_FIELDS if k in values})
         return cls(settings=settings.validate(), **values)
+
+
+def _absolute_lora(text: str) -> str:
+    choice = LoraChoice.parse(text)
+    return f"{choice.path.expanduser().absolute()}:{choice.scale:g}"
 
 
 def job_dir(output: Path) -> Path:

@@ -160,26 +160,30 @@ def prepare_inputs(
     """
     height, width = tail.shape[1:3] if tail is not None else settings.frame_size(image)
     image = resize_and_center_crop(image, height, width)
-    encode = (models.tokenizer, models.text_encoder, models.tokenizer_2, models.text_encoder_2)
     texts, _ = settings.section_prompts()
-    prompts = {text: encode_prompt(text, *encode) for text in dict.fromkeys(texts)}
-    negative = encode_prompt(settings.negative_prompt, *encode) if settings.cfg != 1.0 else None
+    with models.use("text_encoder", "text_encoder_2") as (llama, clip):
+        encode = (models.tokenizer, llama, models.tokenizer_2, clip)
+        prompts = {text: encode_prompt(text, *encode) for text in dict.fromkeys(texts)}
+        negative = encode_prompt(settings.negative_prompt, *encode) if settings.cfg != 1.0 else None
+    if models.mode.mode == "low-vram":
+        models.release("text_encoder")  # the 8B Llama leaves host memory before the 13B transformer loads
     start = tail[-1] if tail is not None and models.order == "inverted" else image
+    with models.use("vae", "image_encoder") as (vae, siglip):
 
-    def latent(picture: np.ndarray) -> torch.Tensor:
-        return encode_latents(models.vae, image_to_vae_input(resize_and_center_crop(picture, height, width)))
+        def latent(picture: np.ndarray) -> torch.Tensor:
+            return encode_latents(vae, image_to_vae_input(resize_and_center_crop(picture, height, width)))
 
-    return JobInputs(
-        image=image,
-        start_latent=latent(start),
-        image_embeds=encode_image(image, models.feature_extractor, models.image_encoder),
-        positive=prompts[texts[0]],
-        negative=negative,
-        prompts=prompts,
-        end_latent=latent(end_image) if end_image is not None else None,
-        prefix=encode_latents(models.vae, to_pixels(tail)) if tail is not None else None,
-        lead=to_pixels(tail[-overlap_frames(settings.window) :]) if tail is not None else None,
-    )
+        return JobInputs(
+            image=image,
+            start_latent=latent(start),
+            image_embeds=encode_image(image, models.feature_extractor, siglip),
+            positive=prompts[texts[0]],
+            negative=negative,
+            prompts=prompts,
+            end_latent=latent(end_image) if end_image is not None else None,
+            prefix=encode_latents(vae, to_pixels(tail)) if tail is not None else None,
+            lead=to_pixels(tail[-overlap_frames(settings.window) :]) if tail is not None else None,
+        )
 
 
 def conditioning(prompt: PromptEmbedding, image_embeds: torch.Tensor, device, dtype) -> Conditioning:
@@ -238,12 +242,13 @@ def sample_section(
     negative: Conditioning | None,
     settings: Settings,
     on_step: Callable[[int], None] | None = None,
+    blocks=None,
     pin_last: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Denoise one window; returns its latents (float32, on the noise's device) and the transformer passes it took."""
     teacache = TeaCache(settings.steps, settings.teacache_threshold) if settings.teacache else None
     denoise = make_denoiser(
-        transformer, positive, negative, context, settings.distilled_guidance, settings.cfg, settings.guidance_rescale, teacache
+        transformer, positive, negative, context, settings.distilled_guidance, settings.cfg, settings.guidance_rescale, teacache, blocks
     )
     if pin_last is not None:
         denoise = pin_last_frame(denoise, pin_last.to(noise.device))
@@ -253,6 +258,11 @@ def sample_section(
     latents = sample_unipc(denoise, noise, sigmas, callback)
     passes = teacache.computed if teacache else settings.steps
     return latents, passes * (2 if negative is not None else 1)
+
+
+def decode(models: Models, latents: torch.Tensor) -> torch.Tensor:
+    with models.use("vae") as (vae,):
+        return decode_latents(vae, latents)
 
 
 def job_plan(settings: Settings, order: Order, inputs: JobInputs) -> SectionPlan:
@@ -272,8 +282,9 @@ def generate_frames(
 ) -> Result:
     """Make the whole video: ``sink(frames, first_frame)`` receives every frame exactly once, in pieces.
 
-    ``inputs`` are the already encoded pictures and prompts (without them every encoder runs here on
-    ``image``); ``finished`` are sections made earlier by the same job, in generation order.
+    ``inputs`` are the already encoded pictures and prompts (training's validation videos come from
+    its cache; a resumed job from its folder); without them every encoder runs here on ``image``.
+    ``finished`` are sections made earlier by the same job, in generation order.
     """
     settings.validate()
     emit = on_event or (lambda event: None)
@@ -301,7 +312,7 @@ def generate_frames(
         result.transformer_passes.append(done.transformer_passes)
     if finished and len(finished) < plan.count:
         span_begin, span_end = decode_span(plan, plan.sections[len(finished) - 1])
-        decoded = decode_latents(models.vae, video[:, :, span_begin:span_end])
+        decoded = decode(models, video[:, :, span_begin:span_end])
         pending = pending_after(decoded, latent_to_frame(span_begin), plan)
 
     for section in plan.sections[len(finished) :]:
@@ -312,14 +323,14 @@ def generate_frames(
         pin = inputs.end_latent if plan.order == "forward" and plan.is_last(section) else None
         on_step = lambda step, s=section: emit(StepDone(s, step, settings.steps))  # noqa: E731
         latents, passes = sample_section(
-            models.transformer, context_to(context, device), noise.to(device), positives[prompt], negative, settings, on_step, pin
+            models.transformer, context_to(context, device), noise.to(device), positives[prompt], negative, settings, on_step, models.blocks, pin
         )
         begin, end = window_bounds(section.slot, plan.window)
         video[:, :, begin:end] = latents.float().cpu()
         result.transformer_passes.append(passes)
 
         span_begin, span_end = decode_span(plan, section)
-        decoded = decode_latents(models.vae, video[:, :, span_begin:span_end])
+        decoded = decode(models, video[:, :, span_begin:span_end])
         frames, first_frame, pending = stitch(pending, decoded, latent_to_frame(span_begin), plan, plan.is_last(section), lead)
         if frames.shape[2]:
             sink(frames, first_frame)

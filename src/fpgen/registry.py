@@ -25,7 +25,7 @@ class Source:
 
     repo: str
     subfolder: str = ""
-    revision: str | None = None
+    revision: str | None = None  # a branch, tag or commit id to pin; None follows the repo's default branch
     files: tuple[str, ...] = ("*",)
     local: Path | None = None
 
@@ -66,8 +66,21 @@ def _guess_order(name: str) -> Order:
     return "forward" if "f1" in name.lower() else "inverted"
 
 
-def resolve_model(model: str, order: Order | None = None) -> ModelSpec:
-    """A registry name, a Hub repo id (``owner/name``) or a local transformer folder."""
+def resolve_model(model: str, order: Order | None = None, revision: str | None = None) -> ModelSpec:
+    """A registry name, a Hub repo id (``owner/name``) or a local transformer folder.
+
+    ``revision`` (a branch, tag or commit) replaces the transformer repo's revision; the shared
+    encoders stay at the revision the registry names.
+    """
+    spec = _resolve(model, order)
+    if revision is None:
+        return spec
+    if spec.transformer.local is not None:
+        raise InputError(f"--revision applies to Hub models, not to the local folder {model}", "drop --revision")
+    return replace(spec, transformer=replace(spec.transformer, revision=revision))
+
+
+def _resolve(model: str, order: Order | None) -> ModelSpec:
     if model in MODELS:
         spec = MODELS[model]
         return replace(spec, order=order) if order else spec

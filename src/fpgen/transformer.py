@@ -37,9 +37,23 @@ class Conditioning:
         )
 
 
+class Float32Linear(torch.nn.Linear):
+    """A Linear that computes in float32 whatever its input's dtype (the official high-quality output head)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.float(), self.weight, self.bias)
+
+
 def use_float32_head(model: torch.nn.Module) -> None:
-    """Keep the final projection in float32, as the official demo does for quality."""
-    model.proj_out.to(torch.float32)
+    """Run the final projection in float32 on float32-cast hidden states, as the official demo does.
+
+    The module stays a Linear with the same parameter names, so checkpoints and diffusers' own
+    forward keep working.
+    """
+    head = model.proj_out
+    fp32 = Float32Linear(head.in_features, head.out_features, bias=head.bias is not None, device=head.weight.device, dtype=torch.float32)
+    fp32.load_state_dict({name: tensor.float() for name, tensor in head.state_dict().items()})
+    model.proj_out = fp32.requires_grad_(head.weight.requires_grad)
 
 
 def _rope(model, indices: torch.Tensor, height: int, width: int, device, kernel: tuple[int, int, int] | None = None):
@@ -82,14 +96,28 @@ def embed_conditioning(model, timestep: torch.Tensor, guidance: torch.Tensor | N
     return temb, context, mask
 
 
-def _run_blocks(model, hidden, context, temb, attention_mask, rope):
-    checkpoint = torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False)
-    for block in (*model.transformer_blocks, *model.single_transformer_blocks):
-        if checkpoint:
-            hidden, context = model._gradient_checkpointing_func(block, hidden, context, temb, attention_mask, rope)
-        else:
-            hidden, context = block(hidden, context, temb, attention_mask, rope)
-    return hidden
+class BlockStack(torch.nn.Module):
+    """The 20 dual-stream and 40 single-stream blocks as one module.
+
+    Grouping them lets offloading prefetch block after block (its hooks trace this module's
+    forward) and lets TeaCache skip them as a unit. The blocks stay registered on the
+    transformer too; this module only borrows them.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.transformer_blocks = model.transformer_blocks
+        self.single_transformer_blocks = model.single_transformer_blocks
+        object.__setattr__(self, "model", model)  # not a submodule: read for its gradient-checkpointing switch
+
+    def forward(self, hidden, context, temb, attention_mask, rope):
+        checkpoint = torch.is_grad_enabled() and getattr(self.model, "gradient_checkpointing", False)
+        for block in (*self.transformer_blocks, *self.single_transformer_blocks):
+            if checkpoint:
+                hidden, context = self.model._gradient_checkpointing_func(block, hidden, context, temb, attention_mask, rope)
+            else:
+                hidden, context = block(hidden, context, temb, attention_mask, rope)
+        return hidden
 
 
 def packed_forward(
@@ -100,8 +128,12 @@ def packed_forward(
     cond: Conditioning,
     context: PackedContext,
     teacache: TeaCache | None = None,
+    blocks: BlockStack | None = None,
 ) -> torch.Tensor:
-    """The velocity prediction (float32, shape of ``latents``) for the noisy window ``latents``."""
+    """The velocity prediction (float32, shape of ``latents``) for the noisy window ``latents``.
+
+    ``blocks`` is the model's BlockStack when one was prepared (offloading hooks live on it).
+    """
     batch, _, frames, height, width = latents.shape
     p = model.config.patch_size
     window_tokens = frames * (height // p) * (width // p)
@@ -114,22 +146,29 @@ def packed_forward(
         image_tokens = hidden.shape[1]
         attention_mask = torch.cat([text_mask.new_ones((batch, image_tokens)), text_mask], dim=1)[:, None, None, :]
 
+    blocks = blocks if blocks is not None else BlockStack(model)
     if teacache is None:
-        hidden = _run_blocks(model, hidden, text, temb, attention_mask, rope)
+        hidden = blocks(hidden, text, temb, attention_mask, rope)
     else:
         modulated = model.transformer_blocks[0].norm1(hidden, emb=temb)[0]
         if teacache.should_compute(modulated):
             before = hidden
-            hidden = _run_blocks(model, hidden, text, temb, attention_mask, rope)
+            hidden = blocks(hidden, text, temb, attention_mask, rope)
             teacache.residual = hidden - before
         else:
             hidden = hidden + teacache.residual
 
     hidden = model.norm_out(hidden[:, -window_tokens:], temb)
-    head = model.proj_out
-    out = F.linear(hidden.to(head.weight.dtype), head.weight, head.bias).float()
+    out = model.proj_out(hidden).float()
     out = out.reshape(batch, frames, height // p, width // p, -1, 1, p, p)
     return out.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+def network_scalars(sigma: torch.Tensor, distilled_guidance: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The timestep (sigma*1000) and distilled guidance (gs*1000) per batch row as the network sees them: in its own dtype (bf16 quantises both)."""
+    timestep = (sigma.float() * 1000.0).to(dtype)
+    guidance = torch.full(sigma.shape, distilled_guidance * 1000.0, dtype=torch.float32, device=sigma.device).to(dtype)
+    return timestep, guidance
 
 
 def make_denoiser(
@@ -141,6 +180,7 @@ def make_denoiser(
     cfg: float = 1.0,
     guidance_rescale: float = 0.0,
     teacache: TeaCache | None = None,
+    blocks: BlockStack | None = None,
 ):
     """The transformer as ``f(x, sigma) -> x0`` with FramePack's conventions.
 
@@ -153,10 +193,9 @@ def make_denoiser(
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         x_in = x.to(dtype)
-        timestep = (sigma.float() * 1000.0).to(dtype)
-        guidance = torch.tensor([distilled_guidance * 1000.0] * x.shape[0], device=x.device).to(dtype)
-        positive_v = packed_forward(model, x_in, timestep, guidance, positive, context, teacache)
-        negative_v = packed_forward(model, x_in, timestep, guidance, negative, context, teacache) if run_negative else None
+        timestep, guidance = network_scalars(sigma, distilled_guidance, dtype)
+        positive_v = packed_forward(model, x_in, timestep, guidance, positive, context, teacache, blocks)
+        negative_v = packed_forward(model, x_in, timestep, guidance, negative, context, teacache, blocks) if run_negative else None
         velocity = guided_velocity(positive_v, negative_v, cfg, guidance_rescale)
         return x_in.float() - velocity * sigma.float().view(-1, *([1] * (x.ndim - 1)))
 

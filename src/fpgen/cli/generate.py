@@ -34,6 +34,12 @@ Examples:
   fpgen generate --from walk.mp4 --seed 8   (the same job again, with another seed)
 
   fpgen generate --jobs jobs.jsonl --json   (one job per line: {"image": "a.png", "prompt": "...", "output": "a.mp4"})
+
+  fpgen generate face.png -p "A dog runs" --fast          # FP8 + TeaCache on a Hopper GPU
+
+  fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
+
+  fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 """
 
 RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "prompts_file")
@@ -54,7 +60,7 @@ def generate(
     distilled_guidance: float = typer.Option(10.0, "--distilled-guidance", help="Distilled guidance scale fed to the model."),
     cfg: float = typer.Option(1.0, "--cfg", help="Real classifier-free guidance; above 1 doubles the cost per step."),
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale for real CFG, 0..1."),
-    teacache: bool = typer.Option(False, "--teacache/--no-teacache", help="Skip transformer passes that would change little (about 2x faster, slightly different result)."),
+    teacache: bool | None = typer.Option(None, "--teacache/--no-teacache", help="Skip transformer passes that would change little (faster, slightly different result). [default: on with --fast, else off]", show_default=False),
     teacache_threshold: float = typer.Option(0.15, "--teacache-threshold", help="TeaCache's accumulated-change threshold; higher skips more."),
     end_image: Path | None = typer.Option(
         None, "--end-image", help="Picture to arrive at. framepack: the first section made (the video's end) sees it as the frame right after the video. "
@@ -66,7 +72,9 @@ def generate(
         "framepack starts from its last frame and sees the frames before it.",
     ),  # fmt: skip
     model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id or a local transformer folder."),
+    lora: list[str] = typer.Option([], "--lora", help="A LoRA to apply, PATH[:SCALE] (scale 1 by default); repeatable. fpgen, diffusers and musubi-tuner FramePack LoRAs."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="A folder made by `fpgen download --local-dir` to load every model from, instead of the HF cache."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit of the model's transformer repo to load from the HF cache (as given to `fpgen download --revision`)."),
     resolution: int = typer.Option(640, "--resolution", help="Size bucket class; the picture is resized and centre-cropped to the nearest bucket."),
     size: str | None = typer.Option(None, "--size", help="Exact size HEIGHTxWIDTH in pixels (multiples of 16), e.g. 640x608; overrides the bucket."),
     crf: int = typer.Option(16, "--crf", help="H.264 quality, 0 (lossless) to 51; 16 is the official default."),
@@ -74,6 +82,10 @@ def generate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output if it exists (and start over an unfinished job for it)."),
     save_latents: Path | None = typer.Option(None, "--save-latents", help="Also save the video's latents (safetensors, tensor `latents`, time order)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda, cuda:N or cpu."),
+    fast: bool = typer.Option(False, "--fast", help="FP8 matmuls and TeaCache: about twice as fast on Hopper GPUs, no longer identical to the official output."),
+    low_vram: bool = typer.Option(False, "--low-vram", help="Stream the transformer and text encoder from host memory (under 6 GiB of GPU memory); picked by itself on small cards."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the transformer blocks on CUDA (faster after a one-time compile; needs Triton)."),
+    vram_budget: float | None = typer.Option(None, "--vram-budget", help="GPU memory (GiB) fpgen may plan for; low-vram mode is picked when the models do not fit.", show_default=False),
     dtype: str = typer.Option("auto", "--dtype", help="Transformer compute dtype: auto (bf16 on CUDA, float32 on CPU), bfloat16 or float32."),
     preview: bool = typer.Option(False, "--preview", help="Keep <output>.partial.mp4 playable with everything made so far, updated after each section (framepack makes the end first: the preview is the video's tail).", rich_help_panel=LONG),
     resume: Path | None = typer.Option(None, "--resume", help="Finish an interrupted job with its saved settings: the output path it was started with, or its .job folder.", rich_help_panel=LONG),
@@ -85,6 +97,8 @@ def generate(
     """Generate a video from a start picture and a prompt.
 
     The original model (framepack) makes the end of the video first and walks back to your picture, which keeps long videos from drifting; framepack-f1 walks forwards and moves more.
+
+    On CUDA the mode is picked by itself and printed: exact (the official bf16 result, compiled, the default), fast (--fast) or low-vram (--low-vram, or when the GPU cannot hold the 13B transformer).
 
     The job lives in <output>.job/ next to the output until the MP4 is complete: Ctrl-C, SIGTERM, a crash or running out of memory leave <output>.partial.mp4 and a job that --resume finishes exactly as an uninterrupted run would.
     """
@@ -141,8 +155,7 @@ def _single(values: dict, given: set, report) -> None:
 
     spec = _spec(options)
     files = check_job(spec, values["overwrite"])
-    models = _load(spec, files, report)
-    _run(models, spec, values, report)
+    _run(_load(spec, report, files), spec, values, report)
 
 
 def _recorded(values: dict, given: set, report) -> dict:
@@ -162,11 +175,13 @@ def _recorded(values: dict, given: set, report) -> dict:
     return options
 
 
-def _load(spec, files, report):
-    from fpgen.api import load_models
+def _load(spec, report, files=None):
+    from fpgen.api import load_job_models
 
-    report.info(f"loading {files.spec.name} ...")
-    return load_models(files, device=spec.device, dtype=spec.dtype)
+    report.info(f"loading {spec.model} ...")
+    models = load_job_models(spec, files)
+    report.info(f"mode: {models.mode.mode} ({models.mode.reason})")
+    return models
 
 
 def _run(models, spec, values: dict, report, resume: bool = False):
@@ -203,6 +218,7 @@ def _run(models, spec, values: dict, report, resume: bool = False):
         "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height, "fps": 30,
         "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": settings.seed, "model": spec.model,
         "order": models.order, "sections": sections, "resumed_sections": video.resumed_sections,
+        "mode": models.mode.mode, "teacache": settings.teacache, "loras": list(spec.lora),
         "transformer_passes": video.result.transformer_passes, "latents": str(spec.save_latents) if spec.save_latents else None,
         "metadata": str(sidecar_path(video.output)),
     }  # fmt: skip
@@ -224,13 +240,13 @@ def _resume(values: dict, given: set, report) -> None:
     spec = JobSpec.from_options(folder.options())
     check_output(spec.output, False, spec.crf)
     choose_placement(spec.device, spec.dtype)
-    files = find_model(spec.model, spec.model_dir)
+    files = find_model(spec.model, spec.model_dir, revision=spec.revision)
     report.info(f"resuming {folder.path} ({folder.done()} section(s) done)")
-    _run(_load(spec, files, report), spec, values, report, resume=True)
+    _run(_load(spec, report, files), spec, values, report, resume=True)
 
 
 def _batch(ctx: typer.Context, values: dict, report) -> None:
-    from fpgen.api import check_job, load_models
+    from fpgen.api import check_job
     from fpgen.batch import BatchJob, check_outputs, read_jobs_file, run_batch
     from fpgen.errors import FpgenError, Interrupted
     from fpgen.jobs import PATH_OPTIONS
@@ -258,17 +274,13 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
     jobs = check_outputs(jobs)
     report.info(f"{len(jobs)} job(s) in {path}")
 
-    def load(spec):
-        report.info(f"loading {spec.model} ...")
-        return load_models(spec.model, spec.model_dir, device=spec.device, dtype=spec.dtype)
-
     def announce(position: int, job: BatchJob) -> None:
         report.info(f"job {position} (line {job.line}): {job.spec.output}")
 
     def run(models, job: BatchJob):
         return _run(models, job.spec, {**values, "overwrite": job.overwrite, "preview": job.preview}, report.quieter())
 
-    outcomes = run_batch(jobs, load, run, announce)
+    outcomes = run_batch(jobs, lambda spec: _load(spec, report), run, announce)
     report.batch_summary(outcomes)
     failed = sum(o.status == "failed" for o in outcomes)
     if any(o.status == "interrupted" for o in outcomes):
@@ -288,6 +300,8 @@ def _typed_fields(ctx: typer.Context, params: dict, fields: dict) -> dict:
         if name not in allowed:
             close = difflib.get_close_matches(name, sorted(allowed), n=1)
             raise InputError(f"unknown field {key!r}", f"did you mean {close[0]!r}?" if close else "fields are `fpgen generate` option names")
+        if isinstance(value, str) and getattr(params[name], "multiple", False):
+            value = [value]  # one LoRA in a CSV cell or a JSON string
         try:
             typed[name] = params[name].process_value(ctx, value) if value is not None else None
         except typer.BadParameter as exc:

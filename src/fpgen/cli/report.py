@@ -9,10 +9,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.markup import escape
+from rich.progress import (
+    BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn,
+)  # fmt: skip
+from rich.table import Column, Table
+
+if TYPE_CHECKING:  # the pipeline imports torch, which commands like `fpgen download` do without
+    from fpgen.pipeline import Event
 
 
 class Reporter:
@@ -27,7 +34,7 @@ class Reporter:
 
     def info(self, message: str) -> None:
         if not self.quiet and not self.json_mode:
-            self.console.print(message, markup=False)
+            self.console.print(message, markup=False, soft_wrap=not self.interactive)
 
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
@@ -56,25 +63,12 @@ class Reporter:
         out.print(", ".join(f"{n} {status}" for status, n in counts.items() if n))
 
 
-class JobProgress:
-    """One display for a whole job: sections and steps, elapsed, ETA, and seconds per frame.
+class LiveDisplay:
+    """A context that shows ``self.progress`` (a rich Progress, on a terminal only) while it is open."""
 
-    It starts at the first section this run makes, so a resumed job's ETA counts only the work left.
-    """
+    progress: Progress | None = None
 
-    def __init__(self, reporter: Reporter, sections: int, steps: int, window: int):
-        self.reporter, self.sections, self.steps, self.window = reporter, sections, steps, window
-        self.started = None
-        self.first = 0
-        self.made = 0
-        self.progress = None
-        if reporter.interactive:
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
-                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"), console=reporter.console,
-            )  # fmt: skip
-
-    def __enter__(self) -> JobProgress:
+    def __enter__(self):
         if self.progress:
             self.progress.start()
         return self
@@ -83,8 +77,26 @@ class JobProgress:
         if self.progress:
             self.progress.stop()
 
-    def __call__(self, event) -> None:
-        from fpgen.pipeline import SectionDone, SectionStarted, StepDone  # torch loads only once a job runs
+
+class JobProgress(LiveDisplay):
+    """One display for a whole job: sections and steps, elapsed, ETA, and seconds per frame.
+
+    It starts at the first section this run makes, so a resumed job's ETA counts only the work left.
+    """
+
+    def __init__(self, reporter: Reporter, sections: int, steps: int, window: int):
+        self.reporter, self.sections, self.steps, self.window = reporter, sections, steps, window
+        self.started = None
+        self.made = 0
+        self.progress = None
+        if reporter.interactive:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
+                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"), console=reporter.console,
+            )  # fmt: skip
+
+    def __call__(self, event: Event) -> None:
+        from fpgen.pipeline import SectionDone, SectionStarted, StepDone
 
         if isinstance(event, SectionStarted):
             self._section_started(event)
@@ -96,7 +108,7 @@ class JobProgress:
     def _section_started(self, event) -> None:
         index = event.section.index
         if self.started is None:
-            self.started, self.first = time.perf_counter(), index
+            self.started = time.perf_counter()
             if index:
                 self.reporter.info(f"continuing at section {index + 1}/{self.sections}")
             if self.progress:
@@ -116,3 +128,44 @@ class JobProgress:
                 f"section {event.section.index + 1}/{self.sections} done (slot {event.section.slot}, {event.transformer_passes} passes) "
                 f"{elapsed:.1f}s elapsed, eta {left:.0f}s, {per_frame:.2f} s/frame"
             )
+
+
+class DownloadProgress(LiveDisplay):
+    """A download's bytes: a bar for the whole and one for the current file on a terminal; otherwise a
+    line per file, and one every half minute while a large file is coming."""
+
+    PLAIN_EVERY_S = 30.0
+
+    def __init__(self, reporter: Reporter, total_bytes: int):
+        self.reporter = reporter
+        self.finished = 0  # bytes of the files already done
+        self.last_line = time.perf_counter()
+        self.progress = None
+        if reporter.interactive:
+            self.progress = Progress(
+                TextColumn("{task.description}", table_column=Column(width=36, no_wrap=True, overflow="ellipsis")),
+                BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=reporter.console,
+            )  # fmt: skip
+            self.overall = self.progress.add_task("all files", total=total_bytes)
+            self.current = self.progress.add_task("", total=None)
+
+    def __call__(self, event) -> None:
+        from fpgen.download import FileDone, FileProgress, FileStarted, human_size
+
+        if isinstance(event, FileStarted):
+            if self.progress:
+                label = f"{event.number}/{event.count} {'/'.join(event.file.path.split('/')[-2:])}"
+                self.progress.update(self.current, description=escape(label), total=event.file.size, completed=0)
+            else:
+                self.reporter.info(f"[{event.number}/{event.count}] {event.file.repo}/{event.file.path}  {human_size(event.file.size)}")
+        elif isinstance(event, FileProgress):
+            if self.progress:
+                self.progress.update(self.current, completed=event.done)
+                self.progress.update(self.overall, completed=self.finished + event.done)
+            elif time.perf_counter() - self.last_line >= self.PLAIN_EVERY_S:
+                self.last_line = time.perf_counter()
+                self.reporter.info(f"    {human_size(event.done)} of {human_size(event.file.size)}")
+        elif isinstance(event, FileDone):
+            self.finished += event.file.size
+            if self.progress:
+                self.progress.update(self.overall, completed=self.finished)

@@ -1,0 +1,327 @@
+"""Whole 5-second jobs at the 640 bucket with full-size random models: baseline, exact, fast, low-vram.
+
+    python benchmarks/bench_job.py --part resident --out results/job_resident.json   # load time, exact, baseline, fast
+    python benchmarks/bench_job.py --part lowvram --out results/job_lowvram.json     # low-vram under a 6 GiB cap
+
+The models are written once as a ``--model-dir`` folder and loaded through fpgen's own loader, so
+the load time is the real one. A job is ``fpgen.generate_video`` on a square picture (bucket
+640x608), 5 s (4 sections, 145 frames), 25 steps, MP4 included, model loading excluded. The
+baseline is the official arithmetic as the official demo runs it on an H100: eager, PyTorch's
+default SDPA, no compile, the untuned VAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fullsize  # noqa: E402
+from bench_step import fpgen_call, official_call, section_inputs, timed  # noqa: E402
+
+from fpgen.acceleration import ModeChoice, compile_blocks, float8_linears  # noqa: E402
+from fpgen.api import generate_video  # noqa: E402
+from fpgen.devices import choose_placement  # noqa: E402
+from fpgen.hub import locate_model  # noqa: E402
+from fpgen.loading import Models  # noqa: E402
+from fpgen.offload import release_cached_memory  # noqa: E402
+from fpgen.pipeline import SectionDone, Settings, StepDone  # noqa: E402
+from fpgen.registry import MODELS  # noqa: E402
+
+GIB = 2**30
+ASSETS = Path(__file__).resolve().parents[1] / ".bench" / "assets"
+
+
+def picture(size: int = 768) -> np.ndarray:
+    """A smooth square test picture (bucket 640x608)."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    return (np.stack([x, y, 0.5 + 0.5 * np.sin(6 * x * y)], axis=-1) * 255).astype(np.uint8)
+
+
+def default_models_dir() -> Path:
+    """tmpfs when it can hold the ~43 GB of weights (files then load as from a warm HF cache), else /tmp."""
+    import shutil
+
+    shm = Path("/dev/shm")
+    return shm / "fpgen-bench-models" if shm.is_dir() and shutil.disk_usage(shm).free > 50 * GIB else Path("/tmp/fpgen-bench-models")
+
+
+def model_dir(root: Path, tiny: bool) -> Path:
+    if not (root / "lllyasviel/FramePackI2V_HY/config.json").exists():
+        started = time.perf_counter()
+        fullsize.write_model_dir(root, ASSETS, "cuda" if torch.cuda.is_available() else "cpu", tiny)
+        print(f"wrote {root} in {time.perf_counter() - started:.1f} s", flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return root
+
+
+class Results(dict):
+    """Written to disk after every stage, so a run cut off by its time limit keeps what it measured."""
+
+    def __init__(self, path: Path, **initial):
+        super().__init__(initial)
+        self.path = path
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self, indent=1))
+
+
+class StepClock:
+    """Times the transformer part of a job from its step events (sections' decode excluded)."""
+
+    def __init__(self):
+        self.steps, self.step_time, self.decode_time = 0, 0.0, 0.0
+        self.last = time.perf_counter()
+
+    def __call__(self, event):
+        now = time.perf_counter()
+        if isinstance(event, StepDone):
+            if event.step > 1:  # the first step of a section follows the previous decode
+                self.step_time += now - self.last
+                self.steps += 1
+        elif isinstance(event, SectionDone):
+            self.decode_time += now - self.last
+        self.last = now
+
+
+def run_job(models: Models, settings: Settings, out: Path, name: str) -> dict:
+    out.unlink(missing_ok=True)
+    clock = StepClock()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    video = generate_video(models, picture(), out, settings, on_event=clock)
+    elapsed = time.perf_counter() - started
+    result = {
+        "s_per_frame": elapsed / video.frames, "job_s": elapsed, "frames": video.frames, "size": f"{video.height}x{video.width}",
+        "s_per_step": clock.step_time / max(clock.steps, 1), "decode_s_per_section": clock.decode_time / video.result.plan.count,
+        "transformer_passes": video.result.transformer_passes,
+    }  # fmt: skip
+    if torch.cuda.is_available():
+        result.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB, peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB)
+    print(name, json.dumps(result), flush=True)
+    return {"result": result, "latents": video.result.latents}
+
+
+def job_settings(args) -> Settings:
+    size = tuple(int(v) for v in args.size.split("x")) if args.size else None
+    return Settings(prompt="A person walks through a sunny park, waving at the camera.", seconds=args.seconds, steps=args.steps, size=size)
+
+
+def rel_l2(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def uncompile(transformer):
+    torch._dynamo.reset()
+    for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
+        block._compiled_call_impl = None
+
+
+def step_check(models: Models, results: dict, name: str, baseline=None):
+    """One step at the job's shapes: the official call (diffusers' forward, eager) once, then the mode's call."""
+    transformer, device = models.transformer, models.placement.device
+    x, cond, context = section_inputs(False, device, 128) if device.type == "cuda" else section_inputs(True, device, 20)
+    sigma = torch.tensor([0.8], device=device)
+    with torch.no_grad():
+        if baseline is None:
+            compiled = [block._compiled_call_impl for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks)]
+            uncompile(transformer)
+            seconds, baseline = timed(lambda: official_call(transformer, x, sigma, cond, context))
+            results["baseline_step"] = {"s_per_step": seconds}
+            for block, impl in zip((*transformer.transformer_blocks, *transformer.single_transformer_blocks), compiled):
+                block._compiled_call_impl = impl
+        started = time.perf_counter()
+        fpgen_call(transformer, x, sigma, cond, context, blocks=models.blocks)
+        first = time.perf_counter() - started
+        seconds, out = timed(lambda: fpgen_call(transformer, x, sigma, cond, context, blocks=models.blocks), warmup=1, reps=3)
+    results[f"{name}_step"] = {"s_per_step": seconds, "first_call_s": first, "rel_l2_vs_baseline": rel_l2(out, baseline)}
+    print(name, "step", json.dumps(results[f"{name}_step"]), flush=True)
+    return baseline
+
+
+def profile_step(models: Models, results: dict, name: str, top: int = 14):
+    """Where one step's GPU time goes: the top kernels by total time, grouped into attention, GEMMs and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    transformer, device = models.transformer, models.placement.device
+    x, cond, context = section_inputs(False, device, 128)
+    sigma = torch.tensor([0.8], device=device)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fpgen_call(transformer, x, sigma, cond, context, blocks=models.blocks)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in events)
+
+    def kind(key: str) -> str:
+        k = key.lower()
+        if "attention" in k or "fmha" in k or "flash" in k or ("cudnn" in k and "sdpa" in k):
+            return "attention"
+        if "gemm" in k or "sm90_xmma" in k or "cutlass" in k or "nvjet" in k or "scaled_mm" in k or "mm" == k:
+            return "gemm"
+        return "other"
+
+    groups: dict[str, float] = {}
+    for e in events:
+        groups[kind(e.key)] = groups.get(kind(e.key), 0.0) + e.device_time_total
+    results[f"{name}_profile"] = {
+        "gpu_ms": total / 1e3,
+        "share": {k: round(v / total, 3) for k, v in groups.items()},
+        "top": [(e.key[:90], round(e.device_time_total / 1e3, 2), e.count) for e in sorted(events, key=lambda e: -e.device_time_total)[:top]],
+    }
+    print(name, "profile", json.dumps(results[f"{name}_profile"]), flush=True)
+
+
+def resident(args, results: dict):
+    root = model_dir(args.models, args.tiny)
+    paths = locate_model(MODELS["framepack"], root)
+    placement = choose_placement("cuda" if torch.cuda.is_available() else "cpu", "bfloat16")
+    settings = job_settings(args)
+
+    started = time.perf_counter()
+    models = Models(paths, "inverted", placement, ModeChoice("exact", "benchmark")).load_all()
+    results["load_s"] = time.perf_counter() - started
+    baseline_step = step_check(models, results, "exact")
+    if torch.cuda.is_available():
+        profile_step(models, results, "exact")
+    exact = run_job(models, settings, args.work / "exact.mp4", "exact")
+    results["exact"] = exact["result"]
+    save_file({"latents": exact["latents"].contiguous()}, str(args.out.with_name("exact_latents.safetensors")))
+
+    transformer = models.transformer
+    uncompile(transformer)
+    baseline = run_job(models, settings, args.work / "baseline.mp4", "baseline")
+    results["baseline"] = baseline["result"]
+    results["exact"]["latents_rel_l2_vs_baseline"] = rel_l2(exact["latents"], baseline["latents"])
+
+    if torch.cuda.is_available():
+        try:
+            float8_linears(transformer)
+            compile_blocks(transformer, match_eager_rounding=False)
+            step_check(models, results, "fast", baseline_step)
+        except Exception as error:
+            results["fast_step"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+
+
+def fast_job(args, results: dict):
+    """The fast mode as a user gets it: fpgen's own loader in fast mode, TeaCache on."""
+    paths = locate_model(MODELS["framepack"], model_dir(args.models, args.tiny))
+    placement = choose_placement("cuda" if torch.cuda.is_available() else "cpu", "bfloat16")
+    mode = ModeChoice("fast", "benchmark") if placement.is_cuda else ModeChoice("exact", "cpu smoke run")
+    models = Models(paths, "inverted", placement, mode).load_all()
+    fast = run_job(models, replace(job_settings(args), teacache=True), args.work / "fast.mp4", "fast")
+    if args.exact_latents and args.exact_latents.exists():
+        fast["result"]["latents_rel_l2_vs_exact"] = rel_l2(fast["latents"], load_file(str(args.exact_latents))["latents"])
+    results["fast"] = fast["result"]
+    del models
+
+
+def lowvram_child(args):
+    """One low-vram job in a fresh process: the 6 GiB cap is set before anything touches the GPU."""
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(args.cap_gib * GIB / total)
+    paths = locate_model(MODELS["framepack"], args.models)
+    placement = choose_placement("cuda" if torch.cuda.is_available() else "cpu", "bfloat16")
+    started = time.perf_counter()
+    mode = ModeChoice("low-vram", "benchmark") if placement.is_cuda else ModeChoice("exact", "cpu smoke run")
+    models = Models(paths, "inverted", placement, mode).load_all()
+    load_s = time.perf_counter() - started
+    settings = job_settings(args)
+    try:
+        job = run_job(models, settings, args.work / "lowvram.mp4", "lowvram")["result"]
+    except Exception as error:  # the compiled streamed blocks failed: record it, measure the eager ones
+        print(f"compiled low-vram job failed: {type(error).__name__}: {error}", flush=True)
+        del models
+        release_cached_memory(placement.device)
+        models = Models(paths, "inverted", placement, mode, compile=False).load_all()
+        job = run_job(models, settings, args.work / "lowvram.mp4", "lowvram")["result"]
+        job["compiled_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    job["load_s_before_job"] = load_s
+    job["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+    status = Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").exists() else []
+    job["host_now"] = {line.split(":")[0]: line.split(":")[1].strip() for line in status if line.startswith(("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM", "VmLck", "VmPin"))}
+    job["cap_gib"] = args.cap_gib
+    print("LOWVRAM " + json.dumps(job), flush=True)
+
+
+def vae_compile(args, results: dict, started: float, budget_s: float = 440.0):
+    """The VAE decode of one section (18 latents), eager against torch.compile'd decoder, if time allows."""
+    from fpgen.decode import decode_latents
+
+    if not torch.cuda.is_available() or time.perf_counter() - started > budget_s:
+        results["vae_compiled"] = {"skipped": "time budget"}
+        return
+    vae = fullsize.vae("cuda")
+    latents = torch.randn((1, 16, 18, 80, 76), generator=torch.Generator().manual_seed(5))
+    eager_s, reference = timed(lambda: decode_latents(vae, latents), warmup=1, reps=2)
+    vae.decoder.compile()
+    first = time.perf_counter()
+    decode_latents(vae, latents)
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - first
+    seconds, out = timed(lambda: decode_latents(vae, latents), warmup=0, reps=2)
+    results["vae_compiled"] = {"eager_s": eager_s, "compiled_s": seconds, "compile_s": compile_s, "rel_l2": rel_l2(out, reference)}
+
+
+def lowvram(args, results: dict):
+    model_dir(args.models, args.tiny)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    command = [sys.executable, __file__, "--part", "lowvram-child", "--models", str(args.models), "--work", str(args.work), "--cap-gib", str(args.cap_gib),
+               "--seconds", str(args.seconds), "--steps", str(args.steps)] + (["--size", args.size] if args.size else [])  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True)
+    print(proc.stdout[-4000:], proc.stderr[-4000:], flush=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("LOWVRAM ")]
+    results["lowvram"] = json.loads(lines[-1][len("LOWVRAM ") :]) if lines else {"error": proc.stderr[-600:]}
+
+
+def lowvram_and_fast(args, results: dict):
+    started = time.perf_counter()
+    lowvram(args, results)
+    fast_job(args, results)
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    vae_compile(args, results, started)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-fast", "lowvram-child"], required=True)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--models", type=Path, default=default_models_dir())
+    parser.add_argument("--exact-latents", type=Path, default=None, help="the exact job's latents from --part resident")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fpgen-bench-work"))
+    parser.add_argument("--cap-gib", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--size", default=None, help="HxW instead of the 640 bucket (smoke runs)")
+    parser.add_argument("--out", type=Path, default=Path("job.json"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.part == "lowvram-child":
+        return lowvram_child(args)
+    results = Results(args.out, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__, models_dir=str(args.models))
+    started = time.perf_counter()
+    {"resident": resident, "lowvram": lowvram, "lowvram-fast": lowvram_and_fast}[args.part](args, results)
+    results["total_s"] = time.perf_counter() - started
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/fpgen-inductor")
+    main()

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# On the GPU box (no network): install the wheels carried in .whl/ beside its torch, then run "$@".
+#   device run: bash benchmarks/on_device.sh python3 benchmarks/bench_step.py --out $OUT/step.json
+set -euo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/fpgen-inductor
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
+df -h /tmp | tail -1
+python3 -c "import torch, transformers, diffusers; from fpgen.acceleration import inductor_options; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__, 'SiglipImageProcessorPil', hasattr(transformers, 'SiglipImageProcessorPil'), 'eager-rounding options', inductor_options(True))"
+"$@"

@@ -1,0 +1,154 @@
+"""Speed and memory modes on CUDA, and the choice between them.
+
+- exact (default on CUDA): the official bf16 maths, made faster without changing it: each block
+  compiled with torch.compile, rounding as eager PyTorch does (attention stays PyTorch's SDPA, which
+  picks cuDNN's kernel on Hopper: the fastest measured, see benchmarks/RESULTS.md).
+- fast: exact plus FP8 matmuls in the blocks (Hopper and newer) and TeaCache; results move away
+  from the official ones (benchmarks/RESULTS.md reports by how much).
+- low-vram: the transformer's blocks and the Llama text encoder streamed from pinned host memory,
+  VAE tiling; chosen by itself when the card cannot hold the transformer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from fpgen.devices import Placement
+from fpgen.errors import InputError
+
+Mode = Literal["exact", "fast", "low-vram"]
+MODES = ("exact", "fast", "low-vram")
+
+# Measured at the 640 bucket on an H100 (benchmarks/RESULTS.md): a job with every model resident
+# and the untiled VAE decode peaked at 66.6 GiB reserved; a step's activations stay under 2 GiB
+# and the tiled decode ran inside the 6 GiB low-vram cap. Margins on top.
+ALL_RESIDENT_GIB = 72.0  # every model on the GPU, untiled VAE decode
+WORKSPACE_GIB = 8.0  # besides a resident transformer: activations and a tiled VAE decode
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    mode: Mode
+    reason: str
+
+
+def gpu_memory_gib(device: torch.device) -> float:
+    return torch.cuda.get_device_properties(device).total_memory / GIB
+
+
+def vram_budget(placement: Placement, vram_budget_gib: float | None) -> float:
+    """GPU memory fpgen may plan for: --vram-budget, else the card's."""
+    return vram_budget_gib or gpu_memory_gib(placement.device)
+
+
+def choose_mode(placement: Placement, transformer_bytes: int, fast: bool = False, low_vram: bool = False, vram_budget_gib: float | None = None) -> ModeChoice:
+    """Pick the mode: what was asked for, or low-vram when the transformer and its workspace do not fit."""
+    if not placement.is_cuda:
+        if fast or low_vram or vram_budget_gib:
+            raise InputError("--fast, --low-vram and --vram-budget need a CUDA GPU", "drop them, or run with --device cuda")
+        return ModeChoice("exact", "CPU")
+    if vram_budget_gib is not None and vram_budget_gib <= 0:
+        raise InputError(f"--vram-budget must be positive (got {vram_budget_gib})", "e.g. --vram-budget 6")
+    budget = vram_budget(placement, vram_budget_gib)
+    needed = transformer_bytes / GIB * (0.5 if fast else 1.0) + WORKSPACE_GIB
+    if low_vram:
+        return ModeChoice("low-vram", "asked for with --low-vram")
+    if budget < needed:
+        return ModeChoice("low-vram", f"{budget:.0f} GiB of GPU memory is less than the {needed:.0f} GiB a resident transformer needs")
+    if fast:
+        return ModeChoice("fast", "asked for with --fast")
+    return ModeChoice("exact", f"{budget:.0f} GiB of GPU memory holds every model")
+
+
+def use_persistent_compile_cache() -> None:
+    """Keep inductor's compiled kernels across runs, so the next video skips most of the compile time."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fpgen" / "inductor"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+
+
+# Inductor settings that make fused kernels round like eager PyTorch: keep bf16 intermediates'
+# downcasts, keep each linear's bias inside its matmul (on GPUs inductor otherwise splits it off,
+# rounding twice), and divide with IEEE rounding.
+EAGER_ROUNDING = {"emulate_precision_casts": True, "keep_addmm_fused_for_half_dtypes": True, "eager_numerics.division_rounding": True}
+
+
+def inductor_options(match_eager_rounding: bool) -> dict:
+    """The eager-rounding options this torch knows (older releases lack some)."""
+    if not match_eager_rounding:
+        return {}
+    import torch._inductor.config as inductor_config
+
+    known = set(inductor_config._config.keys()) if hasattr(inductor_config, "_config") else set()
+    return {key: value for key, value in EAGER_ROUNDING.items() if key in known}
+
+
+def compile_blocks(transformer, match_eager_rounding: bool = True) -> None:
+    """torch.compile each block in place: fused elementwise work, one graph per block kind.
+
+    Fused kernels keep intermediates in float32 where eager PyTorch rounds to bf16; with
+    ``match_eager_rounding`` they round as eager does, so the exact mode stays at eager's numbers.
+    """
+    use_persistent_compile_cache()
+    options = inductor_options(match_eager_rounding)
+    for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
+        block.compile(options=options)
+
+
+FP8_MAX = 448.0  # largest float8_e4m3fn value
+
+
+def to_float8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row scaled float8_e4m3fn copy of a 2-D tensor, and the float32 (rows, 1) scales."""
+    scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+class Float8Linear(torch.nn.Module):
+    """A Linear whose matmul runs in FP8: weights stored as e4m3 with per-output-row scales,
+    activations quantised per token on the fly (fused into one kernel once compiled).
+
+    Plain tensors rather than tensor subclasses, so torch.compile traces one graph per block kind
+    and reuses it for all 60 blocks.
+    """
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        weight, scale = to_float8_rows(linear.weight.detach())
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out)
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.out_dtype = linear.weight.dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, x_scale = to_float8_rows(x.reshape(-1, x.shape[-1]))
+        out = torch._scaled_mm(rows, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale, out_dtype=self.out_dtype)
+        out = out.reshape(*x.shape[:-1], -1)
+        return out + self.bias if self.bias is not None else out
+
+
+def float8_linears(transformer, device: torch.device | None = None) -> int:
+    """Swap the blocks' large linears for Float8Linear; the per-token modulation linears and
+    everything outside the blocks stay bf16. Returns how many were swapped.
+
+    With ``device``, each block moves there just before its conversion, so the GPU never holds
+    more than one block in bf16 (a 24 GB card takes the FP8 transformer).
+    """
+    target = torch.device(device) if device is not None else transformer.device
+    if target.type == "cuda" and torch.cuda.get_device_capability(target) < (8, 9):
+        raise InputError("--fast needs FP8 matmuls (an Ada, Hopper or newer GPU)", "run without --fast")
+    swapped = 0
+    for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
+        if device is not None:
+            block.to(device)
+        for name, module in list(block.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, torch.nn.Linear) and "norm" not in f"{name}.{child_name}":
+                    setattr(module, child_name, Float8Linear(child))
+                    swapped += 1
+    return swapped

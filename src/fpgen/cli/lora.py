@@ -1,0 +1,67 @@
+"""``fpgen lora``: look into LoRA files and convert them between fpgen/diffusers and musubi-tuner layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fpgen.cli import app
+
+lora_app = typer.Typer(help="Inspect and convert FramePack LoRA files.", no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+
+EXAMPLES = """
+Examples:
+
+  fpgen lora convert runs/dance/lora.safetensors dance_musubi.safetensors --to musubi
+
+  fpgen lora convert my_musubi_lora.safetensors my_lora.safetensors --to diffusers
+"""
+
+
+@lora_app.command(epilog=EXAMPLES)
+def convert(
+    source: Path = typer.Argument(..., help="A LoRA file (fpgen/diffusers or musubi-tuner FramePack layout)."),
+    target: Path = typer.Argument(..., help="The .safetensors file to write."),
+    to: str = typer.Option(..., "--to", help="musubi (musubi-tuner's networks.lora_framepack) or diffusers (also fpgen's own)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace TARGET if it exists."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
+) -> None:
+    """Convert a FramePack LoRA between the fpgen/diffusers layout and musubi-tuner's; the weights are copied unchanged."""
+    from fpgen.cli.report import Reporter
+    from fpgen.errors import InputError
+    from fpgen.lora import read_lora, write_lora, write_musubi
+
+    if to not in ("musubi", "diffusers"):
+        raise InputError(f"unknown --to {to!r}", "use musubi or diffusers")
+    if target.exists() and not overwrite:
+        raise InputError(f"{target} already exists", "choose another TARGET, or pass --overwrite")
+    if target.suffix != ".safetensors":
+        raise InputError(f"{target} must end in .safetensors", "e.g. my_lora.safetensors")
+    lora, layout = read_lora(source)
+    (write_musubi if to == "musubi" else write_lora)(target, lora)
+    Reporter(json_output).result(
+        {"source": str(source), "source_layout": layout, "target": str(target), "target_layout": to, "modules": len(lora.modules)},
+        f"{target}  ({len(lora.modules)} modules, {layout} -> {to})",
+    )
+
+
+@lora_app.command()
+def info(
+    path: Path = typer.Argument(..., help="A LoRA file, or a folder holding one."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Show a LoRA's layout, modules, ranks and alphas, and how it was trained (for fpgen's own)."""
+    import json
+
+    from fpgen.cli.report import Reporter
+    from fpgen.lora import read_lora
+
+    lora, layout = read_lora(path)
+    config = lora.adapter_metadata()
+    data = {
+        "path": str(path), "layout": layout, "modules": len(lora.modules), "rank": config["r"], "alpha": config["lora_alpha"],
+        "other_ranks": config["rank_pattern"], "other_alphas": config["alpha_pattern"], "trained": json.loads(lora.info) if lora.info else None,
+    }  # fmt: skip
+    Reporter(json_output).result(data, f"{path}: {layout} layout, {len(lora.modules)} modules, rank {config['r']}, alpha {config['lora_alpha']:g}")

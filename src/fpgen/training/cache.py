@@ -1,0 +1,232 @@
+"""The training cache: VAE latents, SigLIP and text embeddings on disk, so training loads only the transformer.
+
+Every entry is a safetensors file named by a hash of everything it was made from: a video entry by
+the video's bytes, its size, the window, the section cap and the VAE/SigLIP weights; a text entry by
+the caption and the text encoders' weights. A changed video, caption or setting therefore misses
+the cache and is encoded again, an unchanged one is read back, and the encoders are loaded only
+when something is missing. Files appear whole (written aside, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from fpgen.buckets import load_image, pick_bucket, resize_and_center_crop
+from fpgen.conditioning import PROMPT_PAD_LENGTH, PromptEmbedding, encode_image, encode_latents, encode_prompt
+from fpgen.devices import Placement
+from fpgen.training.data import Clip, clip_size, frames_to_vae_input, read_clip
+
+CACHE_VERSION = 2
+VIDEO_ENCODERS = ("vae", "image_encoder")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    size: tuple[int, int] | None
+    resolution: int
+    window: int
+    max_sections: int | None
+
+
+@dataclass(frozen=True)
+class CachedClip:
+    clip: Clip
+    video: Path  # latents (1, 16, T, h, w) float32, start_latent (1, 16, 1, h, w), image_embeds (1, N, E)
+    text: Path  # prompt_embeds (1, tokens, D) and pooled (1, P)
+    size: tuple[int, int]
+    sections: int
+
+
+@dataclass(frozen=True)
+class CachedStart:
+    """A validation video's inputs: start latent and image embeddings, and the prompt's text entry."""
+
+    image: Path
+    text: Path
+    size: tuple[int, int]
+
+
+@dataclass
+class CacheReport:
+    videos_encoded: int = 0
+    videos_reused: int = 0
+    texts_encoded: int = 0
+    texts_reused: int = 0
+    loaded: list[str] = field(default_factory=list)  # the encoders this run had to load
+    too_short: list[str] = field(default_factory=list)  # clips shorter than one section
+
+
+def _digest(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def file_digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def weights_id(folder: Path) -> str:
+    """Identifies a model folder's weights: its config and the names and sizes of its files."""
+    files = sorted((p.name, p.stat().st_size) for p in Path(folder).iterdir() if p.is_file())
+    config = (Path(folder) / "config.json").read_text() if (Path(folder) / "config.json").is_file() else ""
+    return _digest({"files": files, "config": config})
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
+    os.replace(partial, path)
+
+
+def _sections_of(path: Path) -> int:
+    with safe_open(str(path), framework="pt") as handle:
+        return int(handle.metadata()["sections"])
+
+
+class _Encoders:
+    """Loads encoders the first time they are needed, so a warm cache loads none."""
+
+    def __init__(self, paths: dict[str, Path], placement: Placement, report: CacheReport):
+        self.paths, self.placement, self.report = paths, placement, report
+        self.loaded: dict[str, object] = {}
+
+    def get(self, name: str):
+        if name not in self.loaded:
+            from fpgen.loading import load_encoder, load_tokenizers, load_vae, siglip_processor_class
+
+            device, dtype = self.placement.device, self.placement.encoder_dtype
+            if name == "vae":
+                self.loaded[name] = load_vae(self.paths["vae"], dtype, device)
+            elif name == "image_encoder":
+                self.loaded[name] = (
+                    siglip_processor_class().from_pretrained(self.paths["feature_extractor"]),
+                    load_encoder("image_encoder", self.paths["image_encoder"], dtype, device),
+                )
+            else:
+                tokenizer, tokenizer_2 = load_tokenizers(self.paths)
+                self.loaded[name] = (
+                    tokenizer,
+                    load_encoder("text_encoder", self.paths["text_encoder"], dtype, device),
+                    tokenizer_2,
+                    load_encoder("text_encoder_2", self.paths["text_encoder_2"], dtype, device),
+                )
+            self.report.loaded.append(name)
+        return self.loaded[name]
+
+    def encode_prompt(self, text: str) -> dict[str, torch.Tensor]:
+        embedding = encode_prompt(text, *self.get("text_encoders"))
+        return {"prompt_embeds": embedding.embeds[:, : embedding.tokens].cpu(), "pooled": embedding.pooled.cpu()}
+
+    def _latents(self, frames: np.ndarray, tiled: bool) -> torch.Tensor:
+        vae = self.get("vae")
+        if tiled and self.placement.is_cuda:
+            vae.enable_tiling()  # whole clips at full size do not fit in one piece
+        else:
+            vae.disable_tiling()  # a single picture is encoded whole, as generation does
+        return encode_latents(vae, frames_to_vae_input(frames))
+
+    def encode_picture(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
+        """Latents of (T, H, W, 3) frames, the first frame encoded alone, and its SigLIP embeddings.
+
+        The VAE's group norms pool over time, so a clip's first latent depends on the frames after it;
+        generation encodes the start picture alone, and so does the training start latent.
+        """
+        tensors = {"start_latent": self._latents(frames[:1], tiled=False), "image_embeds": encode_image(frames[0], *self.get("image_encoder")).cpu()}
+        if len(frames) > 1:
+            tensors["latents"] = self._latents(frames, tiled=True)
+        return tensors
+
+
+def _text_entry(cache_dir: Path, caption: str, text_id: str) -> Path:
+    return cache_dir / "text" / f"{_digest({'v': CACHE_VERSION, 'caption': caption, 'encoders': text_id})}.safetensors"
+
+
+def build_cache(
+    clips: list[Clip],
+    settings: CacheSettings,
+    paths: dict[str, Path],
+    placement: Placement,
+    cache_dir: Path,
+    validation: tuple[Path, str] | None = None,
+    on_progress: Progress | None = None,
+) -> tuple[list[CachedClip], CachedStart | None, CacheReport]:
+    """Make sure every clip (and the validation picture and prompt) is cached; encode only what is missing."""
+    progress = on_progress or (lambda what, done, total: None)
+    report = CacheReport()
+    encoders = _Encoders(paths, placement, report)
+    video_id = _digest({name: weights_id(paths[name]) for name in VIDEO_ENCODERS})
+    text_id = _digest({name: weights_id(paths[name]) for name in TEXT_ENCODERS})
+
+    cached = []
+    for number, clip in enumerate(clips):
+        size = clip_size(clip.video, settings.size, settings.resolution)
+        key = {"v": CACHE_VERSION, "video": file_digest(clip.video), "size": size, "window": settings.window,
+               "max_sections": settings.max_sections, "encoders": video_id}  # fmt: skip
+        entry = cache_dir / "video" / f"{_digest(key)}.safetensors"
+        if entry.is_file():
+            report.videos_reused += 1
+        else:
+            frames = read_clip(clip.video, size, settings.window, settings.max_sections)
+            tensors = encoders.encode_picture(frames.frames) if frames.sections else {}
+            _write(entry, tensors, {"sections": str(frames.sections), "fps": str(frames.fps), "source": clip.name})
+            report.videos_encoded += 1
+        sections = _sections_of(entry)
+        if sections == 0:
+            report.too_short.append(clip.name)
+        cached.append(CachedClip(clip, entry, _text_entry(cache_dir, clip.caption, text_id), size, sections))
+        progress("videos", number + 1, len(clips))
+
+    start = None
+    if validation is not None:
+        image_path, prompt = validation
+        picture = load_image(image_path)
+        size = settings.size or pick_bucket(picture.shape[0], picture.shape[1], settings.resolution)
+        key = {"v": CACHE_VERSION, "image": file_digest(image_path), "size": size, "encoders": video_id}
+        entry = cache_dir / "image" / f"{_digest(key)}.safetensors"
+        if not entry.is_file():
+            picture = resize_and_center_crop(picture, *size)
+            _write(entry, encoders.encode_picture(picture[None]), {"sections": "0"})
+        start = CachedStart(entry, _text_entry(cache_dir, prompt, text_id), size)
+
+    captions = {c.text: c.clip.caption for c in cached if c.sections}
+    if start is not None:
+        captions[start.text] = validation[1]
+    for number, (entry, caption) in enumerate(sorted(captions.items())):
+        if entry.is_file():
+            report.texts_reused += 1
+        else:
+            _write(entry, encoders.encode_prompt(caption), {"caption": caption})
+            report.texts_encoded += 1
+        progress("captions", number + 1, len(captions))
+    return [c for c in cached if c.sections], start, report
+
+
+def load_entry(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def cached_prompt(entry: dict[str, torch.Tensor]) -> PromptEmbedding:
+    """A text entry back as generation's ``PromptEmbedding`` (zero-padded to 512 tokens, with its mask)."""
+    embeds, tokens = entry["prompt_embeds"], entry["prompt_embeds"].shape[1]
+    padded = embeds.new_zeros((1, PROMPT_PAD_LENGTH, embeds.shape[2]))
+    padded[:, :tokens] = embeds
+    mask = torch.zeros((1, PROMPT_PAD_LENGTH), dtype=torch.bool)
+    mask[:, :tokens] = True
+    return PromptEmbedding(padded, mask, entry["pooled"], tokens, False)

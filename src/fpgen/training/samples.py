@@ -1,0 +1,116 @@
+"""Training samples and their order.
+
+A sample is one section of one cached clip: the section's window of ground-truth latents is the
+target, and its context is packed by ``fpgen.packing.pack_section`` from the clip's other
+ground-truth latents, with the section plan (``fpgen.plan``) of a generation of that length. So
+the inverted model sees the future frames and the official padding schedule, F1 the past frames,
+exactly as at inference (teacher forcing).
+
+The start latent (frame 0, in the start slot and, for F1, as the first frame of history) is the
+first frame encoded alone, as generation encodes its picture, not the clip's first latent.
+
+The order is a pure function of the seed: epoch ``e`` shuffles the samples with a generator seeded
+from (seed, e), groups them by layout (size and padding: only those can share a batch), and
+shuffles the batches. Micro-batch ``n`` of the run is batch ``n`` of that endless stream, so a
+resumed run continues with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from fpgen.packing import PackedContext, pack_section, window_bounds
+from fpgen.plan import Order, Section, plan_sections
+from fpgen.training.cache import CachedClip, load_entry
+from fpgen.training.objective import Batch
+from fpgen.transformer import Conditioning
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    clip: int  # index into the cached clips
+    section: Section
+
+
+def sample_refs(clips: list[CachedClip], window: int, order: Order) -> list[SampleRef]:
+    """Every section of every clip, as a generation of that clip's length would visit them."""
+    return [SampleRef(i, section) for i, clip in enumerate(clips) for section in plan_sections(clip.sections, window, order).sections]
+
+
+def layout_key(clips: list[CachedClip], ref: SampleRef) -> tuple:
+    """Samples with equal keys have equal shapes and RoPE indices, so they can be batched."""
+    return clips[ref.clip].size, ref.section.padding
+
+
+def seeded(seed: int, *counters: int) -> torch.Generator:
+    """A CPU generator for one (seed, counters...) combination, independent of any global RNG state."""
+    value = seed
+    for counter in counters:
+        value = (value * 6364136223846793005 + counter + 1442695040888963407) % (2**63)
+    return torch.Generator("cpu").manual_seed(value)
+
+
+def epoch_batches(keys: list, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Epoch ``epoch``'s batches: sample indices shuffled, grouped by layout key, chunked, and the batches shuffled."""
+    generator = seeded(seed, 1, epoch)
+    groups: dict = {}
+    for index in torch.randperm(len(keys), generator=generator).tolist():
+        groups.setdefault(keys[index], []).append(index)
+    batches = [members[i : i + batch_size] for _, members in sorted(groups.items(), key=lambda kv: str(kv[0])) for i in range(0, len(members), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+class BatchOrder:
+    """Micro-batch ``n`` of the endless stream of epochs (an epoch's batches are computed once)."""
+
+    def __init__(self, keys: list, batch_size: int, seed: int):
+        self.keys, self.batch_size, self.seed = keys, batch_size, seed
+        self.per_epoch = len(epoch_batches(keys, batch_size, seed, 0))
+        self._epoch, self._batches = -1, []
+
+    def __call__(self, n: int) -> tuple[int, list[int]]:
+        epoch, position = divmod(n, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, epoch_batches(self.keys, self.batch_size, self.seed, epoch)
+        return epoch, self._batches[position]
+
+
+def collate_conditioning(texts: list[dict[str, torch.Tensor]], image_embeds: list[torch.Tensor]) -> Conditioning:
+    """Prompt embeddings zero-padded to the longest in the batch, with a mask of the real tokens."""
+    longest = max(t["prompt_embeds"].shape[1] for t in texts)
+    embeds = torch.zeros((len(texts), longest, texts[0]["prompt_embeds"].shape[2]), dtype=texts[0]["prompt_embeds"].dtype)
+    mask = torch.zeros((len(texts), longest), dtype=torch.bool)
+    for row, text in enumerate(texts):
+        tokens = text["prompt_embeds"].shape[1]
+        embeds[row, :tokens], mask[row, :tokens] = text["prompt_embeds"][0], True
+    return Conditioning(embeds, mask, torch.cat([t["pooled"] for t in texts]), torch.cat(image_embeds))
+
+
+def build_batch(
+    refs: list[SampleRef],
+    clips: list[CachedClip],
+    window: int,
+    order: Order,
+    load: Callable[[object], dict[str, torch.Tensor]] = load_entry,
+) -> Batch:
+    """The ground-truth windows and packed contexts of ``refs`` (all of one layout), with their conditioning."""
+    targets, contexts, texts, images = [], [], [], []
+    for ref in refs:
+        clip = clips[ref.clip]
+        video = load(clip.video)
+        latents = torch.cat([video["start_latent"], video["latents"][:, :, 1:]], dim=2)  # the start latent as generation makes it
+        begin, end = window_bounds(ref.section.slot, window)
+        targets.append(latents[:, :, begin:end])
+        contexts.append(pack_section(order, latents, ref.section, window))
+        texts.append(load(clip.text))
+        images.append(video["image_embeds"])
+    context = PackedContext(
+        contexts[0].indices,
+        torch.cat([c.clean for c in contexts]),
+        torch.cat([c.clean_2x for c in contexts]),
+        torch.cat([c.clean_4x for c in contexts]),
+    )
+    return Batch(torch.cat(targets), context, collate_conditioning(texts, images))

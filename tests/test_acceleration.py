@@ -1,0 +1,85 @@
+"""Mode choice and the FP8 linear (the GPU runs themselves are in benchmarks/)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fpgen.acceleration import Float8Linear, choose_mode, float8_linears, inductor_options, to_float8_rows
+from fpgen.devices import Placement
+from fpgen.errors import InputError
+
+TRANSFORMER_BYTES = 25_748_629_632  # the released transformer in bf16
+CPU = Placement(torch.device("cpu"), torch.float32, torch.float32)
+CUDA = Placement(torch.device("cuda"), torch.bfloat16, torch.float16)  # never touched: budgets are given
+
+
+def test_cpu_refuses_gpu_only_options():
+    assert choose_mode(CPU, 0).mode == "exact"
+    for kwargs in ({"fast": True}, {"low_vram": True}, {"vram_budget_gib": 8}):
+        with pytest.raises(InputError, match="need a CUDA GPU"):
+            choose_mode(CPU, 0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("budget", "fast", "low_vram", "expected"),
+    [
+        (80, False, False, "exact"),
+        (80, True, False, "fast"),
+        (80, False, True, "low-vram"),
+        (24, False, False, "low-vram"),  # a 4090 cannot hold the bf16 transformer
+        (24, True, False, "fast"),  # but holds it in FP8
+        (8, True, False, "low-vram"),
+        (6, False, False, "low-vram"),
+    ],
+)
+def test_mode_follows_the_budget(budget, fast, low_vram, expected):
+    choice = choose_mode(CUDA, TRANSFORMER_BYTES, fast=fast, low_vram=low_vram, vram_budget_gib=budget)
+    assert choice.mode == expected and choice.reason
+
+
+def test_negative_budget_is_refused():
+    with pytest.raises(InputError, match="--vram-budget"):
+        choose_mode(CUDA, TRANSFORMER_BYTES, vram_budget_gib=-1)
+
+
+def test_float8_rows_round_trip():
+    x = torch.randn(32, 64) * torch.logspace(-2, 2, 32).unsqueeze(1)  # rows of very different scales
+    q, scale = to_float8_rows(x)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (32, 1)
+    back = q.float() * scale
+    assert ((back - x).norm(dim=1) / x.norm(dim=1)).max() < 0.05  # e4m3 keeps ~2 significant digits per row
+
+
+def test_float8_linear_matches_the_bf16_linear():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 96).to(torch.bfloat16)
+    x = torch.randn(4, 10, 128, dtype=torch.bfloat16)
+    expected = linear(x).float()
+    out = Float8Linear(linear)(x)
+    assert out.shape == expected.shape and out.dtype == torch.bfloat16
+    assert ((out.float() - expected).norm() / expected.norm()).item() < 0.05
+
+
+def test_only_the_blocks_big_linears_become_fp8():
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    model = HunyuanVideoFramepackTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, num_layers=1, num_single_layers=1, num_refiner_layers=1,
+        text_embed_dim=32, pooled_projection_dim=16, rope_axes_dim=(4, 6, 6), has_image_proj=True, image_proj_dim=24,
+        has_clean_x_embedder=True,
+    ).to(torch.bfloat16)  # fmt: skip
+    swapped = float8_linears(model)
+    fp8 = {name for name, module in model.named_modules() if isinstance(module, Float8Linear)}
+    assert swapped == len(fp8) > 0
+    assert all(name.startswith(("transformer_blocks.", "single_transformer_blocks.")) and "norm" not in name for name in fp8)
+    assert isinstance(model.transformer_blocks[0].norm1.linear, torch.nn.Linear)  # per-token modulation stays bf16
+    assert isinstance(model.context_embedder.proj_in, torch.nn.Linear)
+
+
+def test_inductor_options_only_name_known_settings():
+    import torch._inductor.config as config
+
+    options = inductor_options(True)
+    assert options and all(key in config._config for key in options)
+    assert inductor_options(False) == {}

@@ -1,0 +1,180 @@
+"""LoRA files: our layout is diffusers', musubi-tuner's converts both ways unchanged, foreign files are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import GOLDEN, HUB, run_fpgen
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from test_cli_errors import assert_one_line_error
+
+from fpgen.errors import ExitCode, InputError
+from fpgen.loading import load_transformer
+from fpgen.lora import LoraChoice, apply_loras, merge_lora, module_from_musubi, musubi_name, read_lora, write_lora, write_musubi
+from fpgen.packing import pack_section
+from fpgen.plan import plan_sections
+from fpgen.training.adapters import add_lora, lora_of
+from fpgen.transformer import Conditioning, packed_forward
+
+TRANSFORMER = HUB / "lllyasviel" / "FramePackI2V_HY"
+
+
+def tiny():
+    return load_transformer(TRANSFORMER, torch.float32)
+
+
+def trained_lora(rank: int = 4, alpha: float = 2.0):
+    """A LoRA as the trainer saves it, with random (non-zero) weights standing in for training."""
+    model = tiny()
+    add_lora(model, rank, alpha, None, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return lora_of(model, alpha, info=json.dumps({"base_model": "framepack"}))
+
+
+def forward(model) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(2)
+    video = torch.randn((1, 16, 7, 4, 6), generator=generator)
+    context = pack_section("inverted", video, plan_sections(2, 3, "inverted").sections[1], 3)
+    cond = Conditioning(torch.randn((1, 5, 32), generator=generator), torch.ones((1, 5), dtype=torch.bool), torch.randn((1, 16), generator=generator), torch.randn((1, 3, 24), generator=generator))
+    with torch.no_grad():
+        return packed_forward(model, video[:, :, 1:4], torch.tensor([700.0]), torch.tensor([1000.0]), cond, context)
+
+
+def assert_same_file(a, b) -> None:
+    """Same tensors bit for bit and same header metadata (safetensors orders the header differently run to run)."""
+    with safe_open(str(a), "pt") as left, safe_open(str(b), "pt") as right:
+        assert left.metadata() == right.metadata()
+        assert sorted(left.keys()) == sorted(right.keys())
+        for key in left.keys():
+            x, y = left.get_tensor(key), right.get_tensor(key)
+            assert x.dtype == y.dtype and torch.equal(x, y), key
+
+
+def test_every_block_linear_has_a_musubi_name_and_back():
+    names = [n for n, m in tiny().named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[0] in ("transformer_blocks", "single_transformer_blocks")]
+    assert len(names) == 2 * 14 + 2 * 6
+    for name in names:
+        assert module_from_musubi(musubi_name(name)) == name
+    assert musubi_name("transformer_blocks.0.attn.to_q") == "lora_unet_transformer_blocks_0_attn_to_q"
+    assert module_from_musubi("lora_unet_single_transformer_blocks_3_proj_mlp") == "single_transformer_blocks.3.proj_mlp"
+    assert module_from_musubi("lora_unet_double_blocks_0_img_attn_qkv") is None
+
+
+def test_round_trip_through_musubi_is_identical(tmp_path):
+    ours = write_lora(tmp_path / "lora.safetensors", trained_lora())
+    musubi, back = tmp_path / "musubi.safetensors", tmp_path / "back.safetensors"
+    assert run_fpgen("lora", "convert", ours, musubi, "--to", "musubi").returncode == 0
+    proc = run_fpgen("lora", "convert", musubi, back, "--to", "diffusers", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["source_layout"] == "musubi"
+    assert_same_file(back, ours)  # tensors (with their dtypes), alphas and metadata
+
+    keys = load_file(musubi)
+    assert set(keys) >= {"lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight", "lora_unet_transformer_blocks_0_attn_to_q.lora_up.weight",
+                         "lora_unet_transformer_blocks_0_attn_to_q.alpha", "lora_unet_single_transformer_blocks_1_proj_out.lora_up.weight"}  # fmt: skip
+    assert keys["lora_unet_transformer_blocks_0_attn_to_q.alpha"].item() == 2.0
+    assert not any("norm" in k for k in keys)  # the default targets leave the modulation layers alone, as musubi does
+    original, layout = read_lora(ours)
+    assert layout == "diffusers" and len(original.modules) == 2 * 12 + 2 * 5
+    again = run_fpgen("lora", "convert", ours, musubi, "--to", "musubi")
+    assert_one_line_error(again, ExitCode.USAGE, "already exists", "--overwrite")
+
+
+def test_lora_info(tmp_path, capsys):
+    from fpgen.cli.lora import info
+
+    info(write_musubi(tmp_path / "m.safetensors", trained_lora(rank=4, alpha=2.0)), json_output=True)
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["layout"], shown["modules"], shown["rank"], shown["alpha"], shown["trained"]) == ("musubi", 34, 4, 2.0, {"base_model": "framepack"})
+
+
+def test_our_file_is_what_diffusers_loads(tmp_path):
+    """diffusers' own loader reads our file (keys and alpha) and computes what our merge computes."""
+    lora = trained_lora(rank=4, alpha=2.0)
+    write_lora(tmp_path / "lora.safetensors", lora)
+    with_diffusers = tiny()
+    with_diffusers.load_lora_adapter(str(tmp_path), weight_name="lora.safetensors", prefix="transformer", adapter_name="mine")
+    merged = tiny()
+    merge_lora(merged, lora)
+    base = forward(tiny())
+    expected = forward(with_diffusers)
+    assert (expected - base).abs().max() > 1e-2  # the LoRA does something
+    assert torch.allclose(forward(merged), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_musubi_file_merges_exactly_like_ours(tmp_path):
+    lora = trained_lora()
+    ours, musubi = tiny(), tiny()
+    apply_loras(ours, [(read_lora(write_lora(tmp_path / "a.safetensors", lora))[0], LoraChoice(tmp_path / "a.safetensors", 0.7))])
+    apply_loras(musubi, [(read_lora(write_musubi(tmp_path / "b.safetensors", lora))[0], LoraChoice(tmp_path / "b.safetensors", 0.7))])
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), musubi.state_dict().values()))
+    zero = tiny()
+    merge_lora(zero, lora, scale=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(zero.state_dict().values(), tiny().state_dict().values()))
+
+
+def _foreign(tmp_path, name: str, tensors: dict) -> str:
+    path = tmp_path / name
+    save_file({k: v.clone() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def test_foreign_keys_are_errors_that_name_them(tmp_path):
+    weight = torch.zeros(4, 32)
+    full_model = _foreign(tmp_path, "model.safetensors", {"x_embedder.proj.weight": weight, "transformer_blocks.0.attn.to_q.weight": weight})
+    with pytest.raises(InputError, match="not LoRA weights: transformer_blocks.0.attn.to_q.weight, x_embedder.proj.weight"):
+        read_lora(full_model)
+    hunyuan = _foreign(tmp_path, "hv.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": weight, "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(96, 4)})
+    with pytest.raises(InputError, match="not musubi-tuner FramePack LoRA modules: lora_unet_double_blocks_0_img_attn_qkv"):
+        read_lora(hunyuan)
+    half = _foreign(tmp_path, "half.safetensors", {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": weight})
+    with pytest.raises(InputError, match="miss their down or up matrix: transformer.transformer_blocks.0.attn.to_q"):
+        read_lora(half)
+
+    elsewhere = _foreign(tmp_path, "other.safetensors", {"transformer.transformer_blocks.9.attn.to_q.lora_A.weight": weight, "transformer.transformer_blocks.9.attn.to_q.lora_B.weight": torch.zeros(32, 4),
+                                                         "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": weight, "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.ones(32, 4)})  # fmt: skip
+    model = tiny()
+    with pytest.raises(InputError, match="modules this FramePack transformer does not have: transformer_blocks.9.attn.to_q"):
+        apply_loras(model, [(read_lora(elsewhere)[0], LoraChoice(elsewhere))])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny().state_dict().values()))  # nothing half-applied
+
+    wide = _foreign(tmp_path, "wide.safetensors", {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 64), "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(32, 4)})
+    with pytest.raises(InputError, match="64 in the LoRA but 32x32 in the model"):
+        apply_loras(tiny(), [(read_lora(wide)[0], LoraChoice(wide))])
+
+
+def test_generate_refuses_a_foreign_lora_in_one_line(hf_cache, tmp_path):
+    hunyuan = _foreign(tmp_path, "hv.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 32), "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(96, 4)})
+    proc = run_fpgen("generate", GOLDEN / "input.png", "--lora", f"{hunyuan}:0.8", "-o", tmp_path / "out.mp4", cache=hf_cache, cwd=tmp_path)
+    assert_one_line_error(proc, ExitCode.USAGE, "hv.safetensors", "lora_unet_double_blocks_0_img_attn_qkv", "musubi-tuner")
+    assert not (tmp_path / "out.mp4").exists()
+    missing = run_fpgen("generate", GOLDEN / "input.png", "--lora", tmp_path / "nope.safetensors", "-o", tmp_path / "out.mp4", cache=hf_cache, cwd=tmp_path)
+    assert_one_line_error(missing, ExitCode.USAGE, "LoRA not found", "nope.safetensors")
+
+
+def test_lora_option_parsing():
+    assert LoraChoice.parse("a.safetensors") == LoraChoice(GOLDEN.__class__("a.safetensors"), 1.0)
+    assert LoraChoice.parse("runs/x/lora.safetensors:0.5").scale == 0.5
+    assert LoraChoice.parse("C:/loras/x.safetensors") == LoraChoice(GOLDEN.__class__("C:/loras/x.safetensors"), 1.0)
+    assert LoraChoice.parse("C:/loras/x.safetensors:-1").scale == -1.0
+
+
+def test_peft_adapter_folders_are_read_with_their_alpha(tmp_path):
+    """peft's own save (adapter_model.safetensors + adapter_config.json) keeps alpha out of the weights file."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny(), LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "proj_mlp"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    lora, layout = read_lora(tmp_path / "adapter")
+    assert layout == "diffusers" and len(lora.modules) == 2 + 2 + 1 + 2  # to_q of both block kinds and of the refiner, proj_mlp
+    assert {m.alpha for m in lora.modules.values()} == {8.0} and {m.rank for m in lora.modules.values()} == {4}
+    merged = tiny()
+    merge_lora(merged, lora)
+    assert torch.allclose(forward(merged), forward(model.base_model.model), atol=1e-5, rtol=1e-4)

@@ -132,9 +132,14 @@ def check_job(spec: JobSpec, overwrite: bool = False) -> ModelFiles:
     return find_model(spec.model, spec.model_dir, revision=spec.revision)
 
 
-def load_job_models(spec: JobSpec, files: ModelFiles | None = None) -> Models:
-    """The models ``spec`` needs (its LoRA files read first, so a bad one fails before the big load)."""
-    loras = load_loras(LoraChoice.parse(item) for item in spec.lora)
+def read_job_loras(spec: JobSpec) -> list[tuple[Lora, LoraChoice]]:
+    """Read ``spec``'s LoRA files before any model loads, so a bad one fails fast."""
+    return load_loras(LoraChoice.parse(item) for item in spec.lora)
+
+
+def load_job_models(spec: JobSpec, files: ModelFiles | None = None, loras: list[tuple[Lora, LoraChoice]] | None = None) -> Models:
+    """The models ``spec`` needs (``loras`` as ``read_job_loras`` read them, or read here)."""
+    loras = read_job_loras(spec) if loras is None else loras
     files = files or find_model(spec.model, spec.model_dir, revision=spec.revision)
     return load_models(
         files, device=spec.device, dtype=spec.dtype, fast=spec.fast, low_vram=spec.low_vram, vram_budget=spec.vram_budget, compile=spec.compile, loras=loras

@@ -176,10 +176,11 @@ def _recorded(values: dict, given: set, report) -> dict:
 
 
 def _load(spec, report, files=None):
-    from fpgen.api import load_job_models
+    from fpgen.api import load_job_models, read_job_loras
 
+    loras = read_job_loras(spec)
     report.info(f"loading {spec.model} ...")
-    models = load_job_models(spec, files)
+    models = load_job_models(spec, files, loras)
     report.info(f"mode: {models.mode.mode} ({models.mode.reason})")
     return models
 

@@ -83,3 +83,21 @@ def test_inductor_options_only_name_known_settings():
     options = inductor_options(True)
     assert options and all(key in config._config for key in options)
     assert inductor_options(False) == {}
+
+
+def test_streaming_loader_reads_every_weight_once(monkeypatch):
+    """The low-vram loader assembles the same transformer as from_pretrained (pinning replaced: no GPU here)."""
+    import fpgen.offload as offload
+    from conftest import HUB
+
+    from fpgen.loading import load_transformer
+
+    pinned = []
+    monkeypatch.setattr(offload, "pin", lambda t: pinned.append(t.shape) or t.clone())
+    path = HUB / "lllyasviel/FramePackI2V_HY"
+    streamed = offload.load_transformer_for_streaming(path, torch.float32, torch.device("cpu")).state_dict()
+    reference = load_transformer(path, torch.float32).state_dict()
+    assert streamed.keys() == reference.keys()
+    assert all(torch.equal(streamed[k], reference[k]) for k in reference)
+    block_weights = [k for k in reference if k.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+    assert len(pinned) == len(block_weights)  # exactly the blocks' weights go to pinned memory, each once

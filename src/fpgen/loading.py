@@ -21,7 +21,7 @@ from fpgen.acceleration import ALL_RESIDENT_GIB, ModeChoice, compile_blocks, flo
 from fpgen.conditioning import check_prompt_template
 from fpgen.devices import Placement
 from fpgen.lora import Lora, LoraChoice, apply_loras
-from fpgen.offload import StreamedBlockStack, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
+from fpgen.offload import StreamedBlockStack, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
 from fpgen.plan import Order
 from fpgen.transformer import BlockStack, use_float32_head
 
@@ -129,11 +129,10 @@ class Models:
         apply_loras(model, self.loras)
         if not self.placement.is_cuda:
             return model
-        if mode != "exact":  # the blocks stream in (low-vram) or arrive converted to FP8 (fast); the rest lives on the GPU
+        if mode == "fast":  # the blocks arrive on the GPU converted to FP8, one at a time; the rest moves as it is
             for name, child in model.named_children():
                 if name not in ("transformer_blocks", "single_transformer_blocks"):
                     child.to(device)
-        if mode == "fast":
             float8_linears(model, device)
         if self.compile:
             compile_blocks(model, match_eager_rounding=mode != "fast")

@@ -170,6 +170,8 @@ def _recorded(values: dict, given: set, report) -> dict:
     options = {k: v for k, v in recorded.items() if k in known and k not in ("output", "save_latents")}
     given = given | ({"prompt"} if "prompts_file" in given else set())
     options.update({k: v for k, v in job_options(values).items() if k in given or k == "output"})
+    if "fast" in given and "teacache" not in given:
+        options.pop("teacache", None)  # decided again from --fast
     if options.get("image") and not Path(options["image"]).exists() and "image" not in given:
         raise InputError(f"the recorded start picture {options['image']} is missing", "pass the picture as IMAGE")
     return options

@@ -231,6 +231,23 @@ def fast_job(args, results: dict):
     del models
 
 
+def cuda_tensors(top: int = 6) -> dict:
+    """What occupies the GPU right now: allocated GiB and the largest live CUDA tensors."""
+    import gc
+
+    if not torch.cuda.is_available():
+        return {}
+    found = []
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.is_cuda:
+                found.append((obj.numel() * obj.element_size() / GIB, tuple(obj.shape), str(obj.dtype)))
+        except Exception:
+            continue
+    found.sort(reverse=True)
+    return {"allocated_gib": torch.cuda.memory_allocated() / GIB, "tensors": len(found), "sum_gib": sum(f[0] for f in found), "largest": found[:top]}
+
+
 def lowvram_child(args):
     """One low-vram job in a fresh process: the 6 GiB cap is set before anything touches the GPU."""
     if torch.cuda.is_available():
@@ -242,6 +259,7 @@ def lowvram_child(args):
     mode = ModeChoice("low-vram", "benchmark") if placement.is_cuda else ModeChoice("exact", "cpu smoke run")
     models = Models(paths, "inverted", placement, mode).load_all()
     load_s = time.perf_counter() - started
+    print("after load_all:", json.dumps(cuda_tensors()), flush=True)
     settings = job_settings(args)
     try:
         job = run_job(models, settings, args.work / "lowvram.mp4", "lowvram")["result"]

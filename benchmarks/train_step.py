@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from fpgen.packing import pack_section  # noqa: E402
 from fpgen.plan import plan_sections  # noqa: E402
 from fpgen.training.adapters import add_lora, trainable_parameters  # noqa: E402
+from fpgen.acceleration import compile_blocks  # noqa: E402
 from fpgen.training.memory import cast_base_to_fp8, enable_checkpointing  # noqa: E402
 from fpgen.training.objective import FlowMatchingLoss  # noqa: E402
 from fpgen.transformer import Conditioning, use_float32_head  # noqa: E402
@@ -127,7 +128,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration")
-    parser.add_argument("--configs", default="bf16,fp8,fp8+offload")
+    parser.add_argument("--configs", default="bf16,bf16+compile,fp8,fp8+offload")
     args = parser.parse_args()
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
@@ -149,6 +150,12 @@ def main() -> None:
         "window_tokens": tokens, "prompt_tokens": args.prompt_tokens, "rank": args.rank, "batch": 1, "build_s": round(built, 1), "runs": {},
     }  # fmt: skip
     for name in args.configs.split(","):
+        blocks = (*model.transformer_blocks, *model.single_transformer_blocks)
+        if name.endswith("compile"):
+            compile_blocks(model, match_eager_rounding=False)  # what `fpgen finetune --compile` does
+        else:
+            for block in blocks:
+                block._compiled_call_impl = None
         if name.startswith("fp8") and not any(p.dtype == torch.float8_e4m3fn for p in model.parameters()):
             cast_base_to_fp8(model)
         enable_checkpointing(model, offload=name.endswith("offload"))
@@ -156,6 +163,8 @@ def main() -> None:
             results["runs"][name] = run(objective, parameters, batch, args.steps, args.warmup, device)
         except torch.OutOfMemoryError:
             results["runs"][name] = {"error": "out of memory"}
+        except Exception as error:  # e.g. a compile failure: record it and go on with the next configuration
+            results["runs"][name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
         print(f"{name}: {results['runs'][name]}", flush=True)
     results["total_s"] = round(time.perf_counter() - started, 1)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -125,7 +125,11 @@ class Models:
 
     def _load_transformer(self):
         mode, device = self.mode.mode, self.placement.device
-        model = load_transformer(self.paths["transformer"], self.placement.transformer_dtype, device if mode == "exact" else "cpu")
+        if self.placement.is_cuda and mode == "low-vram":  # blocks straight into pinned host memory, the rest onto the GPU
+            model = load_transformer_for_streaming(self.paths["transformer"], self.placement.transformer_dtype, device)
+            use_float32_head(model)
+        else:
+            model = load_transformer(self.paths["transformer"], self.placement.transformer_dtype, device if mode == "exact" else "cpu")
         apply_loras(model, self.loras)
         if not self.placement.is_cuda:
             return model

@@ -91,6 +91,7 @@ class StreamedBlockStack(BlockStack):
     def forward(self, hidden, context, temb, attention_mask, rope):
         compute = torch.cuda.current_stream(self.device)
         upcoming = self._fetch(0)
+        previous_done = None
         for index, block in enumerate(self.order):
             tensors, ready = upcoming
             compute.wait_event(ready)
@@ -98,8 +99,15 @@ class StreamedBlockStack(BlockStack):
                 tensor.record_stream(compute)  # its memory is not reused until this block's kernels finish
             self._point(block, tensors)
             if index + 1 < len(self.order):
+                # Kernels run behind the Python loop: without this wait the loop would queue copies of
+                # many blocks ahead, each needing fresh memory. Once block i-1 is done, its weights'
+                # memory serves block i+1, so two blocks at most are on the GPU.
+                if previous_done is not None:
+                    previous_done.synchronize()
                 upcoming = self._fetch(index + 1)
             hidden, context = block(hidden, context, temb, attention_mask, rope)
+            previous_done = torch.cuda.Event()
+            previous_done.record(compute)
             self._point(block, self.host[index])
         return hidden
 

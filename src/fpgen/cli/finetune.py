@@ -59,6 +59,7 @@ def finetune(
     gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute block activations in the backward pass: far less memory, about a third more compute."),
     fp8_base: bool = typer.Option(False, "--fp8-base", help="Store the frozen base's block linears in float8 (half the memory, some precision lost); LoRA only."),
     offload_activations: bool = typer.Option(False, "--offload-activations", help="Keep the checkpointed activations in CPU memory."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks on CUDA: faster steps after a one-time compile (not with --fp8-base or --offload-activations)."),
     save_every: int = typer.Option(250, "--save-every", help="Write a resumable checkpoint every N steps (and at the end)."),
     keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Checkpoints kept (the newest)."),
     log_every: int = typer.Option(1, "--log-every", help="Log the loss every N steps."),
@@ -86,7 +87,7 @@ def finetune(
         cache_dir=cache_dir, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
         optimizer=optimizer, weight_decay=weight_decay, max_grad_norm=max_grad_norm, lr_scheduler=lr_scheduler, warmup_steps=warmup_steps,
         seed=seed, shift=shift, guidance=guidance, device=device, mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-        fp8_base=fp8_base, offload_activations=offload_activations, save_every=save_every, keep_checkpoints=keep_checkpoints,
+        fp8_base=fp8_base, offload_activations=offload_activations, compile=compile, save_every=save_every, keep_checkpoints=keep_checkpoints,
         log_every=log_every, eval_every=eval_every, validate_every=validate_every, validation_image=validation_image,
         validation_prompt=validation_prompt, validation_seconds=validation_seconds, validation_steps=validation_steps,
     ).validate()  # fmt: skip

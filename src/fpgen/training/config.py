@@ -59,6 +59,7 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     fp8_base: bool = False
     offload_activations: bool = False
+    compile: bool = False
     # bookkeeping
     save_every: int = 250
     keep_checkpoints: int = 2
@@ -98,6 +99,7 @@ class TrainConfig:
             (not (self.full and self.fp8_base), "--fp8-base cannot be combined with --full", "fp8 storage is for the frozen base of a LoRA"),
             (not (self.fp8_base and self.mixed_precision == "no"), "--fp8-base computes in bf16 and needs --mixed-precision bf16 (or auto)", "leave out --mixed-precision"),
             (self.gradient_checkpointing or not self.offload_activations, "--offload-activations needs --gradient-checkpointing", "it moves the checkpointed activations to the CPU"),
+            (not (self.compile and (self.fp8_base or self.offload_activations)), "--compile does not combine with --fp8-base or --offload-activations", "their per-layer hooks defeat it; drop one"),
             (self.save_every >= 1, f"--save-every must be at least 1 (got {self.save_every})", "e.g. --save-every 250"),
             (self.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1 (got {self.keep_checkpoints})", "the newest ones are kept"),
             (self.log_every >= 1, f"--log-every must be at least 1 (got {self.log_every})", "e.g. --log-every 1"),

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -268,8 +269,12 @@ def _write_full_model(state: dict[str, torch.Tensor], transformer, output: Path,
     (output / METADATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, list[str]]:
-    """The base transformer, on the CPU, with what is trained made trainable; returns it and those modules/weights."""
+def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype, cuda: bool = False) -> tuple[torch.nn.Module, list[str]]:
+    """The base transformer, on the CPU, with what is trained made trainable; returns it and those modules/weights.
+
+    With ``config.compile`` on CUDA each block is torch.compiled (forward and backward fused; the
+    LoRA and checkpointing go through the compiled blocks).
+    """
     from fpgen.loading import load_transformer
 
     transformer = load_transformer(path, dtype, "cpu")
@@ -281,6 +286,10 @@ def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype) -> tu
             memory.cast_base_to_fp8(transformer)
     if config.gradient_checkpointing:
         memory.enable_checkpointing(transformer, config.offload_activations)
+    if config.compile and cuda:
+        from fpgen.acceleration import compile_blocks
+
+        compile_blocks(transformer, match_eager_rounding=False)
     return transformer.train(), adapted
 
 
@@ -289,12 +298,10 @@ def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype) -> tu
 
 def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEvent], None] | None = None) -> TrainResult:
     """Train as ``config`` says; returns where the result is. Raises ``Interrupted`` after a requested stop."""
-    try:
-        import peft  # noqa: F401
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedType, is_tensorboard_available
-    except ImportError:
-        raise InputError("fpgen finetune needs peft and accelerate, which are not installed", "pip install 'fpgen[train]'") from None
+    if find_spec("peft") is None or find_spec("accelerate") is None:
+        raise InputError("fpgen finetune needs peft and accelerate, which are not installed", "pip install 'fpgen[train]'")
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, is_tensorboard_available
 
     emit = on_event or (lambda event: None)
     started_at = time.perf_counter()
@@ -311,6 +318,11 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
     main = accelerator.is_main_process
     if not main:  # one process reports
         emit = lambda event: None  # noqa: E731
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and not config.full:
+        raise InputError("a LoRA trains with DDP, not FSDP (its weights are small; the frozen base is replicated)", "use configs/accelerate/ddp.yaml, or pass --full to shard a full finetune")
+    if fsdp and config.validate_every:
+        raise InputError("validation videos are not supported under FSDP", "leave out --validate-every")
 
     from fpgen.devices import Placement
 
@@ -322,11 +334,8 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
     refs = sample_refs(train_clips, config.window, order)
     batch_order = BatchOrder([layout_key(train_clips, r) for r in refs], config.batch_size, config.seed)
     eval_batches = [build_batch([r], held_out, config.window, order) for r in sample_refs(held_out, config.window, order)]
-    fsdp = accelerator.distributed_type == DistributedType.FSDP
-    if fsdp and config.validate_every:
-        raise InputError("validation videos are not supported under FSDP", "leave out --validate-every, or train a LoRA with DDP")
 
-    transformer, adapted = build_transformer(config, files.paths["transformer"], placement.transformer_dtype)
+    transformer, adapted = build_transformer(config, files.paths["transformer"], placement.transformer_dtype, cuda)
     parameters = adapters.trainable_parameters(transformer)
     objective = FlowMatchingLoss(transformer, config.guidance)
     optimizer = make_optimizer(parameters, config)

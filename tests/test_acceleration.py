@@ -101,3 +101,24 @@ def test_streaming_loader_reads_every_weight_once(monkeypatch):
     assert all(torch.equal(streamed[k], reference[k]) for k in reference)
     block_weights = [k for k in reference if k.startswith(("transformer_blocks.", "single_transformer_blocks."))]
     assert len(pinned) == len(block_weights)  # exactly the blocks' weights go to pinned memory, each once
+
+
+def test_streamed_blocks_keep_host_weights_apart_from_the_parameters(monkeypatch):
+    """The streamer repoints parameters at GPU copies; its host tensors must not follow (they did once,
+    when the loader had pinned the weights already, and every block then stayed on the GPU)."""
+    import fpgen.offload as offload
+
+    from fpgen.loading import load_transformer
+
+    model = load_transformer(__import__("conftest").HUB / "lllyasviel/FramePackI2V_HY", torch.float32)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: True)  # as if the loader had pinned them (no GPU here)
+    streamed = offload.StreamedBlockStack(model, torch.device("cpu"))
+    block, host = streamed.order[0], streamed.host[0]
+    params = dict(block.named_parameters())
+    assert all(host[name] is not params[name] for name in host)
+    before = {name: tensor.clone() for name, tensor in host.items()}
+    stand_in = {name: torch.zeros_like(tensor) for name, tensor in host.items()}  # what a GPU copy would be
+    streamed._point(block, stand_in)
+    assert all(torch.equal(host[name], before[name]) for name in host)  # the host weights did not move
+    streamed._point(block, host)
+    assert all(torch.equal(params[name], before[name]) for name in host)

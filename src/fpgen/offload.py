@@ -20,9 +20,13 @@ STREAMED_PREFIXES = ("transformer_blocks.", "single_transformer_blocks.")
 
 
 def pin(tensor: torch.Tensor) -> torch.Tensor:
-    """A pinned host copy (or the tensor itself when it is pinned already)."""
+    """A pinned host tensor with ``tensor``'s values: its storage when already pinned, else a copy.
+
+    Always a plain tensor, never the Parameter passed in: the streamer repoints its parameters'
+    ``.data`` at GPU copies and must keep the host tensors apart from them.
+    """
     if tensor.device.type == "cpu" and tensor.is_pinned():
-        return tensor
+        return tensor.detach()
     host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=True)
     host.copy_(tensor.detach())
     return host
@@ -74,7 +78,13 @@ class StreamedBlockStack(BlockStack):
                 tensors[name] = pin(tensor)  # no copy when the weights were loaded pinned
                 tensor.data = tensors[name]  # the block points at the pinned copy; any old storage is freed
             self.host.append(tensors)
-        self.copy_stream = torch.cuda.Stream(self.device)
+        self._copy_stream = None
+
+    @property
+    def copy_stream(self) -> torch.cuda.Stream:
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        return self._copy_stream
 
     def _fetch(self, index: int):
         with torch.cuda.stream(self.copy_stream):

@@ -54,3 +54,33 @@ def run_fpgen(*args: str, cache: Path | None = None, cwd: Path | None = None, en
         [sys.executable, "-m", "fpgen", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env or fpgen_env(cache),
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_models(hf_cache):
+    """``get(name)``: the tiny models (float32, CPU), loaded once per test session and shared by the tests that use the API."""
+    import huggingface_hub.constants as constants
+
+    import fpgen
+
+    loaded = {}
+
+    def get(name: str = "framepack"):
+        if name not in loaded:
+            saved = constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE
+            constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(hf_cache), True
+            try:
+                loaded[name] = fpgen.load_models(name, device="cpu", dtype="float32")
+            finally:
+                constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = saved
+        return loaded[name]
+
+    return get
+
+
+def moving_gradient(frames: int, height: int = 32, width: int = 32, start: int = 0):
+    """A smooth synthetic clip, (T, H, W, 3) uint8: enough structure for H.264 to use B-frames."""
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([np.stack([(x * 4 + 2 * t) % 256, (y * 4 + t) % 256, (x + y + 3 * t) % 256], -1).astype(np.uint8) for t in range(start, start + frames)])

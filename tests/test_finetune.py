@@ -154,7 +154,7 @@ def test_straight_run_outputs(straight_run):
     assert result["steps"] == 20 and Path(result["weights"]) == output / "lora.safetensors"
     assert result["cache"]["too_short"] == ["short.mp4"]
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-0000010", "step-0000020"]
-    assert sorted(p.name for p in (output / "validation").iterdir()) == ["step-0000000.mp4", "step-0000010.mp4", "step-0000020.mp4"]
+    assert sorted(p.name for p in (output / "validation").glob("*.mp4")) == ["step-0000000.mp4", "step-0000010.mp4", "step-0000020.mp4"]
     frames, fps = read_mp4(output / "validation" / "step-0000020.mp4")
     assert frames.shape == (13, 64, 64, 3) and fps == 30  # 0.4 s = 1 section of 3 latent frames
     assert [r["lr"] for r in rows(output / "log.jsonl")][:2] == pytest.approx([1e-3 / 15, 2e-3 / 15])

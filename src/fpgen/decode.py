@@ -30,12 +30,15 @@ def decode_span(plan: SectionPlan, section: Section) -> tuple[int, int]:
 
     Inverted: the new window and the window after it (the start latent too on the last section).
     Forward: the new window and the one before it (the start latent too on the first section).
+    A plan that continues given latents (``plan.offset``, an extended video) decodes the window
+    before its first new section instead of a start latent, so the join is cross-faded like any other.
     """
     begin, end = window_bounds(section.slot, plan.window)
-    first, last = section.is_first, plan.is_last(section)
     if plan.order == "inverted":
-        return (0 if last else begin), (end if first else end + plan.window)
-    return (0 if first else end - 2 * plan.window), end
+        first_in_time = plan.is_last(section)
+        begin = (0 if section.slot == 0 else begin - plan.window) if first_in_time else begin
+        return begin, (end if section.is_first else end + plan.window)
+    return (0 if section.slot == 0 else end - 2 * plan.window), end
 
 
 @torch.no_grad()
@@ -60,11 +63,30 @@ class Pending:
     start: int
 
 
-def stitch(
-    pending: Pending | None, decoded: torch.Tensor, decoded_start: int, plan: SectionPlan, is_last: bool
-) -> tuple[torch.Tensor, int, Pending | None]:
-    """Blend a section's decode in; return (final frames, the video frame they start at, what stays pending)."""
+def pending_after(decoded: torch.Tensor, decoded_start: int, plan: SectionPlan) -> Pending:
+    """The overlap a section leaves for the next one: always a slice of the section's own decode.
+
+    (The cross-fade never reaches it, since a decode spans at least two overlaps.) A resumed job
+    rebuilds it by decoding the last finished section's span again.
+    """
     overlap = overlap_frames(plan.window)
+    if plan.order == "inverted":
+        return Pending(decoded[:, :, :overlap], decoded_start)
+    return Pending(decoded[:, :, -overlap:], decoded_start + decoded.shape[2] - overlap)
+
+
+def stitch(
+    pending: Pending | None, decoded: torch.Tensor, decoded_start: int, plan: SectionPlan, is_last: bool, lead: Pending | None = None
+) -> tuple[torch.Tensor, int, Pending | None]:
+    """Blend a section's decode in; return (final frames, the video frame they start at, what stays pending).
+
+    ``lead`` holds frames that come before the job's first decoded frame (the end of an extended
+    video); the decode nearest to them in time is cross-faded into them.
+    """
+    overlap = overlap_frames(plan.window)
+    lead = Pending(lead.frames.to(decoded.dtype), lead.start) if lead is not None else None
+    if plan.order == "forward" and pending is None:
+        pending = lead
     if pending is None:
         joined, start = decoded, decoded_start
     elif plan.order == "inverted":  # new frames go in front
@@ -72,8 +94,10 @@ def stitch(
     else:
         joined, start = cross_fade(pending.frames, decoded, overlap), pending.start
     if is_last:
+        if plan.order == "inverted" and lead is not None:
+            joined, start = cross_fade(lead.frames, joined, overlap), lead.start
         return joined, start, None
+    pending = pending_after(decoded, decoded_start, plan)
     if plan.order == "inverted":
-        return joined[:, :, overlap:], start + overlap, Pending(joined[:, :, :overlap], start)
-    keep = joined.shape[2] - overlap
-    return joined[:, :, :keep], start, Pending(joined[:, :, keep:], start + keep)
+        return joined[:, :, overlap:], start + overlap, pending
+    return joined[:, :, : pending.start - start], start, pending

@@ -1,45 +1,83 @@
 """Where frames go: MP4 segments on disk as they become final, joined in time order at the end.
 
 Segments are named by the video frame they start at, so the inverted order (which finishes the end
-of the video first) and the forward order assemble the same way, and nothing is re-encoded.
+of the video first) and the forward order assemble the same way, and nothing is re-encoded. Decoded
+pixels are never all held: each piece is encoded as soon as it is final. The same segments make the
+live preview (``--preview``) and the partial video an interrupted job leaves: a ``GrowingMp4`` that
+takes each segment once.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from fpgen.mp4 import GrowingMp4
 from fpgen.video import concat_mp4, to_uint8, write_mp4
+
+PARTIAL = ".partial.mp4"
+
+
+def partial_path(output: Path) -> Path:
+    """The playable video of what a job has made so far, next to its output."""
+    return output.with_name(output.stem + PARTIAL)
 
 
 class SegmentedMp4:
-    """A frame sink: ``sink(frames, first_frame)`` writes one segment; ``finish`` makes the MP4."""
+    """A frame sink: ``sink(frames, first_frame)`` writes one segment; ``finish`` makes the MP4.
 
-    def __init__(self, output: Path, work_dir: Path, crf: int = 16):
-        self.output, self.work_dir, self.crf = output, work_dir, crf
-        self.segments_dir = work_dir / "segments"
+    ``frame_offset`` shifts the job's frame numbers (an extended video's own frames come first);
+    with ``preview`` the playable MP4 of everything so far is kept up to date after each segment.
+    """
+
+    def __init__(self, segments_dir: Path, crf: int = 16, preview: Path | None = None, frame_offset: int = 0):
+        self.segments_dir, self.crf, self.frame_offset = segments_dir, crf, frame_offset
         self.segments_dir.mkdir(parents=True, exist_ok=True)
+        self.preview_path = preview
+        self.preview = self._assemble(preview) if preview is not None and self.segments() else None
 
     def segment_path(self, first_frame: int) -> Path:
         return self.segments_dir / f"{first_frame:08d}.mp4"
 
     def segments(self) -> list[Path]:
-        return sorted(self.segments_dir.glob("*.mp4"))
+        """The complete segments, in time order (a segment being written has another suffix until it is done)."""
+        return sorted(p for p in self.segments_dir.glob("*.mp4") if not p.name.endswith(PARTIAL))
 
     def __call__(self, frames: torch.Tensor, first_frame: int) -> None:
-        path = self.segment_path(first_frame)
-        partial = path.with_suffix(".partial.mp4")
-        write_mp4(partial, to_uint8(frames), self.crf)
-        os.replace(partial, path)
+        self.write(to_uint8(frames), first_frame + self.frame_offset)
 
-    def finish(self, metadata: dict[str, str] | None = None, keep_work_dir: bool = False) -> Path:
-        """Join the segments into the output (written aside, then renamed: the output is never half-written)."""
-        partial = self.output.with_name(self.output.stem + ".partial.mp4")
-        concat_mp4(self.segments(), partial, metadata)
-        os.replace(partial, self.output)
-        if not keep_work_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-        return self.output
+    def write(self, frames: Iterable[np.ndarray], first_frame: int) -> None:
+        """Encode frames (uint8, streamed) as the segment starting at video frame ``first_frame``."""
+        path = self.segment_path(first_frame)
+        partial = path.with_suffix(PARTIAL)
+        write_mp4(partial, frames, self.crf)
+        os.replace(partial, path)
+        if self.preview is not None:
+            self.preview.add(path, first_frame)
+        elif self.preview_path is not None:
+            self.preview = self._assemble(self.preview_path)
+
+    def _assemble(self, path: Path) -> GrowingMp4:
+        video = GrowingMp4(path)
+        for segment in self.segments():
+            video.add(segment, int(segment.stem))
+        return video
+
+    def write_partial(self, path: Path) -> Path | None:
+        """Leave a playable MP4 of every finished segment at ``path`` (the preview already is one); None when there is none yet."""
+        if not self.segments():
+            return None
+        if self.preview is None or self.preview.path != path:
+            self._assemble(path)
+        return path
+
+    def finish(self, output: Path, metadata: dict[str, str] | None = None) -> Path:
+        """Join the segments into ``output`` (written aside, then renamed: the output is never half-written)."""
+        joined = self.segments_dir.parent / "joined.mp4"
+        concat_mp4(self.segments(), joined, metadata)
+        os.replace(joined, output)
+        return output

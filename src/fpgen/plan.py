@@ -47,6 +47,7 @@ class SectionPlan:
     order: Order
     window: int
     sections: tuple[Section, ...]
+    offset: int = 0  # windows of given latents before the first section (the tail of an extended video)
 
     @property
     def count(self) -> int:
@@ -54,7 +55,7 @@ class SectionPlan:
 
     @property
     def num_latents(self) -> int:
-        return 1 + self.count * self.window
+        return 1 + (self.offset + self.count) * self.window
 
     @property
     def num_frames(self) -> int:
@@ -69,13 +70,14 @@ def latents_to_frames(latents: int) -> int:
     return 4 * latents - 3
 
 
-def plan_sections(count: int, window: int, order: Order) -> SectionPlan:
-    if count < 1 or window < 1:
+def plan_sections(count: int, window: int, order: Order, offset: int = 0) -> SectionPlan:
+    """``count`` sections after ``offset`` windows that are already there (the paddings count only the new ones)."""
+    if count < 1 or window < 1 or offset < 0:
         raise ValueError("a plan needs at least one section of at least one latent frame")
     if order == "inverted":
-        sections = tuple(Section(i, count - 1 - i, p) for i, p in enumerate(inverted_paddings(count)))
+        sections = tuple(Section(i, offset + count - 1 - i, p) for i, p in enumerate(inverted_paddings(count)))
     elif order == "forward":
-        sections = tuple(Section(i, i, 0) for i in range(count))
+        sections = tuple(Section(i, offset + i, 0) for i in range(count))
     else:
         raise ValueError(f"unknown section order {order!r}")
-    return SectionPlan(order, window, sections)
+    return SectionPlan(order, window, sections, offset)

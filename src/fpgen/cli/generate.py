@@ -1,21 +1,39 @@
-"""``fpgen generate``: parse the options, check them before any model loads, run, report."""
+"""``fpgen generate``: parse the options, check them before any model loads, run, report.
+
+Every option that describes the video (all but the ``RUN_OPTIONS``) is a field of ``JobSpec`` by
+the same name, so a new option becomes a batch-file field, a metadata entry and a ``--from``
+override by being added here and to ``JobSpec``.
+"""
 
 from __future__ import annotations
 
+import difflib
+import signal
 from pathlib import Path
 
 import typer
 
 from fpgen.cli import app
+from fpgen.errors import InputError
 
 EXAMPLES = """
 Examples:
 
   fpgen generate face.png --prompt "The girl dances gracefully" --seconds 5
 
-  fpgen generate face.png -p "A man walks to the door" --seconds 60 --model framepack-f1 -o walk.mp4
+  fpgen generate face.png -p "A man walks to the door" --seconds 60 --model framepack-f1 -o walk.mp4 --preview
 
-  fpgen generate face.png --size 480x832 --seed 7 --teacache --json
+  fpgen generate face.png -p "0s: a man walks in | 3s: he sits down | 6s: he waves" --seconds 8
+
+  fpgen generate face.png --end-image smile.png -p "she turns and smiles" -o turn.mp4
+
+  fpgen generate --extend walk.mp4 -p "he opens the door" --seconds 3 -o walk2.mp4
+
+  fpgen generate --resume walk.mp4          (finish a job stopped by Ctrl-C, a crash or out of memory)
+
+  fpgen generate --from walk.mp4 --seed 8   (the same job again, with another seed)
+
+  fpgen generate --jobs jobs.jsonl --json   (one job per line: {"image": "a.png", "prompt": "...", "output": "a.mp4"})
 
   fpgen generate face.png -p "A dog runs" --fast          # FP8 + TeaCache on a Hopper GPU
 
@@ -24,13 +42,18 @@ Examples:
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 """
 
+RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "prompts_file")
+LONG = "Long jobs"
+
 
 @app.command(epilog=EXAMPLES)
 def generate(
-    image: Path = typer.Argument(..., help="Start picture (PNG, JPEG, WebP): the video's first frame."),
-    prompt: str = typer.Option("", "--prompt", "-p", help="What happens in the video."),
+    ctx: typer.Context,
+    image: Path | None = typer.Argument(None, help="Start picture (PNG, JPEG, WebP): the video's first frame. Optional with --extend, --from, --resume or --jobs.", show_default=False),
+    prompt: str = typer.Option("", "--prompt", "-p", help='What happens in the video. Timed: "0s: a man walks in | 3s: he sits down" (each prompt takes over at the nearest section boundary).'),
+    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="Read the prompt from a file: one '<seconds>s: <prompt>' per line for timed prompts, or plain text."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="What to avoid; used only with --cfg above 1."),
-    seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length; rounded to whole sections of 4*window frames."),
+    seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length (of the new part, with --extend); rounded to whole sections of 4*window frames."),
     seed: int = typer.Option(31337, "--seed", help="Noise seed: the same seed and settings give the same video."),
     steps: int = typer.Option(25, "--steps", help="Sampling steps per section."),
     window: int = typer.Option(9, "--window", help="Latent frames per section (9 = 33 video frames); the models were trained with 9."),
@@ -39,6 +62,15 @@ def generate(
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale for real CFG, 0..1."),
     teacache: bool | None = typer.Option(None, "--teacache/--no-teacache", help="Skip transformer passes that would change little (faster, slightly different result). [default: on with --fast, else off]", show_default=False),
     teacache_threshold: float = typer.Option(0.15, "--teacache-threshold", help="TeaCache's accumulated-change threshold; higher skips more."),
+    end_image: Path | None = typer.Option(
+        None, "--end-image", help="Picture to arrive at. framepack: the first section made (the video's end) sees it as the frame right after the video. "
+        "framepack-f1: the last section sees it one frame after its window and its last latent frame is pinned to it, so the video ends on it.",
+    ),  # fmt: skip
+    extend: Path | None = typer.Option(
+        None, "--extend", help="Continue this video: the output is the video (re-encoded, at its own size if a multiple of 16) followed by --seconds of new frames, "
+        "its last 4*window-3 frames cross-faded with the new part's decode. F1 packs its history from the video's last frames and keeps its first frame (or IMAGE) as the start; "
+        "framepack starts from its last frame and sees the frames before it.",
+    ),  # fmt: skip
     model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id or a local transformer folder."),
     lora: list[str] = typer.Option([], "--lora", help="A LoRA to apply, PATH[:SCALE] (scale 1 by default); repeatable. fpgen, diffusers and musubi-tuner FramePack LoRAs."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="A folder made by `fpgen download --local-dir` to load every model from, instead of the HF cache."),
@@ -46,8 +78,8 @@ def generate(
     resolution: int = typer.Option(640, "--resolution", help="Size bucket class; the picture is resized and centre-cropped to the nearest bucket."),
     size: str | None = typer.Option(None, "--size", help="Exact size HEIGHTxWIDTH in pixels (multiples of 16), e.g. 640x608; overrides the bucket."),
     crf: int = typer.Option(16, "--crf", help="H.264 quality, 0 (lossless) to 51; 16 is the official default."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="MP4 to write [default: outputs/<time>_<seed>.mp4]."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output if it exists."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="MP4 to write [default: outputs/<time>_<seed>.mp4]; its metadata also goes to <name>.json."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output if it exists (and start over an unfinished job for it)."),
     save_latents: Path | None = typer.Option(None, "--save-latents", help="Also save the video's latents (safetensors, tensor `latents`, time order)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda, cuda:N or cpu."),
     fast: bool = typer.Option(False, "--fast", help="FP8 matmuls and TeaCache: about twice as fast on Hopper GPUs, no longer identical to the official output."),
@@ -55,6 +87,10 @@ def generate(
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the transformer blocks on CUDA (faster after a one-time compile; needs Triton)."),
     vram_budget: float | None = typer.Option(None, "--vram-budget", help="GPU memory (GiB) fpgen may plan for; low-vram mode is picked when the models do not fit.", show_default=False),
     dtype: str = typer.Option("auto", "--dtype", help="Transformer compute dtype: auto (bf16 on CUDA, float32 on CPU), bfloat16 or float32."),
+    preview: bool = typer.Option(False, "--preview", help="Keep <output>.partial.mp4 playable with everything made so far, updated after each section (framepack makes the end first: the preview is the video's tail).", rich_help_panel=LONG),
+    resume: Path | None = typer.Option(None, "--resume", help="Finish an interrupted job with its saved settings: the output path it was started with, or its .job folder.", rich_help_panel=LONG),
+    from_video: Path | None = typer.Option(None, "--from", help="Run the job that made this fpgen video again; options given on the command line replace the recorded ones.", rich_help_panel=LONG),
+    jobs: Path | None = typer.Option(None, "--jobs", help="Run every job of a JSON Lines or CSV file (fields are option names); options given here are defaults for every job.", rich_help_panel=LONG),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -63,54 +99,214 @@ def generate(
     The original model (framepack) makes the end of the video first and walks back to your picture, which keeps long videos from drifting; framepack-f1 walks forwards and moves more.
 
     On CUDA the mode is picked by itself and printed: exact (the official bf16 result, compiled, the default), fast (--fast) or low-vram (--low-vram, or when the GPU cannot hold the 13B transformer).
+
+    The job lives in <output>.job/ next to the output until the MP4 is complete: Ctrl-C, SIGTERM, a crash or running out of memory leave <output>.partial.mp4 and a job that --resume finishes exactly as an uninterrupted run would.
     """
-    from fpgen.api import check_output, default_output, find_model, generate_video, load_models
-    from fpgen.acceleration import choose_mode
-    from fpgen.devices import choose_placement
-    from fpgen.lora import LoraChoice, load_loras
-    from fpgen.buckets import load_image, parse_size
     from fpgen.cli.report import Reporter
-    from fpgen.pipeline import Settings
-    from fpgen.plan import latents_to_frames, section_count
-    from dataclasses import replace
 
+    signal.signal(signal.SIGTERM, _interrupt)
+    values = dict(ctx.params)
+    given = {name for name in values if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     report = Reporter(json_output, quiet)
-    settings = Settings(
-        prompt=prompt, negative_prompt=negative_prompt, seconds=seconds, seed=seed, steps=steps, window=window,
-        distilled_guidance=distilled_guidance, cfg=cfg, guidance_rescale=guidance_rescale, teacache=bool(teacache),
-        teacache_threshold=teacache_threshold, resolution=resolution, size=parse_size(size) if size else None,
-    ).validate()  # fmt: skip
-    picture = load_image(image)
-    height, width = settings.frame_size(picture)
-    output = output or default_output(seed)
-    check_output(output, overwrite, crf)
-    placement = choose_placement(device, dtype)
-    if not placement.is_cuda:
-        choose_mode(placement, 0, fast, low_vram, vram_budget)  # refuses GPU-only options before loading anything
-    loras = load_loras(LoraChoice.parse(item) for item in lora)
-    files = find_model(model, model_dir, revision=revision)
+    modes = [flag for flag, name in (("--resume", "resume"), ("--from", "from_video"), ("--jobs", "jobs")) if values[name] is not None]
+    if len(modes) > 1:
+        raise InputError(f"{' and '.join(modes)} cannot be combined", "use one of them")
+    if resume is not None:
+        _resume(values, given, report)
+    elif jobs is not None:
+        _batch(ctx, values, report)
+    else:
+        _single(values, given, report)
 
-    report.info(f"loading {files.spec.name} ...")
-    models = load_models(files, device=device, dtype=dtype, fast=fast, low_vram=low_vram, vram_budget=vram_budget, compile=compile, loras=loras)
-    if teacache is None and models.mode.mode == "fast":
-        settings = replace(settings, teacache=True)
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM stops a job the way Ctrl-C does: partial video kept, job resumable, exit code 130."""
+    raise KeyboardInterrupt
+
+
+def job_options(values: dict) -> dict:
+    """The job's options from parsed values, with ``--prompts-file`` read into the prompt."""
+    options = {k: v for k, v in values.items() if k not in RUN_OPTIONS}
+    path = values.get("prompts_file")
+    if path is not None:
+        if values.get("prompt"):
+            raise InputError("--prompt and --prompts-file cannot be combined", "put every prompt in the file")
+        try:
+            options["prompt"] = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read prompts file {path} ({type(exc).__name__})", "pass a UTF-8 text file") from None
+    return options
+
+
+def _spec(options: dict):
+    from fpgen.api import default_output
+    from fpgen.jobs import JobSpec
+
+    if options.get("output") is None:
+        options = {**options, "output": default_output(options.get("seed", 31337))}
+    return JobSpec.from_options(options)
+
+
+def _single(values: dict, given: set, report) -> None:
+    options = _recorded(values, given, report) if values["from_video"] is not None else job_options(values)
+    if options.get("image") is None and options.get("extend") is None:
+        raise InputError("missing IMAGE", "pass a start picture (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
+    from fpgen.api import check_job
+
+    spec = _spec(options)
+    files = check_job(spec, values["overwrite"])
+    _run(_load(spec, report, files), spec, values, report)
+
+
+def _recorded(values: dict, given: set, report) -> dict:
+    """``--from``: the recorded job, with the options given on the command line (and a new output) in place of the recorded ones."""
+    from fpgen.jobs import JobSpec
+    from fpgen.metadata import read_description
+
+    recorded = read_description(values["from_video"])["job"]
+    known = JobSpec.option_names()
+    for name in sorted(set(recorded) - known):
+        report.warn(f"ignoring recorded option {name!r}, which this fpgen does not have")
+    options = {k: v for k, v in recorded.items() if k in known and k not in ("output", "save_latents")}
+    given = given | ({"prompt"} if "prompts_file" in given else set())
+    options.update({k: v for k, v in job_options(values).items() if k in given or k == "output"})
+    if "fast" in given and "teacache" not in given:
+        options.pop("teacache", None)  # decided again from --fast
+    if options.get("image") and not Path(options["image"]).exists() and "image" not in given:
+        raise InputError(f"the recorded start picture {options['image']} is missing", "pass the picture as IMAGE")
+    return options
+
+
+def _load(spec, report, files=None):
+    from fpgen.api import load_job_models, read_job_loras
+
+    loras = read_job_loras(spec)
+    report.info(f"loading {spec.model} ...")
+    models = load_job_models(spec, files, loras)
     report.info(f"mode: {models.mode.mode} ({models.mode.reason})")
-    sections = section_count(seconds, window)
-    frames = latents_to_frames(1 + sections * window)
-    report.info(
-        f"{sections} section(s), {frames} frames at {width}x{height} on {models.placement.device} "
-        f"({str(models.placement.transformer_dtype).removeprefix('torch.')}), {models.order} order"
-    )
-    with report.job_progress(sections, steps, frames) as progress:
-        video = generate_video(models, picture, output, settings, crf, save_latents, overwrite, progress)
+    return models
 
-    report.result(
-        {
-            "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height,
-            "fps": 30, "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": seed, "model": model,
-            "order": models.order, "mode": models.mode.mode, "teacache": settings.teacache, "sections": sections, "loras": lora,
-            "transformer_passes": video.result.transformer_passes,
-            "latents": str(save_latents) if save_latents else None,
-        },
-        f"{video.output}  ({video.frames} frames, {video.seconds:.2f} s, {video.width}x{video.height}, {video.elapsed:.1f} s)",
-    )  # fmt: skip
+
+def _run(models, spec, values: dict, report, resume: bool = False):
+    from fpgen.api import resume_video, run_job
+    from fpgen.errors import FpgenError
+    from fpgen.jobs import job_dir
+    from fpgen.metadata import sidecar_path
+    from fpgen.plan import latents_to_frames, section_count
+    from fpgen.prompts import describe
+
+    settings = spec.settings
+    sections = section_count(settings.seconds, settings.window)
+    prompts, warnings = settings.section_prompts()
+    for warning in warnings:
+        report.warn(warning)
+    if len(set(prompts)) > 1:
+        for line in describe(prompts, settings.window):
+            report.info(f"  prompt {line}")
+    report.info(
+        f"{sections} section(s), {latents_to_frames(1 + sections * settings.window)} new frames on {models.placement.device} "
+        f"({str(models.placement.transformer_dtype).removeprefix('torch.')}), {models.order} order -> {spec.output}"
+    )
+    try:
+        with report.job_progress(sections, settings.steps, settings.window) as progress:
+            if resume:
+                video = resume_video(models, spec.output, progress, values["preview"])
+            else:
+                video = run_job(models, spec, progress, values["overwrite"], values["preview"])
+    except Exception as error:
+        if not isinstance(error, FpgenError) and job_dir(spec.output).exists():
+            report.warn(f"the job is kept in {job_dir(spec.output)}; once the problem is fixed: fpgen generate --resume {spec.output}")
+        raise
+    result = {
+        "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height, "fps": 30,
+        "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": settings.seed, "model": spec.model,
+        "order": models.order, "sections": sections, "resumed_sections": video.resumed_sections,
+        "mode": models.mode.mode, "teacache": settings.teacache, "loras": list(spec.lora),
+        "transformer_passes": video.result.transformer_passes, "latents": str(spec.save_latents) if spec.save_latents else None,
+        "metadata": str(sidecar_path(video.output)),
+    }  # fmt: skip
+    line = f"{video.output}  ({video.frames} frames, {video.seconds:.2f} s, {video.width}x{video.height}, {video.elapsed:.1f} s)"
+    report.result(result, line)
+    return video
+
+
+def _resume(values: dict, given: set, report) -> None:
+    extra = sorted(given - {"resume", "json_output", "quiet", "preview"})
+    if extra:
+        flags = ", ".join("IMAGE" if name == "image" else "--" + name.replace("_", "-") for name in extra)
+        raise InputError(f"--resume continues a job with its saved settings; leave out {flags}", "to change settings start a new job (e.g. --from the finished video)")
+    from fpgen.api import check_output, find_model
+    from fpgen.devices import choose_placement
+    from fpgen.jobs import JobSpec, find_job
+
+    folder = find_job(values["resume"])
+    spec = JobSpec.from_options(folder.options())
+    check_output(spec.output, False, spec.crf)
+    choose_placement(spec.device, spec.dtype)
+    files = find_model(spec.model, spec.model_dir, revision=spec.revision)
+    report.info(f"resuming {folder.path} ({folder.done()} section(s) done)")
+    _run(_load(spec, report, files), spec, values, report, resume=True)
+
+
+def _batch(ctx: typer.Context, values: dict, report) -> None:
+    from fpgen.api import check_job
+    from fpgen.batch import BatchJob, check_outputs, read_jobs_file, run_batch
+    from fpgen.errors import FpgenError, Interrupted
+    from fpgen.jobs import PATH_OPTIONS
+
+    path = values["jobs"]
+    params = {p.name: p for p in ctx.command.params}
+    lines = read_jobs_file(path)
+    jobs = []
+    for number, fields in lines:
+        try:
+            typed = _typed_fields(ctx, params, fields)
+            for name in set(typed) & {*PATH_OPTIONS, "prompts_file"}:  # a line's paths are relative to the jobs file
+                typed[name] = Path(path).parent / Path(typed[name]).expanduser() if typed[name] is not None else None
+            options = job_options({**values, **typed})
+            options["output"] = options.get("output") or Path("outputs") / f"{Path(path).stem}-{number:03d}.mp4"
+            if options.get("image") is None and options.get("extend") is None:
+                raise InputError("no image", "give the line an image (or extend) field, or pass IMAGE as the default")
+            spec = _spec(options)
+            overwrite = typed.get("overwrite", values["overwrite"])
+            if not spec.output.exists() or overwrite:
+                check_job(spec, overwrite)
+            jobs.append(BatchJob(number, fields, spec, None, overwrite, typed.get("preview", values["preview"])))
+        except FpgenError as error:
+            jobs.append(BatchJob(number, fields, None, str(error)))
+    jobs = check_outputs(jobs)
+    report.info(f"{len(jobs)} job(s) in {path}")
+
+    def announce(position: int, job: BatchJob) -> None:
+        report.info(f"job {position} (line {job.line}): {job.spec.output}")
+
+    def run(models, job: BatchJob):
+        return _run(models, job.spec, {**values, "overwrite": job.overwrite, "preview": job.preview}, report.quieter())
+
+    outcomes = run_batch(jobs, lambda spec: _load(spec, report), run, announce)
+    report.batch_summary(outcomes)
+    failed = sum(o.status == "failed" for o in outcomes)
+    if any(o.status == "interrupted" for o in outcomes):
+        raise Interrupted("batch interrupted", f"run the same command again: finished jobs are skipped and the interrupted one continues ({failed} failed)")
+    if failed:
+        raise FpgenError(f"{failed} of {len(outcomes)} job(s) failed", "see the summary")
+
+
+def _typed_fields(ctx: typer.Context, params: dict, fields: dict) -> dict:
+    """A batch line's fields converted by the options' own types (CSV gives text, JSON gives numbers and booleans)."""
+    if "__error__" in fields:
+        raise InputError(fields["__error__"], "fix the line")
+    allowed = set(params) - {"resume", "from_video", "jobs", "json_output", "quiet"}
+    typed = {}
+    for key, value in fields.items():
+        name = key.lstrip("-").replace("-", "_")
+        if name not in allowed:
+            close = difflib.get_close_matches(name, sorted(allowed), n=1)
+            raise InputError(f"unknown field {key!r}", f"did you mean {close[0]!r}?" if close else "fields are `fpgen generate` option names")
+        if isinstance(value, str) and getattr(params[name], "multiple", False):
+            value = [value]  # one LoRA in a CSV cell or a JSON string
+        try:
+            typed[name] = params[name].process_value(ctx, value) if value is not None else None
+        except typer.BadParameter as exc:
+            raise InputError(f"field {key!r}: {exc.message}", "fix the value") from None
+    return typed

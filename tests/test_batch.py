@@ -1,0 +1,65 @@
+"""Batches: good and bad jobs in one file, models loaded once per model, existing outputs skipped, a summary, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import GOLDEN, run_fpgen
+
+from fpgen.errors import ExitCode
+from fpgen.video import read_mp4
+
+IMAGE = str(GOLDEN / "input.png")
+DEFAULTS = ["--steps", "1", "--size", "16x16", "--seconds", "1.2", "--device", "cpu"]  # every line's defaults, from the command line
+
+
+def test_jsonl_batch_mixed_jobs(hf_cache, tmp_path):
+    (tmp_path / "exists.mp4").write_bytes(b"mine")
+    lines = [
+        {"image": IMAGE, "prompt": "a man walks", "output": "a.mp4"},
+        {"image": IMAGE, "sede": 3, "output": "typo.mp4"},
+        {"image": "missing.png", "output": "missing.mp4"},
+        {"image": IMAGE, "prompt": "a man waves", "model": "framepack-f1", "output": "b.mp4", "seed": 5},
+        {"image": IMAGE, "prompt": "0s: a man walks | 0.6s: he sits", "output": "c.mp4", "seconds": 2.4},
+        "{not json",
+        {"image": IMAGE, "output": "exists.mp4"},
+    ]
+    (tmp_path / "jobs.jsonl").write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    proc = run_fpgen("generate", "--jobs", "jobs.jsonl", *DEFAULTS, cache=hf_cache, cwd=tmp_path)
+    assert proc.returncode == ExitCode.FAILED, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("loading framepack ...") == 1 and proc.stderr.count("loading framepack-f1 ...") == 1  # once per model
+    assert proc.stdout.strip().splitlines()[-1] == "3 done, 1 skipped, 3 failed"  # under the summary table
+    assert proc.stderr.strip().splitlines()[-1] == "error: 3 of 7 job(s) failed; see the summary"
+    assert read_mp4(tmp_path / "a.mp4")[0].shape[0] == 37 and read_mp4(tmp_path / "c.mp4")[0].shape[0] == 73
+    assert read_mp4(tmp_path / "b.mp4")[0].shape[0] == 37
+    assert (tmp_path / "exists.mp4").read_bytes() == b"mine"  # never overwritten
+
+    again = run_fpgen("generate", "--jobs", "jobs.jsonl", *DEFAULTS, "--json", cache=hf_cache, cwd=tmp_path)
+    assert again.returncode == ExitCode.FAILED
+    summary = json.loads(again.stdout)
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (0, 4, 3)
+    assert [job["status"] for job in summary["jobs"]] == ["skipped", "failed", "failed", "skipped", "skipped", "failed", "skipped"]
+    assert [job["line"] for job in summary["jobs"]] == list(range(1, 8))
+    errors = [job["error"] for job in summary["jobs"]]
+    assert errors[1] == "unknown field 'sede'; did you mean 'seed'?" and errors[2].startswith("image not found") and "not valid JSON" in errors[5]
+    assert [job["exit_code"] for job in summary["jobs"] if job["status"] == "failed"] == [ExitCode.USAGE] * 3
+    assert "loading" not in again.stderr  # nothing to make, no model loaded
+
+
+def test_csv_batch_with_overwrite(hf_cache, tmp_path):
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "face.png").write_bytes((GOLDEN / "input.png").read_bytes())
+    (tmp_path / "old.mp4").write_bytes(b"old")
+    (tmp_path / "jobs.csv").write_text(
+        "image,prompt,seed,output,overwrite,teacache\n"
+        "pictures/face.png,a man walks,7,one.mp4,,false\n"  # paths are relative to the jobs file
+        'pictures/face.png,"a man, walking",8,old.mp4,true,no\n'
+    )
+    proc = run_fpgen("generate", "--jobs", tmp_path / "jobs.csv", *DEFAULTS, "--json", cache=hf_cache)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert [job["status"] for job in summary["jobs"]] == ["done", "done"] and [job["line"] for job in summary["jobs"]] == [2, 3]
+    assert read_mp4(tmp_path / "old.mp4")[0].shape[0] == 37  # replaced, as that line asked
+    info = json.loads(run_fpgen("info", tmp_path / "old.mp4", "--json").stdout)
+    assert (info["job"]["prompt"], info["job"]["seed"], info["job"]["steps"]) == ("a man, walking", 8, 1)

@@ -367,7 +367,7 @@ def test_clips_listed_in_jsonl_and_csv(tmp_path):
 def test_benchmark_script_runs_tiny(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
     proc = subprocess.run(
-        [sys.executable, str(script), "--tiny", "--out", str(tmp_path / "r.json"), "--steps", "1", "--warmup", "0"],
+        [sys.executable, str(script), "--tiny", "--out", str(tmp_path / "r.json"), "--steps", "1", "--warmup", "0", "--configs", "bf16,fp8,fp8+offload"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

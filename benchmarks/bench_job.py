@@ -248,8 +248,40 @@ def cuda_tensors(top: int = 6) -> dict:
     return {"allocated_gib": torch.cuda.memory_allocated() / GIB, "tensors": len(found), "sum_gib": sum(f[0] for f in found), "largest": found[:top]}
 
 
+def host_memory_peaks(pid: int, models: Path, out: Path, every_s: float = 0.5) -> None:
+    """Sample process ``pid``'s host memory until it ends: what it owns (anonymous, pinned) apart
+    from the model files' mapped pages, written to ``out`` as JSON after every sample.
+
+    ru_maxrss counts both, and the benchmark's models sit in /dev/shm, whose mapped pages count as
+    the process's own; on a user's disk they are the kernel's page cache, reclaimable. A process of
+    its own reads /proc/PID/smaps, so the sampling takes no time from the job's Python thread.
+    """
+    prefix, peaks = str(models.resolve()), {"own": 0, "model_files": 0, "total": 0}
+    while True:
+        try:
+            smaps = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        own = files = 0
+        in_models = False
+        for line in smaps:
+            head = line.split(maxsplit=5)
+            if "-" in head[0] and len(head) >= 5:  # a mapping's header: address perms offset dev inode [path]
+                in_models = len(head) == 6 and head[5].startswith(prefix)
+            elif head[0] == "Rss:":
+                files, own = (files + int(head[1]), own) if in_models else (files, own + int(head[1]))
+        for name, kib in (("own", own), ("model_files", files), ("total", own + files)):
+            peaks[name] = max(peaks[name], kib * 1024)
+        out.with_suffix(".tmp").write_text(json.dumps({f"peak_{name}_gib": value / GIB for name, value in peaks.items()}))
+        out.with_suffix(".tmp").replace(out)  # whole, whenever the job stops the sampler
+        time.sleep(every_s)
+
+
 def lowvram_child(args):
     """One low-vram job in a fresh process: the 6 GiB cap is set before anything touches the GPU."""
+    host = args.work / "host_memory.json"
+    host.unlink(missing_ok=True)
+    sampler = subprocess.Popen([sys.executable, __file__, "--part", "host-memory", "--pid", str(os.getpid()), "--models", str(args.models), "--out", str(host)])
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(args.cap_gib * GIB / total)
@@ -274,6 +306,9 @@ def lowvram_child(args):
     job["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
     status = Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").exists() else []
     job["host_now"] = {line.split(":")[0]: line.split(":")[1].strip() for line in status if line.startswith(("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM", "VmLck", "VmPin"))}
+    sampler.terminate()
+    sampler.wait()
+    job["host_sampled"] = json.loads(host.read_text()) if host.exists() else None
     job["cap_gib"] = args.cap_gib
     print("LOWVRAM " + json.dumps(job), flush=True)
 
@@ -319,7 +354,7 @@ def lowvram_and_fast(args, results: dict):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-fast", "lowvram-child"], required=True)
+    parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-fast", "lowvram-child", "host-memory"], required=True)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--models", type=Path, default=default_models_dir())
     parser.add_argument("--exact-latents", type=Path, default=None, help="the exact job's latents from --part resident")
@@ -329,10 +364,13 @@ def main():
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--size", default=None, help="HxW instead of the 640 bucket (smoke runs)")
     parser.add_argument("--out", type=Path, default=Path("job.json"))
+    parser.add_argument("--pid", type=int, default=None, help="the process whose host memory --part host-memory samples")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.part == "lowvram-child":
         return lowvram_child(args)
+    if args.part == "host-memory":
+        return host_memory_peaks(args.pid, args.models, args.out)
     results = Results(args.out, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__, models_dir=str(args.models))
     started = time.perf_counter()
     {"resident": resident, "lowvram": lowvram, "lowvram-fast": lowvram_and_fast}[args.part](args, results)

@@ -92,15 +92,19 @@ def test_streaming_loader_reads_every_weight_once(monkeypatch):
 
     from fpgen.loading import load_transformer
 
-    pinned = []
-    monkeypatch.setattr(offload, "pin", lambda t: pinned.append(t.shape) or t.clone())
+    chunks = []
+    monkeypatch.setattr(offload, "pinned_bytes", lambda count: chunks.append(torch.empty(count, dtype=torch.uint8)) or chunks[-1])
+    monkeypatch.setattr(offload, "PINNED_CHUNK_BYTES", 2**16)  # several chunks even for the tiny model
     path = HUB / "lllyasviel/FramePackI2V_HY"
     streamed = offload.load_transformer_for_streaming(path, torch.float32, torch.device("cpu")).state_dict()
     reference = load_transformer(path, torch.float32).state_dict()
     assert streamed.keys() == reference.keys()
     assert all(torch.equal(streamed[k], reference[k]) for k in reference)
     block_weights = [k for k in reference if k.startswith(("transformer_blocks.", "single_transformer_blocks."))]
-    assert len(pinned) == len(block_weights)  # exactly the blocks' weights go to pinned memory, each once
+    in_chunks = {k for k in reference if any(streamed[k].untyped_storage().data_ptr() == c.untyped_storage().data_ptr() for c in chunks)}
+    assert in_chunks == set(block_weights)  # exactly the blocks' weights go to pinned memory, each once
+    weight_bytes = sum(reference[k].numel() * reference[k].element_size() for k in block_weights)
+    assert len(chunks) > 1 and len(chunks) * 2**16 < weight_bytes + 2**16 + len(block_weights) * offload.ALIGNMENT  # no power-of-two waste
 
 
 def test_streamed_blocks_keep_host_weights_apart_from_the_parameters(monkeypatch):
@@ -122,3 +126,32 @@ def test_streamed_blocks_keep_host_weights_apart_from_the_parameters(monkeypatch
     assert all(torch.equal(host[name], before[name]) for name in host)  # the host weights did not move
     streamed._point(block, host)
     assert all(torch.equal(params[name], before[name]) for name in host)
+
+
+def test_low_vram_frees_the_llama_before_the_transformer_loads(offline_cache, monkeypatch):
+    """The two largest models never share host memory: the Llama (tied into reference cycles by its
+    streaming hooks, here by a stand-in) must be gone when the transformer starts loading."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    import fpgen.loading as loading
+    from fpgen.acceleration import ModeChoice
+    from fpgen.devices import choose_placement
+    from fpgen.hub import locate_model
+    from fpgen.pipeline import Settings, prepare_inputs
+    from fpgen.registry import MODELS
+
+    llama, alive_at_transformer_load = [], []
+    monkeypatch.setattr(loading, "stream_module_layers", lambda model, device: (model.__dict__.setdefault("_hooks", [model]), llama.append(weakref.ref(model))))
+    load_transformer = loading.Models._load_transformer
+    monkeypatch.setattr(loading.Models, "_load_transformer", lambda self: (alive_at_transformer_load.append(llama[0]() is not None), load_transformer(self))[1])
+    models = loading.Models(locate_model(MODELS["framepack"]), "inverted", choose_placement("cpu", "float32"), ModeChoice("low-vram", "test"), compile=False)
+    gc.disable()  # only the release's own collection may free the cycle, as when no automatic one happens to run
+    try:
+        prepare_inputs(models, np.full((64, 64, 3), 128, np.uint8), Settings(prompt="a cat", seconds=1, steps=1, size=(64, 64)))
+        models.transformer
+    finally:
+        gc.enable()
+    assert len(llama) == 1 and alive_at_transformer_load == [False]

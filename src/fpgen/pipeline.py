@@ -149,6 +149,17 @@ class Result:
         return self.plan.num_frames
 
 
+def encode_prompts(models: Models, texts: list[str], negative: str | None) -> tuple[dict[str, PromptEmbedding], PromptEmbedding | None]:
+    """Each distinct prompt encoded once, and the negative one if real CFG needs it.
+
+    A function of its own so that no local name still holds the Llama when the caller releases it
+    (streaming hooks tie it into reference cycles that only a collection after that frees).
+    """
+    with models.use("text_encoder", "text_encoder_2") as (llama, clip):
+        encode = (models.tokenizer, llama, models.tokenizer_2, clip)
+        return {text: encode_prompt(text, *encode) for text in dict.fromkeys(texts)}, (encode_prompt(negative, *encode) if negative is not None else None)
+
+
 def prepare_inputs(
     models: Models, image: np.ndarray, settings: Settings, end_image: np.ndarray | None = None, tail: np.ndarray | None = None
 ) -> JobInputs:
@@ -161,10 +172,7 @@ def prepare_inputs(
     height, width = tail.shape[1:3] if tail is not None else settings.frame_size(image)
     image = resize_and_center_crop(image, height, width)
     texts, _ = settings.section_prompts()
-    with models.use("text_encoder", "text_encoder_2") as (llama, clip):
-        encode = (models.tokenizer, llama, models.tokenizer_2, clip)
-        prompts = {text: encode_prompt(text, *encode) for text in dict.fromkeys(texts)}
-        negative = encode_prompt(settings.negative_prompt, *encode) if settings.cfg != 1.0 else None
+    prompts, negative = encode_prompts(models, texts, settings.negative_prompt if settings.cfg != 1.0 else None)
     if models.mode.mode == "low-vram":
         models.release("text_encoder")  # the 8B Llama leaves host memory before the 13B transformer loads
     start = tail[-1] if tail is not None and models.order == "inverted" else image

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_job.py --part resident --out results/job_resident.json   # load time, exact, baseline, fast
     python benchmarks/bench_job.py --part lowvram --out results/job_lowvram.json     # low-vram under a 6 GiB cap
+    python benchmarks/bench_job.py --part lowvram-exact --out results/job_ratio.json # low-vram, then exact, both cold
 
 The models are written once as a ``--model-dir`` folder and loaded through fpgen's own loader, so
 the load time is the real one. A job is ``fpgen.generate_video`` on a square picture (bucket
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -277,6 +279,20 @@ def host_memory_peaks(pid: int, models: Path, out: Path, every_s: float = 0.5) -
         time.sleep(every_s)
 
 
+def time_transformer_load(models: Models) -> list[float]:
+    """Seconds spent loading the transformer, appended each time ``models`` loads it."""
+    seconds, load = [], models._load_transformer
+
+    def timed_load():
+        started = time.perf_counter()
+        model = load()
+        seconds.append(time.perf_counter() - started)
+        return model
+
+    models._load_transformer = timed_load
+    return seconds
+
+
 def lowvram_child(args):
     """One low-vram job in a fresh process: the 6 GiB cap is set before anything touches the GPU."""
     host = args.work / "host_memory.json"
@@ -293,6 +309,7 @@ def lowvram_child(args):
     load_s = time.perf_counter() - started
     print("after load_all:", json.dumps(cuda_tensors()), flush=True)
     settings = job_settings(args)
+    transformer_load = time_transformer_load(models)
     try:
         job = run_job(models, settings, args.work / "lowvram.mp4", "lowvram")["result"]
     except Exception as error:  # the compiled streamed blocks failed: record it, measure the eager ones
@@ -303,6 +320,8 @@ def lowvram_child(args):
         job = run_job(models, settings, args.work / "lowvram.mp4", "lowvram")["result"]
         job["compiled_error"] = f"{type(error).__name__}: {str(error)[:300]}"
     job["load_s_before_job"] = load_s
+    job["transformer_load_s_in_job"] = sum(transformer_load)  # low-vram loads it after the Llama has gone
+    job["s_per_frame_without_loading"] = (job["job_s"] - job["transformer_load_s_in_job"]) / job["frames"]
     job["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
     status = Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").exists() else []
     job["host_now"] = {line.split(":")[0]: line.split(":")[1].strip() for line in status if line.startswith(("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM", "VmLck", "VmPin"))}
@@ -338,10 +357,25 @@ def lowvram(args, results: dict):
         torch.cuda.empty_cache()
     command = [sys.executable, __file__, "--part", "lowvram-child", "--models", str(args.models), "--work", str(args.work), "--cap-gib", str(args.cap_gib),
                "--seconds", str(args.seconds), "--steps", str(args.steps)] + (["--size", args.size] if args.size else [])  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True)
+    cache = args.work / "inductor-lowvram"  # compiles cold, as the exact job of the same run does
+    shutil.rmtree(cache, ignore_errors=True)
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)})
     print(proc.stdout[-4000:], proc.stderr[-4000:], flush=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("LOWVRAM ")]
     results["lowvram"] = json.loads(lines[-1][len("LOWVRAM ") :]) if lines else {"error": proc.stderr[-600:]}
+
+
+def lowvram_and_exact(args, results: dict):
+    """The low-vram job beside the exact job in one run, each loaded and compiled cold."""
+    lowvram(args, results)
+    paths = locate_model(MODELS["framepack"], model_dir(args.models, args.tiny))
+    placement = choose_placement("cuda" if torch.cuda.is_available() else "cpu", "bfloat16")
+    started = time.perf_counter()
+    models = Models(paths, "inverted", placement, ModeChoice("exact", "benchmark")).load_all()
+    results["exact_load_s"] = time.perf_counter() - started
+    results["exact"] = run_job(models, job_settings(args), args.work / "exact.mp4", "exact")["result"]
+    if "s_per_frame_without_loading" in results["lowvram"]:
+        results["lowvram_over_exact"] = results["lowvram"]["s_per_frame_without_loading"] / results["exact"]["s_per_frame"]
 
 
 def lowvram_and_fast(args, results: dict):
@@ -354,7 +388,7 @@ def lowvram_and_fast(args, results: dict):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-fast", "lowvram-child", "host-memory"], required=True)
+    parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-exact", "lowvram-fast", "lowvram-child", "host-memory"], required=True)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--models", type=Path, default=default_models_dir())
     parser.add_argument("--exact-latents", type=Path, default=None, help="the exact job's latents from --part resident")
@@ -373,7 +407,7 @@ def main():
         return host_memory_peaks(args.pid, args.models, args.out)
     results = Results(args.out, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__, models_dir=str(args.models))
     started = time.perf_counter()
-    {"resident": resident, "lowvram": lowvram, "lowvram-fast": lowvram_and_fast}[args.part](args, results)
+    {"resident": resident, "lowvram": lowvram, "lowvram-exact": lowvram_and_exact, "lowvram-fast": lowvram_and_fast}[args.part](args, results)
     results["total_s"] = time.perf_counter() - started
     print(json.dumps(results, indent=1))
 

@@ -33,7 +33,7 @@ from fpgen.training import adapters, memory
 from fpgen.training.cache import CacheReport, CacheSettings, CachedClip, CachedStart, build_cache
 from fpgen.training.config import TrainConfig, load_run, save_run
 from fpgen.training.data import Clip, default_cache_dir, discover_clips
-from fpgen.training.objective import FlowMatchingLoss, draw, evaluation_loss
+from fpgen.training.objective import Batch, FlowMatchingLoss, draw, evaluation_loss
 from fpgen.training.samples import BatchOrder, build_batch, layout_key, sample_refs, seeded
 
 LOG_FILE, EVAL_FILE, RUN_FILE, LORA_FILE = "log.jsonl", "eval.jsonl", "run.json", "lora.safetensors"
@@ -293,6 +293,28 @@ def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype, cuda:
     return transformer.train(), adapted
 
 
+def accumulate_gradients(accelerator, objective, step: int, config: TrainConfig, micro_batch: Callable[[int], tuple[int, Batch]]) -> tuple[torch.Tensor, int]:
+    """Forward and backward this process's ``grad_accum`` micro-batches of optimizer step ``step``; returns their mean loss and the epoch.
+
+    Micro-batch ``n = (step * grad_accum + micro) * processes + rank`` (``micro_batch(n)`` gives its
+    epoch and batch), with timesteps and noise drawn from ``n``: so P processes at --grad-accum A
+    see the same samples as one process at --grad-accum P*A, and since gradients are averaged over
+    processes (the all-reduce of the last micro-batch) and over micro-batches (the loss is divided
+    by ``grad_accum``), both compute the same step.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    total, epoch = torch.zeros((), device=accelerator.device), 0
+    for micro in range(config.grad_accum):
+        n = (step * config.grad_accum + micro) * world + rank
+        epoch, batch = micro_batch(n)
+        t, noise = draw(batch, config.shift, seeded(config.seed, 3, n))
+        with nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(objective):
+            loss = objective(batch.latents, noise, t, batch.cond, batch.context)
+            accelerator.backward(loss / config.grad_accum)
+        total += loss.detach() / config.grad_accum
+    return total, epoch
+
+
 # ---------------------------------------------------------------------------------------------- the run
 
 
@@ -421,7 +443,10 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
         transformer.train()
         emit(Validated(step, path))
 
-    world, rank = accelerator.num_processes, accelerator.process_index
+    def micro_batch(n: int) -> tuple[int, Batch]:
+        epoch, indices = batch_order(n)
+        return epoch, build_batch([refs[i] for i in indices], train_clips, config.window, order)
+
     clipped = list(objective.parameters()) if fsdp else parameters  # FSDP clips through the wrapped model's own method
     if counter.step == 0:
         evaluate(0)
@@ -431,18 +456,7 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
     try:
         with stop_requests(accelerator):
             while counter.step < config.max_steps:
-                step = counter.step
-                total, epoch = torch.zeros((), device=accelerator.device), 0
-                for micro in range(config.grad_accum):
-                    n = (step * config.grad_accum + micro) * world + rank
-                    epoch, indices = batch_order(n)
-                    batch = build_batch([refs[i] for i in indices], train_clips, config.window, order)
-                    t, noise = draw(batch, config.shift, seeded(config.seed, 3, n))
-                    sync = micro == config.grad_accum - 1
-                    with nullcontext() if sync else accelerator.no_sync(objective):
-                        loss = objective(batch.latents, noise, t, batch.cond, batch.context)
-                        accelerator.backward(loss / config.grad_accum)
-                    total += loss.detach() / config.grad_accum
+                total, epoch = accumulate_gradients(accelerator, objective, counter.step, config, micro_batch)
                 grad_norm = accelerator.clip_grad_norm_(clipped, config.max_grad_norm) if config.max_grad_norm > 0 else None
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 optimizer.step()

@@ -213,15 +213,26 @@ def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 class StepCounter:
-    """The optimizer steps done; saved and restored with the accelerate state."""
+    """The optimizer steps done and the micro-batches each takes; saved and restored with the accelerate state.
 
-    def __init__(self):
-        self.step = 0
+    A step takes processes x --grad-accum micro-batches, so a run can resume on another number of
+    processes (GPUs) and continue exactly if --grad-accum keeps that product; any other resume is refused.
+    """
+
+    def __init__(self, processes: int, grad_accum: int):
+        self.step, self.processes, self.grad_accum = 0, processes, grad_accum
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        return {"step": self.step, "micro_batches": self.processes * self.grad_accum}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = int(state["micro_batches"])
+        if saved != self.processes * self.grad_accum:
+            fix = f"pass --grad-accum {saved // self.processes}" if saved % self.processes == 0 else f"use a number of processes that divides {saved}"
+            raise InputError(
+                f"the checkpoint's steps take {saved} micro-batches (processes x --grad-accum), this run's {self.processes} x {self.grad_accum}",
+                f"{fix} to continue the same run",
+            )
         self.step = int(state["step"])
 
 
@@ -364,7 +375,7 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
     objective, optimizer = accelerator.prepare(objective, optimizer)
     # Stepped once per optimizer step here (accelerate's wrapper would step it once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps, config.lr_scheduler))
-    counter = StepCounter()
+    counter = StepCounter(accelerator.num_processes, config.grad_accum)
     accelerator.register_for_checkpointing(scheduler, counter)
     info = json.dumps({"base_model": config.model, "order": order, "window": config.window, "rank": config.rank, "alpha": config.lora_alpha, "guidance": config.guidance})
 

@@ -458,7 +458,7 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
         epoch, indices = batch_order(n)
         return epoch, build_batch([refs[i] for i in indices], train_clips, config.window, order)
 
-    clipped = list(objective.parameters()) if fsdp else parameters  # FSDP clips through the wrapped model's own method
+    clipped = list(objective.parameters()) if fsdp else parameters  # under FSDP accelerate clips the wrapped (sharded) parameters
     if counter.step == 0:
         evaluate(0)
         if config.validate_every:

@@ -33,7 +33,7 @@ from fpgen.training import adapters, memory
 from fpgen.training.cache import CacheReport, CacheSettings, CachedClip, CachedStart, build_cache
 from fpgen.training.config import TrainConfig, load_run, save_run
 from fpgen.training.data import Clip, default_cache_dir, discover_clips
-from fpgen.training.objective import FlowMatchingLoss, draw, evaluation_loss
+from fpgen.training.objective import Batch, FlowMatchingLoss, draw, evaluation_loss
 from fpgen.training.samples import BatchOrder, build_batch, layout_key, sample_refs, seeded
 
 LOG_FILE, EVAL_FILE, RUN_FILE, LORA_FILE = "log.jsonl", "eval.jsonl", "run.json", "lora.safetensors"
@@ -213,15 +213,26 @@ def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 class StepCounter:
-    """The optimizer steps done; saved and restored with the accelerate state."""
+    """The optimizer steps done and the micro-batches each takes; saved and restored with the accelerate state.
 
-    def __init__(self):
-        self.step = 0
+    A step takes processes x --grad-accum micro-batches, so a run can resume on another number of
+    processes (GPUs) and continue exactly if --grad-accum keeps that product; any other resume is refused.
+    """
+
+    def __init__(self, processes: int, grad_accum: int):
+        self.step, self.processes, self.grad_accum = 0, processes, grad_accum
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        return {"step": self.step, "micro_batches": self.processes * self.grad_accum}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = int(state["micro_batches"])
+        if saved != self.processes * self.grad_accum:
+            fix = f"pass --grad-accum {saved // self.processes}" if saved % self.processes == 0 else f"use a number of processes that divides {saved}"
+            raise InputError(
+                f"the checkpoint's steps take {saved} micro-batches (processes x --grad-accum), this run's {self.processes} x {self.grad_accum}",
+                f"{fix} to continue the same run",
+            )
         self.step = int(state["step"])
 
 
@@ -293,6 +304,28 @@ def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype, cuda:
     return transformer.train(), adapted
 
 
+def accumulate_gradients(accelerator, objective, step: int, config: TrainConfig, micro_batch: Callable[[int], tuple[int, Batch]]) -> tuple[torch.Tensor, int]:
+    """Forward and backward this process's ``grad_accum`` micro-batches of optimizer step ``step``; returns their mean loss and the epoch.
+
+    Micro-batch ``n = (step * grad_accum + micro) * processes + rank`` (``micro_batch(n)`` gives its
+    epoch and batch), with timesteps and noise drawn from ``n``: so P processes at --grad-accum A
+    see the same samples as one process at --grad-accum P*A, and since gradients are averaged over
+    processes (the all-reduce of the last micro-batch) and over micro-batches (the loss is divided
+    by ``grad_accum``), both compute the same step.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    total, epoch = torch.zeros((), device=accelerator.device), 0
+    for micro in range(config.grad_accum):
+        n = (step * config.grad_accum + micro) * world + rank
+        epoch, batch = micro_batch(n)
+        t, noise = draw(batch, config.shift, seeded(config.seed, 3, n))
+        with nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(objective):
+            loss = objective(batch.latents, noise, t, batch.cond, batch.context)
+            accelerator.backward(loss / config.grad_accum)
+        total += loss.detach() / config.grad_accum
+    return total, epoch
+
+
 # ---------------------------------------------------------------------------------------------- the run
 
 
@@ -342,7 +375,7 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
     objective, optimizer = accelerator.prepare(objective, optimizer)
     # Stepped once per optimizer step here (accelerate's wrapper would step it once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps, config.lr_scheduler))
-    counter = StepCounter()
+    counter = StepCounter(accelerator.num_processes, config.grad_accum)
     accelerator.register_for_checkpointing(scheduler, counter)
     info = json.dumps({"base_model": config.model, "order": order, "window": config.window, "rank": config.rank, "alpha": config.lora_alpha, "guidance": config.guidance})
 
@@ -421,8 +454,11 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
         transformer.train()
         emit(Validated(step, path))
 
-    world, rank = accelerator.num_processes, accelerator.process_index
-    clipped = list(objective.parameters()) if fsdp else parameters  # FSDP clips through the wrapped model's own method
+    def micro_batch(n: int) -> tuple[int, Batch]:
+        epoch, indices = batch_order(n)
+        return epoch, build_batch([refs[i] for i in indices], train_clips, config.window, order)
+
+    clipped = list(objective.parameters()) if fsdp else parameters  # under FSDP accelerate clips the wrapped (sharded) parameters
     if counter.step == 0:
         evaluate(0)
         if config.validate_every:
@@ -431,18 +467,7 @@ def train(config: TrainConfig, resume: bool = False, on_event: Callable[[TrainEv
     try:
         with stop_requests(accelerator):
             while counter.step < config.max_steps:
-                step = counter.step
-                total, epoch = torch.zeros((), device=accelerator.device), 0
-                for micro in range(config.grad_accum):
-                    n = (step * config.grad_accum + micro) * world + rank
-                    epoch, indices = batch_order(n)
-                    batch = build_batch([refs[i] for i in indices], train_clips, config.window, order)
-                    t, noise = draw(batch, config.shift, seeded(config.seed, 3, n))
-                    sync = micro == config.grad_accum - 1
-                    with nullcontext() if sync else accelerator.no_sync(objective):
-                        loss = objective(batch.latents, noise, t, batch.cond, batch.context)
-                        accelerator.backward(loss / config.grad_accum)
-                    total += loss.detach() / config.grad_accum
+                total, epoch = accumulate_gradients(accelerator, objective, counter.step, config, micro_batch)
                 grad_norm = accelerator.clip_grad_norm_(clipped, config.max_grad_norm) if config.max_grad_norm > 0 else None
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 optimizer.step()

@@ -1,10 +1,13 @@
-"""Batches: good and bad jobs in one file, models loaded once per model, existing outputs skipped, a summary, exit codes."""
+"""Batches: good and bad jobs in one file, models loaded once per model, existing outputs skipped, a summary, exit codes, workers."""
 
 from __future__ import annotations
 
 import json
 
-from conftest import GOLDEN, run_fpgen
+import numpy as np
+import torch
+from conftest import GOLDEN, fpgen_env, run_fpgen
+from safetensors.torch import load_file
 
 from fpgen.errors import ExitCode
 from fpgen.video import read_mp4
@@ -63,3 +66,28 @@ def test_csv_batch_with_overwrite(hf_cache, tmp_path):
     assert read_mp4(tmp_path / "old.mp4")[0].shape[0] == 37  # replaced, as that line asked
     info = json.loads(run_fpgen("info", tmp_path / "old.mp4", "--json").stdout)
     assert (info["job"]["prompt"], info["job"]["seed"], info["job"]["steps"]) == ("a man, walking", 8, 1)
+
+
+def test_two_cpu_workers(hf_cache, tmp_path):
+    """``--device cpu --gpus 2`` runs the multi-GPU path with CPU workers: each job once, by either worker, as one process makes it."""
+    env = fpgen_env(hf_cache, OMP_NUM_THREADS="1")  # the same threads in both runs, for identical results
+    for name in ("one", "two"):
+        lines = [{"image": IMAGE, "prompt": "a man walks", "seed": i, "output": f"{name}{i}.mp4", "save_latents": f"{name}{i}.safetensors"} for i in range(4)]
+        lines[1]["seconds"] = 2.4  # uneven jobs
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+    one = run_fpgen("generate", "--jobs", "one.jsonl", *DEFAULTS, "--json", env=env, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = run_fpgen("generate", "--jobs", "two.jsonl", *DEFAULTS, "--gpus", "2", "--json", env=env, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    summary = json.loads(two.stdout)
+    assert [job["status"] for job in summary["jobs"]] == ["done"] * 4 and summary["done"] == 4
+    assert set(summary["workers"]) == {"cpu:0", "cpu:1"} and sum(summary["workers"].values()) == 4  # both took jobs
+    assert {job["worker"] for job in summary["jobs"]} == {"cpu:0", "cpu:1"} and json.loads(one.stdout)["workers"] == {}
+    made = sorted(path.name for path in tmp_path.glob("two*"))
+    assert made == sorted(["two.jsonl"] + [f"two{i}{ext}" for i in range(4) for ext in (".mp4", ".json", ".safetensors")])  # no job folders left
+    for i in range(4):
+        assert torch.equal(load_file(tmp_path / f"one{i}.safetensors")["latents"], load_file(tmp_path / f"two{i}.safetensors")["latents"])
+        assert np.array_equal(read_mp4(tmp_path / f"one{i}.mp4")[0], read_mp4(tmp_path / f"two{i}.mp4")[0])
+
+    again = run_fpgen("generate", "--jobs", "two.jsonl", *DEFAULTS, "--gpus", "2", "--json", env=env, cwd=tmp_path)
+    assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 4 and "loading" not in again.stderr

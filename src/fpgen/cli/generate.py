@@ -36,7 +36,7 @@ Examples:
 
   fpgen generate --jobs jobs.jsonl --json   (one job per line: {"image": "a.png", "prompt": "...", "output": "a.mp4"})
 
-  fpgen generate --jobs jobs.jsonl --gpus 4          (the same, one worker per GPU)
+  fpgen generate --jobs jobs.jsonl --gpus 4                (the same jobs spread over 4 GPUs)
 
   fpgen generate --jobs jobs.jsonl --device cpu --gpus 2   (two CPU workers)
 
@@ -97,8 +97,8 @@ def generate(
     from_video: Path | None = typer.Option(None, "--from", help="Run the job that made this fpgen video again; options given on the command line replace the recorded ones.", rich_help_panel=LONG),
     jobs: Path | None = typer.Option(None, "--jobs", help="Run every job of a JSON Lines or CSV file (fields are option names); options given here are defaults for every job.", rich_help_panel=LONG),
     gpus: str = typer.Option(
-        "1", "--gpus", help="With --jobs: one worker process per GPU (N or all), each loading its models once and taking the next job when it is done. "
-        "With --device cpu: N CPU workers.", rich_help_panel=LONG,
+        "1", "--gpus", metavar="N|all", help="With --jobs: N worker processes, one per GPU (each sees only its own), each loading its models once and taking "
+        "the next job when done; Ctrl-C stops them all, resumable. With --device cpu: N CPU workers, the same way.", rich_help_panel=LONG,
     ),  # fmt: skip
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),

@@ -1,4 +1,4 @@
-"""Batches: many jobs from one file, in one process, each model loaded once.
+"""Batches: many jobs from one file, each model loaded once (over several GPUs: ``fpgen.workers``).
 
 A jobs file is JSON Lines (one object per line) or CSV (a header row of option names); each job's
 fields are ``fpgen generate`` options by name (``seed``, ``end-image`` or ``end_image``, ...). Jobs

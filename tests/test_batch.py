@@ -1,12 +1,24 @@
-"""Batches: good and bad jobs in one file, models loaded once per model, existing outputs skipped, a summary, exit codes."""
+"""Batches: good and bad jobs in one file, models loaded once per model, existing outputs skipped, a summary, exit codes, workers."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
-from conftest import GOLDEN, run_fpgen
+import numpy as np
+import pytest
+import torch
+from conftest import GOLDEN, fpgen_env, run_fpgen
+from safetensors.torch import load_file
 
-from fpgen.errors import ExitCode
+from fpgen.batch import BatchJob
+from fpgen.errors import ExitCode, InputError
+from fpgen.jobs import JobSpec
+from fpgen.workers import next_job, plan_workers
 from fpgen.video import read_mp4
 
 IMAGE = str(GOLDEN / "input.png")
@@ -63,3 +75,70 @@ def test_csv_batch_with_overwrite(hf_cache, tmp_path):
     assert read_mp4(tmp_path / "old.mp4")[0].shape[0] == 37  # replaced, as that line asked
     info = json.loads(run_fpgen("info", tmp_path / "old.mp4", "--json").stdout)
     assert (info["job"]["prompt"], info["job"]["seed"], info["job"]["steps"]) == ("a man, walking", 8, 1)
+
+
+def test_two_cpu_workers(hf_cache, tmp_path):
+    """``--device cpu --gpus 2`` runs the multi-GPU path with CPU workers: each job once, by either worker, as one process makes it."""
+    env = fpgen_env(hf_cache, OMP_NUM_THREADS="1")  # the same threads in both runs, for identical results
+    for name in ("one", "two"):
+        lines = [{"image": IMAGE, "prompt": "a man walks", "seed": i, "output": f"{name}{i}.mp4", "save_latents": f"{name}{i}.safetensors"} for i in range(4)]
+        lines[1]["seconds"] = 2.4  # uneven jobs
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+    one = run_fpgen("generate", "--jobs", "one.jsonl", *DEFAULTS, "--json", env=env, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = run_fpgen("generate", "--jobs", "two.jsonl", *DEFAULTS, "--gpus", "2", "--json", env=env, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    summary = json.loads(two.stdout)
+    assert [job["status"] for job in summary["jobs"]] == ["done"] * 4 and summary["done"] == 4
+    assert set(summary["workers"]) == {"cpu:0", "cpu:1"} and sum(summary["workers"].values()) == 4  # both took jobs
+    assert {job["worker"] for job in summary["jobs"]} == {"cpu:0", "cpu:1"} and json.loads(one.stdout)["workers"] == {}
+    made = sorted(path.name for path in tmp_path.glob("two*"))
+    assert made == sorted(["two.jsonl"] + [f"two{i}{ext}" for i in range(4) for ext in (".mp4", ".json", ".safetensors")])  # no job folders left
+    for i in range(4):
+        assert torch.equal(load_file(tmp_path / f"one{i}.safetensors")["latents"], load_file(tmp_path / f"two{i}.safetensors")["latents"])
+        assert np.array_equal(read_mp4(tmp_path / f"one{i}.mp4")[0], read_mp4(tmp_path / f"two{i}.mp4")[0])
+
+    again = run_fpgen("generate", "--jobs", "two.jsonl", *DEFAULTS, "--gpus", "2", "--json", env=env, cwd=tmp_path)
+    assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 4 and "loading" not in again.stderr
+
+
+def test_worker_plan_and_hand_out(monkeypatch):
+    """Each GPU worker sees one of the GPUs the parent sees; CPU workers split the cores; a worker keeps to its loaded models."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")
+    assert [(w.label, w.env) for w in plan_workers("all", "auto")] == [(f"cuda:{i}", {"CUDA_VISIBLE_DEVICES": gpu}) for i, gpu in enumerate("467")]
+    assert len(plan_workers("2", "cuda")) == 2
+    with pytest.raises(InputError, match="PyTorch sees 3 GPU"):
+        plan_workers("4", "auto")
+    with pytest.raises(InputError, match="names one device"):
+        plan_workers("2", "cuda:1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [(w.label, w.env, w.threads) for w in plan_workers("2", "cpu")] == [("cpu:0", {}, 4), ("cpu:1", {}, 4)]
+
+    todo = [BatchJob(line, {}, JobSpec(Path(f"{line}.mp4"), model=model)) for line, model in enumerate(["framepack", "framepack", "framepack-f1"])]
+    assert next_job(todo, todo[2].spec.models_key()).line == 2  # the loaded model's job first
+    assert [next_job(todo, None).line for _ in range(2)] == [0, 1] and next_job(todo, None) is None
+
+
+def test_workers_stop_resumably(hf_cache, tmp_path):
+    """SIGTERM (or Ctrl-C) to the parent stops every worker's job the way it stops one job; the same command continues them."""
+    lines = [{"image": IMAGE, "seed": i, "output": f"w{i}.mp4"} for i in range(2)]
+    (tmp_path / "jobs.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+    args = [sys.executable, "-m", "fpgen", "generate", "--jobs", "jobs.jsonl", "--steps", "4", "--size", "64x64", "--seconds", "4.8", "--device", "cpu", "--gpus", "2"]
+    env = fpgen_env(hf_cache, OMP_NUM_THREADS="1")
+    with subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        working = set()
+        for line in proc.stderr:  # both workers have finished a section of their job
+            working |= {label for label in ("[cpu:0] section 1/4", "[cpu:1] section 1/4") if line.startswith(label)}
+            if len(working) == 2:
+                proc.send_signal(signal.SIGTERM)
+                break
+        assert proc.wait(timeout=120) == ExitCode.INTERRUPTED
+        rest = proc.stderr.read()
+        assert "2 interrupted" in proc.stdout.read() and "error: batch interrupted" in rest and "Traceback" not in rest
+    assert all((tmp_path / f"w{i}.mp4.job").is_dir() and not (tmp_path / f"w{i}.mp4").exists() for i in range(2))
+    again = run_fpgen(*args[3:], "--json", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [job["status"] for job in json.loads(again.stdout)["jobs"]] == ["resumed", "resumed"]
+    assert all(read_mp4(tmp_path / f"w{i}.mp4")[0].shape[0] == 145 for i in range(2))

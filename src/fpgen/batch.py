@@ -1,4 +1,4 @@
-"""Batches: many jobs from one file, in one process, each model loaded once.
+"""Batches: many jobs from one file, each model loaded once (over several GPUs: ``fpgen.workers``).
 
 A jobs file is JSON Lines (one object per line) or CSV (a header row of option names); each job's
 fields are ``fpgen generate`` options by name (``seed``, ``end-image`` or ``end_image``, ...). Jobs
@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ class Outcome:
     elapsed: float | None = None
     error: str | None = None
     exit_code: int = ExitCode.OK
+    worker: str | None = None  # the worker process that ran it (``fpgen.workers``); None in a one-process batch
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -94,12 +95,20 @@ def run_batch(
     run_job: Callable[[object, BatchJob], object],
     on_job: Callable[[int, BatchJob], None] = lambda position, job: None,
 ) -> list[Outcome]:
-    """Run every valid job, grouped by the models it needs (each loaded once); outcomes in file order.
+    """Run every valid job in this process, grouped by the models it needs (each loaded once); outcomes in file order.
 
     ``run_job(models, job)`` makes one video and returns the API's ``VideoResult``. Ctrl-C stops
     the batch: the job running is left resumable (running the batch again continues it) and the
     rest are reported as not run.
     """
+    outcomes, todo = triage(jobs)
+    for outcome in run_jobs(todo, load_models, run_job, on_job):
+        outcomes[outcome.line] = outcome
+    return in_file_order(jobs, outcomes)
+
+
+def triage(jobs: list[BatchJob]) -> tuple[dict[int, Outcome], list[BatchJob]]:
+    """The outcomes of lines that need no run (bad fields, output already there), and the jobs to run grouped by model."""
     outcomes: dict[int, Outcome] = {}
     for job in jobs:
         if job.spec is None:
@@ -110,35 +119,46 @@ def run_batch(
     for job in jobs:
         if job.line not in outcomes:
             groups.setdefault(job.spec.models_key(), []).append(job)
+    return outcomes, [job for group in groups.values() for job in group]
 
-    position, stopped = 0, False
-    for group in groups.values():
-        models, load_error = None, None
-        for job in group:
-            position += 1
-            on_job(position, job)
-            started = time.perf_counter()
-            try:
-                if models is None and load_error is None:
-                    models = load_models(job.spec)
-                if load_error is not None:
-                    raise load_error
-                video = run_job(models, job)
-                status = "resumed" if video.resumed_sections else "done"
-                outcomes[job.line] = Outcome(job.line, str(video.output), status, video.frames, round(video.elapsed, 2))
-            except (KeyboardInterrupt, Interrupted) as stop:
-                outcomes[job.line] = Outcome(job.line, str(job.spec.output), "interrupted", error=str(stop) or "interrupted", exit_code=ExitCode.INTERRUPTED)
-                stopped = True
-                break
-            except Exception as error:  # one failing job must not stop the batch
-                load_error = error if models is None else None
-                outcomes[job.line] = failure(job, error, time.perf_counter() - started)
-        del models
-        if stopped:
-            break
-    for job in jobs:
-        outcomes.setdefault(job.line, Outcome(job.line, str(job.spec.output) if job.spec else None, "not run"))
-    return [outcomes[job.line] for job in jobs]
+
+def in_file_order(jobs: list[BatchJob], outcomes: dict[int, Outcome]) -> list[Outcome]:
+    """Every job's outcome in file order; a job without one was never started."""
+    return [outcomes.get(job.line) or Outcome(job.line, str(job.spec.output) if job.spec else None, "not run") for job in jobs]
+
+
+def run_jobs(
+    jobs: Iterable[BatchJob],
+    load_models: Callable[[JobSpec], object],
+    run_job: Callable[[object, BatchJob], object],
+    on_job: Callable[[int, BatchJob], None],
+) -> Iterator[Outcome]:
+    """Run jobs in the order given, yielding each outcome; the models stay loaded while the next job needs the same ones.
+
+    Models that failed to load fail the following jobs that need them without loading again. An
+    interruption ends the run after yielding its outcome, so a worker (``fpgen.workers``) can take
+    its jobs from a queue one at a time through the same code.
+    """
+    key, models, load_error = None, None, None
+    for position, job in enumerate(jobs, start=1):
+        if job.spec.models_key() != key:
+            key, models, load_error = job.spec.models_key(), None, None  # the old models are freed before the new ones load
+        on_job(position, job)
+        started = time.perf_counter()
+        try:
+            if models is None and load_error is None:
+                models = load_models(job.spec)
+            if load_error is not None:
+                raise load_error
+            video = run_job(models, job)
+            outcome = Outcome(job.line, str(video.output), "resumed" if video.resumed_sections else "done", video.frames, round(video.elapsed, 2))
+        except (KeyboardInterrupt, Interrupted) as stop:
+            yield Outcome(job.line, str(job.spec.output), "interrupted", error=str(stop) or "interrupted", exit_code=ExitCode.INTERRUPTED)
+            return
+        except Exception as error:  # one failing job must not stop the batch
+            load_error = error if models is None else None
+            outcome = failure(job, error, time.perf_counter() - started)
+        yield outcome
 
 
 def failure(job: BatchJob, error: Exception, elapsed: float) -> Outcome:

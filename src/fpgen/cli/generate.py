@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import signal
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -35,6 +36,10 @@ Examples:
 
   fpgen generate --jobs jobs.jsonl --json   (one job per line: {"image": "a.png", "prompt": "...", "output": "a.mp4"})
 
+  fpgen generate --jobs jobs.jsonl --gpus 4                (the same jobs spread over 4 GPUs)
+
+  fpgen generate --jobs jobs.jsonl --device cpu --gpus 2   (two CPU workers)
+
   fpgen generate face.png -p "A dog runs" --fast          # FP8 + TeaCache on a Hopper GPU
 
   fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
@@ -42,7 +47,7 @@ Examples:
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 """
 
-RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "prompts_file")
+RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "gpus", "prompts_file")
 LONG = "Long jobs"
 
 
@@ -91,6 +96,10 @@ def generate(
     resume: Path | None = typer.Option(None, "--resume", help="Finish an interrupted job with its saved settings: the output path it was started with, or its .job folder.", rich_help_panel=LONG),
     from_video: Path | None = typer.Option(None, "--from", help="Run the job that made this fpgen video again; options given on the command line replace the recorded ones.", rich_help_panel=LONG),
     jobs: Path | None = typer.Option(None, "--jobs", help="Run every job of a JSON Lines or CSV file (fields are option names); options given here are defaults for every job.", rich_help_panel=LONG),
+    gpus: str = typer.Option(
+        "1", "--gpus", metavar="N|all", help="With --jobs: N worker processes, one per GPU (each sees only its own), each loading its models once and taking "
+        "the next job when done; Ctrl-C stops them all, resumable. With --device cpu: N CPU workers, the same way.", rich_help_panel=LONG,
+    ),  # fmt: skip
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -111,6 +120,8 @@ def generate(
     modes = [flag for flag, name in (("--resume", "resume"), ("--from", "from_video"), ("--jobs", "jobs")) if values[name] is not None]
     if len(modes) > 1:
         raise InputError(f"{' and '.join(modes)} cannot be combined", "use one of them")
+    if "gpus" in given and jobs is None:
+        raise InputError("--gpus spreads the jobs of a --jobs file over GPUs", "pass --jobs FILE, or leave out --gpus")
     if resume is not None:
         _resume(values, given, report)
     elif jobs is not None:
@@ -253,8 +264,10 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
     from fpgen.batch import BatchJob, check_outputs, read_jobs_file, run_batch
     from fpgen.errors import FpgenError, Interrupted
     from fpgen.jobs import PATH_OPTIONS
+    from fpgen.workers import plan_workers, run_parallel
 
     path = values["jobs"]
+    workers = plan_workers(values["gpus"], values["device"]) if values["gpus"] != "1" else []
     params = {p.name: p for p in ctx.command.params}
     lines = read_jobs_file(path)
     jobs = []
@@ -275,28 +288,38 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
         except FpgenError as error:
             jobs.append(BatchJob(number, fields, None, str(error)))
     jobs = check_outputs(jobs)
-    report.info(f"{len(jobs)} job(s) in {path}")
-
-    def announce(position: int, job: BatchJob) -> None:
-        report.info(f"job {position} (line {job.line}): {job.spec.output}")
-
-    def run(models, job: BatchJob):
-        return _run(models, job.spec, {**values, "overwrite": job.overwrite, "preview": job.preview}, report.quieter())
-
-    outcomes = run_batch(jobs, lambda spec: _load(spec, report), run, announce)
+    report.info(f"{len(jobs)} job(s) in {path}" + (f", {len(workers)} workers: {', '.join(w.label for w in workers)}" if workers else ""))
+    runner = partial(_batch_runner, values)  # picklable: the workers build their own
+    outcomes = run_parallel(jobs, workers, runner) if workers else run_batch(jobs, *runner(None))
     report.batch_summary(outcomes)
     failed = sum(o.status == "failed" for o in outcomes)
     if any(o.status == "interrupted" for o in outcomes):
-        raise Interrupted("batch interrupted", f"run the same command again: finished jobs are skipped and the interrupted one continues ({failed} failed)")
+        raise Interrupted("batch interrupted", f"run the same command again: finished jobs are skipped and the interrupted ones continue ({failed} failed)")
     if failed:
         raise FpgenError(f"{failed} of {len(outcomes)} job(s) failed", "see the summary")
+
+
+def _batch_runner(values: dict, worker: str | None) -> tuple:
+    """``(load_models, run_job, on_job)`` for ``fpgen.batch.run_jobs``, reporting as the batch's process or a worker (its label)."""
+    from fpgen.cli.report import Reporter
+
+    report = Reporter(values["json_output"], values["quiet"])
+    report = report.worker(worker) if worker else report
+
+    def announce(position: int, job) -> None:
+        report.info(f"job {position} (line {job.line}): {job.spec.output}")
+
+    def run(models, job):
+        return _run(models, job.spec, {**values, "overwrite": job.overwrite, "preview": job.preview}, report.quieter())
+
+    return partial(_load, report=report), run, announce
 
 
 def _typed_fields(ctx: typer.Context, params: dict, fields: dict) -> dict:
     """A batch line's fields converted by the options' own types (CSV gives text, JSON gives numbers and booleans)."""
     if "__error__" in fields:
         raise InputError(fields["__error__"], "fix the line")
-    allowed = set(params) - {"resume", "from_video", "jobs", "json_output", "quiet"}
+    allowed = set(params) - {"resume", "from_video", "jobs", "gpus", "json_output", "quiet"}
     typed = {}
     for key, value in fields.items():
         name = key.lstrip("-").replace("-", "_")

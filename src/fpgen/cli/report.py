@@ -23,21 +23,25 @@ if TYPE_CHECKING:  # the pipeline imports torch, which commands like `fpgen down
 
 
 class Reporter:
-    def __init__(self, json_mode: bool = False, quiet: bool = False, results: bool = True):
-        self.json_mode, self.quiet, self.results = json_mode, quiet, results
+    def __init__(self, json_mode: bool = False, quiet: bool = False, results: bool = True, prefix: str = ""):
+        self.json_mode, self.quiet, self.results, self.prefix = json_mode, quiet, results, prefix
         self.console = Console(stderr=True, highlight=False)
-        self.interactive = self.console.is_terminal and not json_mode and not quiet
+        self.interactive = self.console.is_terminal and not json_mode and not quiet and not prefix  # workers share the terminal: plain lines
 
     def quieter(self) -> Reporter:
         """The same reporter without result output (a batch prints one summary instead)."""
-        return Reporter(self.json_mode, self.quiet, results=False)
+        return Reporter(self.json_mode, self.quiet, results=False, prefix=self.prefix)
+
+    def worker(self, label: str) -> Reporter:
+        """A batch worker's reporter: its lines start with its label, and results are left to the batch summary."""
+        return Reporter(self.json_mode, self.quiet, results=False, prefix=f"[{label}] ")
 
     def info(self, message: str) -> None:
         if not self.quiet and not self.json_mode:
-            self.console.print(message, markup=False, soft_wrap=not self.interactive)
+            self.console.print(self.prefix + message, markup=False, soft_wrap=not self.interactive)
 
     def warn(self, message: str) -> None:
-        print(f"warning: {message}", file=sys.stderr)
+        print(f"{self.prefix}warning: {message}", file=sys.stderr)
 
     def result(self, data: dict, line: str) -> None:
         if not self.results:
@@ -49,17 +53,25 @@ class Reporter:
 
     def batch_summary(self, outcomes: list) -> None:
         counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "resumed", "skipped", "failed", "interrupted", "not run")}
+        workers = {}  # jobs per worker process (empty in a one-process batch)
+        for o in outcomes:
+            if o.worker:
+                workers[o.worker] = workers.get(o.worker, 0) + 1
         if self.json_mode:
-            print(json.dumps({"jobs": [o.as_dict() for o in outcomes], **counts}, default=str))
+            print(json.dumps({"jobs": [o.as_dict() for o in outcomes], **counts, "workers": dict(sorted(workers.items()))}, default=str))
             return
         table = Table(title="fpgen batch", title_justify="left")
-        for column in ("line", "status", "output", "frames", "time", "error"):
+        columns = ("line", "status", "output", "frames", "time", "error") + (("worker",) if workers else ())
+        for column in columns:
             table.add_column(column, overflow="fold")
         for o in outcomes:
             elapsed = f"{o.elapsed:.1f}s" if o.elapsed is not None else ""
-            table.add_row(str(o.line), o.status, o.output or "", str(o.frames or ""), elapsed, o.error or "")
+            cells = (str(o.line), o.status, o.output or "", str(o.frames or ""), elapsed, o.error or "", o.worker or "")
+            table.add_row(*cells[: len(columns)])
         out = Console(highlight=False, width=max(120, Console().width))
         out.print(table)
+        if workers:
+            out.print(f"{len(workers)} worker(s): " + ", ".join(f"{label} ran {n}" for label, n in sorted(workers.items())))
         out.print(", ".join(f"{n} {status}" for status, n in counts.items() if n))
 
 

@@ -226,7 +226,7 @@ class StepCounter:
         return {"step": self.step, "micro_batches": self.processes * self.grad_accum}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = int(state["micro_batches"])
+        saved = int(state.get("micro_batches", self.processes * self.grad_accum))  # older checkpoints did not record it
         if saved != self.processes * self.grad_accum:
             fix = f"pass --grad-accum {saved // self.processes}" if saved % self.processes == 0 else f"use a number of processes that divides {saved}"
             raise InputError(

@@ -306,12 +306,16 @@ def main() -> None:
 
     writer = start_model_writer(args, gpus)
 
+    def left() -> float:
+        """Seconds left for stages: the budget less 25 s to stop one that overruns and write the results."""
+        return args.budget_s - 25 - (time.perf_counter() - started)
+
     def wait_for_models() -> None:
         """Until the writer is done, or the budget: then it is stopped (and the generation stages fail)."""
         if writer.poll() is None:
             print("waiting for the model folder to be written", flush=True)
             try:
-                writer.wait(timeout=max(1.0, args.budget_s - 25 - (time.perf_counter() - started)))
+                writer.wait(timeout=max(1.0, left()))
             except subprocess.TimeoutExpired:
                 writer.kill()
                 writer.wait()
@@ -327,12 +331,12 @@ def main() -> None:
             error = {"error": f"writing the models failed (exit code {writer.returncode})", "log_tail": (args.work / "write-models.log").read_text()[-2000:]}
             results[kind] = {**results[kind], str(n): error}
             continue
-        left = args.budget_s - (time.perf_counter() - started)
-        if left < estimates[kind]:
-            outcome = {"skipped": "time", "left_s": round(left), "estimate_s": round(estimates[kind])}
+        seconds = left()
+        if seconds < estimates[kind]:
+            outcome = {"skipped": "time", "left_s": round(seconds), "estimate_s": round(estimates[kind])}
         else:
             print(f"{kind} on {n} {'GPU' if gpus else 'process'}(s)...", flush=True)
-            outcome = train(n, args, left - 25) if kind == "train" else generate(n, args, args.models, left - 25)
+            outcome = train(n, args, seconds) if kind == "train" else generate(n, args, args.models, seconds)
             if "wall_s" in outcome:
                 estimates[kind] = max(estimates[kind] * 0.5, outcome["wall_s"] * 1.2)  # the next stage of this kind: a bit more than this one took
         results[kind] = {**results[kind], str(n): outcome}

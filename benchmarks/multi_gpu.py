@@ -342,7 +342,8 @@ def main() -> None:
         results[kind] = {**results[kind], str(n): outcome}
         print(f"{kind} {n}: {json.dumps(outcome)[:1500]}", flush=True)
     wait_for_models()
-    results["models_log"] = (args.work / "write-models.log").read_text()[-500:]
+    log = (args.work / "write-models.log").read_text()
+    results["models_written"] = next((line for line in reversed(log.splitlines()) if line.startswith("wrote ")), log[-500:])  # "wrote DIR in S s"
     results["summary"] = summary_table(results).splitlines()
     results["total_s"] = round(time.perf_counter() - started, 1)
     print(f"\n{device}; train: LoRA rank {args.rank}, {args.train_size} window {args.window}, batch 1 per GPU, DDP; generate: {args.jobs_per_gpu} jobs per GPU of "

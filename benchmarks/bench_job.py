@@ -189,14 +189,19 @@ def profile_step(models: Models, results: dict, name: str, top: int = 14):
     print(name, "profile", json.dumps(results[f"{name}_profile"]), flush=True)
 
 
-def resident(args, results: dict):
-    root = model_dir(args.models, args.tiny)
-    paths = locate_model(MODELS["framepack"], root)
+def load_framepack(args, mode: str) -> Models:
+    """The benchmark's models (written first if needed) through fpgen's loader, in ``mode`` on a GPU
+    (exact on the CPU: a smoke run)."""
+    paths = locate_model(MODELS["framepack"], model_dir(args.models, args.tiny))
     placement = choose_placement("cuda" if torch.cuda.is_available() else "cpu", "bfloat16")
-    settings = job_settings(args)
+    return Models(paths, "inverted", placement, ModeChoice(mode if placement.is_cuda else "exact", "benchmark")).load_all()
 
+
+def resident(args, results: dict):
+    settings = job_settings(args)
+    model_dir(args.models, args.tiny)  # written before the load is timed
     started = time.perf_counter()
-    models = Models(paths, "inverted", placement, ModeChoice("exact", "benchmark")).load_all()
+    models = load_framepack(args, "exact")
     results["load_s"] = time.perf_counter() - started
     baseline_step = step_check(models, results, "exact")
     if torch.cuda.is_available():
@@ -222,10 +227,7 @@ def resident(args, results: dict):
 
 def fast_job(args, results: dict):
     """The fast mode as a user gets it: fpgen's own loader in fast mode, TeaCache on."""
-    paths = locate_model(MODELS["framepack"], model_dir(args.models, args.tiny))
-    placement = choose_placement("cuda" if torch.cuda.is_available() else "cpu", "bfloat16")
-    mode = ModeChoice("fast", "benchmark") if placement.is_cuda else ModeChoice("exact", "cpu smoke run")
-    models = Models(paths, "inverted", placement, mode).load_all()
+    models = load_framepack(args, "fast")
     fast = run_job(models, replace(job_settings(args), teacache=True), args.work / "fast.mp4", "fast")
     if args.exact_latents and args.exact_latents.exists():
         fast["result"]["latents_rel_l2_vs_exact"] = rel_l2(fast["latents"], load_file(str(args.exact_latents))["latents"])
@@ -368,10 +370,8 @@ def lowvram(args, results: dict):
 def lowvram_and_exact(args, results: dict):
     """The low-vram job beside the exact job in one run, each loaded and compiled cold."""
     lowvram(args, results)
-    paths = locate_model(MODELS["framepack"], model_dir(args.models, args.tiny))
-    placement = choose_placement("cuda" if torch.cuda.is_available() else "cpu", "bfloat16")
     started = time.perf_counter()
-    models = Models(paths, "inverted", placement, ModeChoice("exact", "benchmark")).load_all()
+    models = load_framepack(args, "exact")
     results["exact_load_s"] = time.perf_counter() - started
     results["exact"] = run_job(models, job_settings(args), args.work / "exact.mp4", "exact")["result"]
     if "s_per_frame_without_loading" in results["lowvram"]:

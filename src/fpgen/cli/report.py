@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -53,10 +54,7 @@ class Reporter:
 
     def batch_summary(self, outcomes: list) -> None:
         counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "resumed", "skipped", "failed", "interrupted", "not run")}
-        workers = {}  # jobs per worker process (empty in a one-process batch)
-        for o in outcomes:
-            if o.worker:
-                workers[o.worker] = workers.get(o.worker, 0) + 1
+        workers = Counter(o.worker for o in outcomes if o.worker)  # jobs per worker process (empty in a one-process batch)
         if self.json_mode:
             print(json.dumps({"jobs": [o.as_dict() for o in outcomes], **counts, "workers": dict(sorted(workers.items()))}, default=str))
             return

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import re
 import subprocess
 import sys
 import weakref
@@ -17,22 +15,18 @@ from fpgen.buckets import load_image
 from fpgen.pipeline import SectionDone, Settings, generate_frames
 from fpgen.video import iter_mp4
 
-MARGIN_KB = 40 * 1024  # run-to-run noise of the peak at this size: 427-468 MiB over four standalone runs of either length
-TREND_KB = 10 * 1024  # resident memory jumps by up to ~30 MiB between sections (allocator), but its floor stays within ~4 MiB
+MARGIN_KB = 40 * 1024  # run-to-run noise of the peak at this size: 428-453 MiB over eight runs of either length
+TREND_KB = 10 * 1024  # the floor of RSS at section ends moved by under 1 MiB over four runs (sampled from outside: up to 35 MiB)
 
 
 def generate(seconds: float, output: Path, cache, *extra: str) -> tuple[int, list[int]]:
-    """Run one real `fpgen generate`; return its peak resident memory (its own, from wait4) and its RSS after each section."""
+    """Run one real `fpgen generate`; return its peak resident memory and its RSS as each section is done (its own, see memory_probe)."""
     args = ["generate", GOLDEN / "input.png", "--prompt", "a man walks", "--seconds", seconds, "--steps", "1", "--size", "16x16", "--device", "cpu", "-o", output, *extra]
-    child = subprocess.Popen([sys.executable, "-m", "fpgen", *map(str, args)], env=fpgen_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    after_sections = []
-    for line in child.stderr:  # plain progress lines: stderr is not a terminal
-        if re.match(r"section \d+/\d+ done", line):
-            status = Path(f"/proc/{child.pid}/status").read_text()
-            after_sections.append(int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)))
-    _, status, usage = os.wait4(child.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return usage.ru_maxrss, after_sections
+    log = output.with_suffix(".memory.jsonl")
+    probe = Path(__file__).with_name("memory_probe.py")
+    subprocess.run([sys.executable, str(probe), *map(str, args)], env=fpgen_env(cache, FPGEN_MEMORY_LOG=str(log)), stdout=subprocess.DEVNULL, check=True)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    return next(r["peak_kb"] for r in records if "peak_kb" in r), [r["section_rss_kb"] for r in records if "section_rss_kb" in r]
 
 
 def test_a_minute_of_video_in_constant_memory(hf_cache, tmp_path):

@@ -28,7 +28,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(partial), metadata=metadata)
         os.replace(partial, path)
     except Exception as error:
         partial.unlink(missing_ok=True)

@@ -22,7 +22,8 @@ from fpgen.errors import InputError
 from fpgen.extend import check_extendable, head_frames, read_tail
 from fpgen.hub import locate_model
 from fpgen.acceleration import choose_mode
-from fpgen.jobs import JobFolder, JobSpec, find_job, job_dir, stopped_error
+from fpgen.jobfolder import JobFolder, find_job, job_dir
+from fpgen.jobs import JobSpec, stopped_error
 from fpgen.loading import Models, load_models as load_from_paths, transformer_parameter_bytes
 from fpgen.lora import Lora, LoraChoice, load_loras
 from fpgen.metadata import describe_video, mp4_tags, sidecar_is_ours, sidecar_path, write_sidecar

@@ -201,7 +201,7 @@ def _load(spec, report, files=None):
 def _run(models, spec, values: dict, report, resume: bool = False):
     from fpgen.api import resume_video, run_job
     from fpgen.errors import FpgenError
-    from fpgen.jobs import job_dir
+    from fpgen.jobfolder import job_dir
     from fpgen.metadata import sidecar_path
     from fpgen.plan import latents_to_frames, section_count
     from fpgen.prompts import describe
@@ -248,7 +248,8 @@ def _resume(values: dict, given: set, report) -> None:
         raise InputError(f"--resume continues a job with its saved settings; leave out {flags}", "to change settings start a new job (e.g. --from the finished video)")
     from fpgen.api import check_output, find_model
     from fpgen.devices import choose_placement
-    from fpgen.jobs import JobSpec, find_job
+    from fpgen.jobfolder import find_job
+    from fpgen.jobs import JobSpec
 
     folder = find_job(values["resume"])
     spec = JobSpec.from_options(folder.options())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fpgen.decode import cross_fade, decode_span, latent_to_frame, overlap_frames, stitch
-from fpgen.plan import latents_to_frames, plan_sections
+from fpgen.decode import cross_fade, decode_span, stitch
+from fpgen.geometry import latent_to_frame, latents_to_frames, overlap_frames
+from fpgen.plan import plan_sections
 
 
 def official_soft_append(history, current, overlap):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from test_decode import fake_decode, official_soft_append
 
-from fpgen.decode import Pending, decode_span, latent_to_frame, overlap_frames, stitch
+from fpgen.decode import Pending, decode_span, stitch
+from fpgen.geometry import latent_to_frame, overlap_frames
 from fpgen.packing import window_bounds
 from fpgen.plan import plan_sections
 

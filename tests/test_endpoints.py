@@ -11,7 +11,7 @@ from fpgen.api import generate_video
 from fpgen.buckets import load_image, resize_and_center_crop
 from fpgen.conditioning import encode_image, encode_latents, image_to_vae_input
 from fpgen.decode import decode_latents
-from fpgen.extend import PAST_LATENTS
+from fpgen.packing import PAST_LATENTS
 from fpgen.packing import HISTORY_LENGTH, window_bounds
 from fpgen.pipeline import SectionStarted, Settings, generate_frames, prepare_inputs
 from fpgen.video import read_mp4, to_pixels

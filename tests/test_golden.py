@@ -13,7 +13,10 @@ from safetensors.torch import load_file
 import fpgen
 from fpgen.buckets import load_image
 from fpgen.packing import pack_section, window_bounds
-from fpgen.pipeline import Settings, generate_frames, prepare_inputs
+from enginejob import prepare
+
+from fpgen.config import Settings
+from fpgen.engine import generate_frames
 from fpgen.video import read_mp4
 
 
@@ -58,7 +61,7 @@ def test_api_reproduces_golden(name, loaded):
     models, settings = loaded(case), settings_of(case)
     image = load_image(GOLDEN / case["image"])
 
-    inputs = prepare_inputs(models, image, settings)
+    job, inputs = prepare(models, image, settings)
     # The golden stores the embeddings in the transformer's dtype (bf16 in the bf16 case).
     as_transformer = (lambda t: t.to(torch.bfloat16)) if case.get("bf16") else (lambda t: t)
     assert torch.equal(inputs.positive.mask, golden["prompt_embeds_mask"])
@@ -69,7 +72,7 @@ def test_api_reproduces_golden(name, loaded):
         assert rel_l2(as_transformer(inputs.negative.embeds), golden["negative_prompt_embeds"]) < 1e-5
 
     pieces = []
-    result = generate_frames(models, image, settings, lambda frames, start: pieces.append((start, frames)))
+    result = generate_frames(models, inputs, job.plan, job.settings, lambda frames, start: pieces.append((start, frames)))
     assert result.plan.count == case["sections"]
     for section in result.plan.sections:
         i = section.index

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fpgen.packing import HISTORY_LENGTH, forward_layout, inverted_layout, pack_forward, pack_inverted, pack_section
-from fpgen.plan import inverted_paddings, plan_sections, section_count
+from fpgen.geometry import section_count
+from fpgen.plan import inverted_paddings, plan_sections
 
 
 @pytest.mark.parametrize(

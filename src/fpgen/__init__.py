@@ -1,18 +1,14 @@
 """fpgen: FramePack image-to-video generation and finetuning."""
 
-__version__ = "0.1.0"
+from fpgen._version import __version__
 
-__all__ = ["Settings", "generate_video", "load_models", "__version__"]
+__all__ = ["Settings", "generate_video", "load_models", "resume_video", "__version__"]
 
 
 def __getattr__(name):
-    # torch and diffusers load lazily so that `fpgen --help` and `fpgen --version` stay instant.
-    if name in ("generate_video", "load_models"):
+    # The facade loads on first use (it imports torch and diffusers), so that `fpgen --help` stays instant.
+    if name in ("Settings", "generate_video", "load_models", "resume_video"):
         from fpgen import api
 
         return getattr(api, name)
-    if name == "Settings":
-        from fpgen.pipeline import Settings
-
-        return Settings
     raise AttributeError(name)

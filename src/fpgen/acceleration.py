@@ -1,4 +1,4 @@
-"""Speed and memory modes on CUDA, and the choice between them.
+"""What the exact and fast modes do on CUDA (``fpgen.runtime`` chooses the mode).
 
 - exact (default on CUDA): the official bf16 maths, made faster without changing it: each block
   compiled with torch.compile, rounding as eager PyTorch does (attention stays PyTorch's SDPA, which
@@ -12,58 +12,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from fpgen.devices import Placement
 from fpgen.errors import InputError
-
-Mode = Literal["exact", "fast", "low-vram"]
-MODES = ("exact", "fast", "low-vram")
-
-# Measured at the 640 bucket on an H100 (benchmarks/RESULTS.md): a job with every model resident
-# and the untiled VAE decode peaked at 66.6 GiB reserved; a step's activations stay under 2 GiB
-# and the tiled decode ran inside the 6 GiB low-vram cap. Margins on top.
-ALL_RESIDENT_GIB = 72.0  # every model on the GPU, untiled VAE decode
-WORKSPACE_GIB = 8.0  # besides a resident transformer: activations and a tiled VAE decode
-GIB = 2**30
-
-
-@dataclass(frozen=True)
-class ModeChoice:
-    mode: Mode
-    reason: str
-
-
-def gpu_memory_gib(device: torch.device) -> float:
-    return torch.cuda.get_device_properties(device).total_memory / GIB
-
-
-def vram_budget(placement: Placement, vram_budget_gib: float | None) -> float:
-    """GPU memory fpgen may plan for: --vram-budget, else the card's."""
-    return vram_budget_gib or gpu_memory_gib(placement.device)
-
-
-def choose_mode(placement: Placement, transformer_bytes: int, fast: bool = False, low_vram: bool = False, vram_budget_gib: float | None = None) -> ModeChoice:
-    """Pick the mode: what was asked for, or low-vram when the transformer and its workspace do not fit."""
-    if not placement.is_cuda:
-        if fast or low_vram or vram_budget_gib:
-            raise InputError("--fast, --low-vram and --vram-budget need a CUDA GPU", "drop them, or run with --device cuda")
-        return ModeChoice("exact", "CPU")
-    if vram_budget_gib is not None and vram_budget_gib <= 0:
-        raise InputError(f"--vram-budget must be positive (got {vram_budget_gib})", "e.g. --vram-budget 6")
-    budget = vram_budget(placement, vram_budget_gib)
-    needed = transformer_bytes / GIB * (0.5 if fast else 1.0) + WORKSPACE_GIB
-    if low_vram:
-        return ModeChoice("low-vram", "asked for with --low-vram")
-    if budget < needed:
-        return ModeChoice("low-vram", f"{budget:.0f} GiB of GPU memory is less than the {needed:.0f} GiB a resident transformer needs")
-    if fast:
-        return ModeChoice("fast", "asked for with --fast")
-    return ModeChoice("exact", f"{budget:.0f} GiB of GPU memory holds every model")
 
 
 def use_persistent_compile_cache() -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fpgen.errors import ExitCode, FpgenError, InputError, Interrupted
-from fpgen.jobs import JobSpec, is_out_of_memory
+from fpgen.config import JobSpec
+from fpgen.errors import is_out_of_memory
 
 
 @dataclass(frozen=True)

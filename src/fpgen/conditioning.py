@@ -8,7 +8,7 @@ tokens, so ``check_prompt_template`` refuses it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,11 +37,6 @@ class PromptEmbedding:
     pooled: torch.Tensor  # (1, P) CLIP-L pooler output
     tokens: int  # real prompt tokens used (template and padding excluded)
     truncated: bool  # the prompt was longer than MAX_PROMPT_TOKENS and was cut
-
-    @staticmethod
-    def zeros_like(other: PromptEmbedding) -> PromptEmbedding:
-        """The official stand-in negative when real CFG is off: zeros, mask over the same length."""
-        return PromptEmbedding(torch.zeros_like(other.embeds), other.mask.clone(), torch.zeros_like(other.pooled), other.tokens, False)
 
 
 def check_prompt_template(tokenizer) -> None:
@@ -93,13 +88,26 @@ def encode_image(image: np.ndarray, feature_extractor, image_encoder) -> torch.T
     return image_encoder(pixel_values=pixels).last_hidden_state
 
 
-def image_to_vae_input(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float (1, 3, 1, H, W) in [-1, 1]."""
-    return (torch.from_numpy(image).float() / 127.5 - 1).permute(2, 0, 1)[None, :, None]
-
-
 @torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
     """VAE posterior mean times the scaling factor, in float32 on the CPU (deterministic, unlike a sample)."""
     posterior = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
     return (posterior.mean * vae.config.scaling_factor).float().cpu()
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """The encoded pictures and prompts: computed once per job, reused by every section (and saved for a resume)."""
+
+    image: np.ndarray  # bucketed uint8 (H, W, 3): the picture SigLIP sees
+    start_latent: torch.Tensor  # (1, 16, 1, H/8, W/8) float32 CPU
+    image_embeds: torch.Tensor
+    positive: PromptEmbedding  # the prompt at the start of the video
+    negative: PromptEmbedding | None  # None when real CFG is off
+    prompts: dict[str, PromptEmbedding] = field(default_factory=dict)  # timed prompts: each distinct text once
+    end_latent: torch.Tensor | None = None  # --end-image
+    prefix: torch.Tensor | None = None  # --extend: latents of the given video's tail, time order
+    lead: torch.Tensor | None = None  # --extend: its last 4*window-3 frames, (1, 3, T, H, W) in [-1, 1]
+
+    def embedding(self, text: str) -> PromptEmbedding:
+        return self.prompts[text] if self.prompts else self.positive

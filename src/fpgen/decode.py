@@ -13,16 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from fpgen.packing import window_bounds
+from fpgen.geometry import overlap_frames
 from fpgen.plan import Section, SectionPlan
-
-
-def overlap_frames(window: int) -> int:
-    return 4 * window - 3
-
-
-def latent_to_frame(position: int) -> int:
-    """First video frame of a decode that starts at latent ``position`` (the causal VAE aligns decodes at 4*position)."""
-    return 4 * position
 
 
 def decode_span(plan: SectionPlan, section: Section) -> tuple[int, int]:

@@ -4,6 +4,8 @@ The CLI prints ``str(error)`` and exits with ``error.exit_code``; it never shows
 these. Anything else that escapes is a bug and is reported as such.
 """
 
+import sys
+
 
 class ExitCode:
     OK = 0
@@ -52,3 +54,11 @@ class OutOfMemoryError(FpgenError):
 
 class Interrupted(FpgenError):
     exit_code = ExitCode.INTERRUPTED
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's out-of-memory error, Python's, or the CPU allocator's (torch is only looked at once it is loaded)."""
+    torch = sys.modules.get("torch")
+    if isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.OutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error))

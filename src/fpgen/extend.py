@@ -26,13 +26,12 @@ import imageio_ffmpeg
 import numpy as np
 
 from fpgen.buckets import pick_bucket, resize_and_center_crop
-from fpgen.decode import overlap_frames
+from fpgen.geometry import overlap_frames, whole_sections, windows_to_frames
 from fpgen.errors import InputError
 from fpgen.packing import HISTORY_LENGTH
 from fpgen.plan import Order
 from fpgen.video import iter_mp4
 
-PAST_LATENTS = 4  # original model: latents of the given video shown before the start latent (about half a second)
 
 
 def given_windows(order: Order, window: int) -> int:
@@ -67,8 +66,8 @@ def check_extendable(path: Path, window: int) -> int:
 
 
 def _check_length(path: Path, count: int, window: int) -> int:
-    if count < 4 * window + 1:
-        raise InputError(f"{path} has {count} frames; --extend needs at least {4 * window + 1}", "use its last frame as the start picture instead")
+    if count < windows_to_frames(1, window):
+        raise InputError(f"{path} has {count} frames; --extend needs at least {windows_to_frames(1, window)}", "use its last frame as the start picture instead")
     return count
 
 
@@ -84,7 +83,7 @@ def read_tail(path: Path, order: Order, window: int, size: tuple[int, int] | Non
     meta, frames = iter_mp4(path)
     width, height = meta["size"]
     size = extended_size(height, width, size, resolution)
-    keep = 4 * given_windows(order, window) * window + 1
+    keep = windows_to_frames(given_windows(order, window), window)
     kept: deque[np.ndarray] = deque(maxlen=keep)
     first, count = None, 0
     for frame in frames:
@@ -92,7 +91,7 @@ def read_tail(path: Path, order: Order, window: int, size: tuple[int, int] | Non
         first = kept[-1].copy() if first is None else first
         count += 1
     _check_length(path, count, window)
-    usable = min(keep, 1 + 4 * window * ((count - 1) // (4 * window)))
+    usable = min(keep, windows_to_frames(whole_sections(count, window), window))
     return VideoTail(path, count, first, np.stack(list(kept)[-usable:]))
 
 

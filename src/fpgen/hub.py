@@ -16,7 +16,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from fpgen.errors import ModelMissingError
-from fpgen.registry import ModelSpec, Source
+from fpgen.registry import ModelSpec, Source, resolve_model
 
 
 def download_command(spec: ModelSpec, model_dir: Path | None = None) -> str:
@@ -105,3 +105,18 @@ def size_on_disk(folders: list[Path]) -> int:
                     continue
                 seen[(stat.st_dev, stat.st_ino)] = stat.st_size
     return sum(seen.values())
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    spec: ModelSpec
+    paths: dict[str, Path]
+
+
+def find_model(model: str = "framepack", model_dir: Path | None = None, revision: str | None = None) -> ModelFiles:
+    """Resolve a model name and find its files (HF cache, a ``--local-dir`` folder, or a local transformer folder).
+
+    Never touches the network; ``revision`` picks the transformer's branch, tag or commit in the HF cache.
+    """
+    spec = resolve_model(model, revision)
+    return ModelFiles(spec, locate_model(spec, Path(model_dir) if model_dir else None))

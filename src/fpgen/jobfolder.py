@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from fpgen import __version__
-from fpgen.conditioning import PromptEmbedding
+from fpgen._version import __version__
+from fpgen.conditioning import JobInputs, PromptEmbedding
 from fpgen.errors import InputError
-from fpgen.pipeline import Event, FinishedSection, JobInputs, SectionDone
+from fpgen.events import Event, FinishedSection, SectionDone
 from fpgen.plan import Order
 from fpgen.tensorfile import load_tensors, save_tensors
 

@@ -1,31 +1,33 @@
-"""Load FramePack's models (diffusers transformer and VAE, transformers encoders) and place them for a mode.
+"""Load a family's models (diffusers transformer and VAE, transformers encoders) as ``Components``.
 
-``Models`` loads each component on first use. The mode decides placement: in the exact and fast
+``Components`` holds the loaded modules of one job's runtime plan and carries out its memory policy
+in phases: ``encoding()`` lends the encoders (on the GPU for the block when they wait on the CPU),
+``denoising()`` the transformer and its block stack, ``decoding()`` the VAE. In the exact and fast
 modes everything sits on the GPU (encoders visit it only while used when the card is smaller); in
-the low-vram mode the transformer's blocks and the Llama encoder stream from pinned host memory,
-the other models visit the GPU only for their call, and the Llama is dropped from host memory once
-the prompts are encoded (``release``), so the 13B transformer and the 8B encoder never sit in RAM
-together.
+the low-vram mode the transformer's blocks and the Llama stream from pinned host memory, the Llama
+is dropped when the encoding phase ends and the transformer loads only when denoising starts, so
+the 13B transformer and the 8B encoder never sit in RAM together.
 """
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fpgen.acceleration import ALL_RESIDENT_GIB, ModeChoice, compile_blocks, float8_linears, vram_budget
+from fpgen.acceleration import compile_blocks, float8_linears
 from fpgen.conditioning import check_prompt_template
-from fpgen.devices import Placement
+from fpgen.hub import ModelFiles
 from fpgen.lora import Lora, LoraChoice, apply_loras
 from fpgen.offload import StreamedBlockStack, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
-from fpgen.plan import Order
+from fpgen.runtime import RuntimePlan
+from fpgen.teacache import TeaCacheHook
 from fpgen.transformer import BlockStack, use_float32_head
 
-ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder", "vae")
 
 
 def siglip_processor_class():
@@ -46,7 +48,7 @@ def load_tokenizers(paths: dict[str, Path]):
 def load_transformer(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu"):
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype)
+    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     use_float32_head(model)
     return model.to(device).eval().requires_grad_(False)
 
@@ -54,147 +56,140 @@ def load_transformer(path: Path, dtype: torch.dtype, device: torch.device | str 
 def load_vae(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu"):
     from diffusers import AutoencoderKLHunyuanVideo
 
-    return AutoencoderKLHunyuanVideo.from_pretrained(path, torch_dtype=dtype).to(device).eval().requires_grad_(False)
+    return AutoencoderKLHunyuanVideo.from_pretrained(path, torch_dtype=dtype, use_safetensors=True).to(device).eval().requires_grad_(False)
 
 
 def load_encoder(name: str, path: Path, dtype: torch.dtype, device: torch.device | str = "cpu"):
     from transformers import CLIPTextModel, LlamaModel, SiglipVisionModel
 
     cls = {"text_encoder": LlamaModel, "text_encoder_2": CLIPTextModel, "image_encoder": SiglipVisionModel}[name]
-    return cls.from_pretrained(path, dtype=dtype).to(device).eval().requires_grad_(False)
+    return cls.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device).eval().requires_grad_(False)
 
 
-def transformer_parameter_bytes(path: Path, dtype: torch.dtype) -> int:
-    """Size of the transformer in ``dtype``, read from the safetensors headers (nothing is loaded)."""
-    from safetensors import safe_open
+@dataclass
+class Encoders:
+    """The encoders lent for the encoding phase (cleared when it ends, so no name keeps the Llama alive)."""
 
-    count = 0
-    for file in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                shape = f.get_slice(key).get_shape()
-                count += int(torch.Size(shape).numel())
-    return count * torch.empty((), dtype=dtype).element_size()
+    tokenizer: object
+    text_encoder: object
+    tokenizer_2: object
+    text_encoder_2: object
+    feature_extractor: object
+    image_encoder: object
+    vae: object
 
 
-class Models:
-    """Every model a FramePack job needs, loaded on first use and placed for the chosen mode."""
+class Components:
+    """The loaded models of one family, placed by a runtime plan (see the module docstring)."""
 
-    def __init__(
-        self,
-        paths: dict[str, Path],
-        order: Order,
-        placement: Placement,
-        mode: ModeChoice,
-        compile: bool = True,
-        vram_budget_gib: float | None = None,
-        loras: Sequence[tuple[Lora, LoraChoice]] = (),
-    ):
-        self.paths, self.order, self.placement, self.mode, self.compile = paths, order, placement, mode, compile
+    def __init__(self, files: ModelFiles, runtime: RuntimePlan, loras: Sequence[tuple[Lora, LoraChoice]] = ()):
+        self.files, self.family, self.runtime = files, files.spec.family, runtime
         self.loras = list(loras)  # merged into the transformer's weights as it loads, before any FP8 conversion or compilation
-        self._loaded: dict[str, object] = {}
-        cuda = placement.is_cuda
-        # Below the measured all-resident peak, the encoders visit the GPU per call and the VAE decodes in tiles.
-        self.offload_encoders = cuda and (mode.mode == "low-vram" or vram_budget(placement, vram_budget_gib) < ALL_RESIDENT_GIB)
-        if cuda and mode.mode == "low-vram":
+        self.tokenizer = self.tokenizer_2 = self.feature_extractor = None
+        self.text_encoder = self.text_encoder_2 = self.image_encoder = self.vae = None
+        self.transformer: torch.nn.Module | None = None
+        self.blocks: BlockStack | None = None
+        if runtime.is_cuda and runtime.mode == "low-vram":
             use_expandable_segments()
 
-    def _load(self, name: str):
-        device, encoder_dtype = self.placement.device, self.placement.encoder_dtype
-        resident = "cpu" if self.offload_encoders else device
-        if name in ("tokenizer", "tokenizer_2"):
-            self._loaded["tokenizer"], self._loaded["tokenizer_2"] = load_tokenizers(self.paths)
-            return self._loaded[name]
-        if name == "feature_extractor":
-            model = siglip_processor_class().from_pretrained(self.paths[name])
-        elif name == "transformer":
-            model = self._load_transformer()
-        elif name == "blocks":
-            model = self._blocks(self.transformer)
-        elif name == "vae":
-            model = load_vae(self.paths[name], encoder_dtype, resident)
-            if self.offload_encoders:
-                model.enable_tiling()
-        elif name == "text_encoder" and self.mode.mode == "low-vram":
-            model = load_encoder(name, self.paths[name], encoder_dtype, "cpu")
-            stream_module_layers(model, device)
-        else:
-            model = load_encoder(name, self.paths[name], encoder_dtype, resident)
-        self._loaded[name] = model
-        return model
+    @property
+    def paths(self) -> dict[str, Path]:
+        return self.files.paths
 
-    def _load_transformer(self):
-        mode, device = self.mode.mode, self.placement.device
-        if self.placement.is_cuda and mode == "low-vram":  # blocks straight into pinned host memory, the rest onto the GPU
-            model = load_transformer_for_streaming(self.paths["transformer"], self.placement.transformer_dtype, device)
+    def load_encoders(self) -> Components:
+        device, dtype = self.runtime.device, self.runtime.encoder_dtype
+        resident = "cpu" if self.runtime.offload_encoders else device
+        self.tokenizer, self.tokenizer_2 = load_tokenizers(self.paths)
+        self.feature_extractor = siglip_processor_class().from_pretrained(self.paths["feature_extractor"])
+        if self.runtime.mode == "low-vram":
+            self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, "cpu")
+            stream_module_layers(self.text_encoder, device)
+        else:
+            self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, resident)
+        self.text_encoder_2 = load_encoder("text_encoder_2", self.paths["text_encoder_2"], dtype, resident)
+        self.image_encoder = load_encoder("image_encoder", self.paths["image_encoder"], dtype, resident)
+        self.load_vae()
+        return self
+
+    def load_vae(self) -> Components:
+        self.vae = load_vae(self.paths["vae"], self.runtime.encoder_dtype, "cpu" if self.runtime.offload_encoders else self.runtime.device)
+        if self.runtime.offload_encoders:
+            self.vae.enable_tiling()
+        return self
+
+    def load_transformer(self) -> Components:
+        mode, device = self.runtime.mode, self.runtime.device
+        if self.runtime.is_cuda and mode == "low-vram":  # blocks straight into pinned host memory, the rest onto the GPU
+            model = load_transformer_for_streaming(self.paths["transformer"], self.runtime.transformer_dtype, device)
             use_float32_head(model)
         else:
-            model = load_transformer(self.paths["transformer"], self.placement.transformer_dtype, device if mode == "exact" else "cpu")
+            model = load_transformer(self.paths["transformer"], self.runtime.transformer_dtype, device if mode == "exact" else "cpu")
         apply_loras(model, self.loras)
-        if not self.placement.is_cuda:
-            return model
-        if mode == "fast":  # the blocks arrive on the GPU converted to FP8, one at a time; the rest moves as it is
+        if self.runtime.is_cuda and mode == "fast":  # the blocks arrive on the GPU converted to FP8, one at a time; the rest moves as it is
             for name, child in model.named_children():
                 if name not in ("transformer_blocks", "single_transformer_blocks"):
                     child.to(device)
             float8_linears(model, device)
-        if self.compile:
+        if self.runtime.is_cuda and self.runtime.compile:
             compile_blocks(model, match_eager_rounding=mode != "fast")
-        return model
+        return self.use_transformer(model)
 
-    def _blocks(self, transformer) -> BlockStack:
-        if self.mode.mode == "low-vram":
-            return StreamedBlockStack(transformer, self.placement.device)
-        return BlockStack(transformer)
-
-    def __getattr__(self, name: str):
-        if name.startswith("_") or name not in (*ENCODERS, "transformer", "blocks", "tokenizer", "tokenizer_2", "feature_extractor"):
-            raise AttributeError(name)
-        return self._loaded[name] if name in self._loaded else self._load(name)
-
-    def load_all(self) -> Models:
-        """Load everything now, so that missing or broken files show before a job starts.
-
-        In the low-vram mode the transformer waits until the prompts are encoded and the Llama is
-        released, so the two never occupy host memory together.
-        """
-        later = ("transformer", "blocks") if self.mode.mode == "low-vram" else ()
-        for name in ("tokenizer", "feature_extractor", *ENCODERS, "transformer", "blocks"):
-            if name not in later:
-                getattr(self, name)
+    def use_transformer(self, model: torch.nn.Module) -> Components:
+        """Use ``model`` (loaded here, or the transformer being trained) with the block stack the plan calls for."""
+        streamed = self.runtime.is_cuda and self.runtime.mode == "low-vram"
+        self.transformer, self.blocks = model, StreamedBlockStack(model, self.runtime.device) if streamed else BlockStack(model)
         return self
+
+    def load(self) -> Components:
+        """Load everything now, so that missing or broken files show before a job starts (low-vram: the transformer waits for ``denoising``)."""
+        self.load_encoders()
+        if self.runtime.mode != "low-vram":
+            self.load_transformer()
+        return self
+
+    def _visit(self, module):
+        return on_device(module, self.runtime.device, self.runtime.offload_encoders)
 
     @contextmanager
-    def use(self, *names: str) -> Iterator[tuple]:
-        """The named models, on the GPU for the duration of the block when they normally wait on the CPU."""
-        with ExitStack() as stack:
-            modules = []
-            for name in names:
-                module = getattr(self, name)
-                visits = self.offload_encoders and name in ENCODERS and not (name == "text_encoder" and self.mode.mode == "low-vram")
-                modules.append(stack.enter_context(on_device(module, self.placement.device, visits)))
-            yield tuple(modules)
+    def encoding(self) -> Iterator[Encoders]:
+        """The encoders; low-vram drops the Llama from memory when the phase ends (it loads again if needed)."""
+        if self.text_encoder is None:
+            self.load_encoders()
+        streamed_llama = self.runtime.mode == "low-vram"
+        with self._visit(self.text_encoder_2), self._visit(self.image_encoder), self._visit(self.vae):
+            with on_device(self.text_encoder, self.runtime.device, self.runtime.offload_encoders and not streamed_llama):
+                lent = Encoders(self.tokenizer, self.text_encoder, self.tokenizer_2, self.text_encoder_2, self.feature_extractor, self.image_encoder, self.vae)
+                try:
+                    yield lent
+                finally:
+                    lent.text_encoder = None
+        if streamed_llama:  # the 8B Llama leaves host memory before the 13B transformer loads
+            self.text_encoder = None
+            gc.collect()
+            release_cached_memory(self.runtime.device)
 
-    def provide(self, **modules) -> Models:
-        """Use these modules (e.g. the transformer being trained) instead of loading them from ``paths``."""
-        self._loaded.update(modules)
-        return self
+    @contextmanager
+    def denoising(self) -> Iterator[tuple[torch.nn.Module, BlockStack]]:
+        if self.transformer is None:
+            self.load_transformer()
+        yield self.transformer, self.blocks
 
-    def release(self, *names: str) -> None:
-        """Drop models from memory; they load again if used later."""
-        for name in names:
-            self._loaded.pop(name, None)
-        gc.collect()
-        release_cached_memory(self.placement.device)
+    @contextmanager
+    def decoding(self) -> Iterator[torch.nn.Module]:
+        with self._visit(self.vae) as vae:
+            yield vae
 
-
-def load_models(
-    paths: dict[str, Path],
-    order: Order,
-    placement: Placement,
-    mode: ModeChoice | None = None,
-    compile: bool = True,
-    vram_budget_gib: float | None = None,
-    loras: Sequence[tuple[Lora, LoraChoice]] = (),
-) -> Models:
-    return Models(paths, order, placement, mode or ModeChoice("exact", "default"), compile, vram_budget_gib, loras).load_all()
+    @contextmanager
+    def step_cache(self, steps: int, threshold: float | None) -> Iterator[None]:
+        """TeaCache on the block stack for one job (``threshold`` None: off)."""
+        if threshold is None:
+            yield
+            return
+        if self.transformer is None:
+            self.load_transformer()
+        hook = TeaCacheHook(self.transformer, steps, threshold)
+        self.blocks.hooks.append(hook)
+        try:
+            yield
+        finally:
+            self.blocks.hooks.remove(hook)

@@ -12,9 +12,9 @@ import json
 import time
 from pathlib import Path
 
-from fpgen import __version__
+from fpgen._version import __version__
 from fpgen.errors import InputError
-from fpgen.plan import FPS
+from fpgen.geometry import FPS
 from fpgen.video import read_tags
 
 TAG = "comment"

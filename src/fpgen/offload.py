@@ -129,7 +129,8 @@ class StreamedBlockStack(BlockStack):
         for name, tensor in [*block.named_parameters(), *block.named_buffers()]:
             tensor.data = tensors[name]
 
-    def forward(self, hidden, context, temb, attention_mask, rope):
+    def run_blocks(self, hidden, context, temb, attention_mask, rope):
+        self.computed += 1
         compute = torch.cuda.current_stream(self.device)
         upcoming = self._fetch(0)
         previous_done = None

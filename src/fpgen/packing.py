@@ -13,14 +13,15 @@ The 1x slot always holds the start latent and the nearest history frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from fpgen.plan import Order, Section
+from fpgen.plan import Order, Section, SectionPlan
 
 HISTORY_1X, HISTORY_2X, HISTORY_4X = 1, 2, 16
 HISTORY_LENGTH = HISTORY_1X + HISTORY_2X + HISTORY_4X  # 19 latent frames of history
+PAST_LATENTS = 4  # extending with the original model: latents of the given video shown before the start latent (about half a second)
 
 
 @dataclass(frozen=True)
@@ -111,3 +112,36 @@ def pack_section(
 def context_to(context: PackedContext, device: torch.device) -> PackedContext:
     """Move the history slots to ``device`` once per section instead of at every step."""
     return PackedContext(context.indices, context.clean.to(device), context.clean_2x.to(device), context.clean_4x.to(device))
+
+
+def add_clean_frames(context: PackedContext, latents: torch.Tensor, indices: torch.Tensor) -> PackedContext:
+    """Extra full-resolution context frames at RoPE frame ``indices`` (the transformer takes any number)."""
+    layout = replace(context.indices, clean=torch.cat([context.indices.clean, indices]))
+    return replace(context, indices=layout, clean=torch.cat([context.clean, latents.to(context.clean)], dim=2))
+
+
+def inverted_context(plan: SectionPlan, video: torch.Tensor, section: Section, start: torch.Tensor, end: torch.Tensor | None) -> PackedContext:
+    """An inverted section's context, with an end picture or an extended video's frames where they belong.
+
+    The end picture is the first generated section's nearest future frame (its 1x history slot).
+    Extending: the given video's last latents sit just before the start latent, at negative RoPE
+    indices, in every section.
+    """
+    context = pack_section("inverted", video, section, plan.window, start=start, future=end if section.is_first else None)
+    if plan.offset:
+        first_new = window_bounds(plan.offset, plan.window)[0]
+        past = min(PAST_LATENTS, first_new - 1)
+        context = add_clean_frames(context, video[:, :, first_new - past : first_new], torch.arange(-past, 0))
+    return context
+
+
+def forward_context(plan: SectionPlan, video: torch.Tensor, section: Section, start: torch.Tensor, end: torch.Tensor | None) -> PackedContext:
+    """A forward (F1) section's context; an extended video's latents simply are its history.
+
+    The end picture is shown one frame after the last section's window (whose last frame is pinned
+    to it while sampling, see ``fpgen.denoiser.pin_last_frame``).
+    """
+    context = pack_section("forward", video, section, plan.window, start=start)
+    if plan.is_last(section) and end is not None:
+        context = add_clean_frames(context, end, context.indices.latents[-1:] + 1)
+    return context

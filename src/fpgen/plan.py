@@ -11,13 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from fpgen.geometry import latents_to_frames
+
 Order = Literal["inverted", "forward"]
-FPS = 30
-
-
-def section_count(seconds: float, window: int) -> int:
-    """The official count: Python's round (half to even) of seconds*30 / (window*4), at least 1."""
-    return int(max(round((seconds * FPS) / (window * 4)), 1))
 
 
 def inverted_paddings(count: int) -> list[int]:
@@ -48,6 +44,7 @@ class SectionPlan:
     window: int
     sections: tuple[Section, ...]
     offset: int = 0  # windows of given latents before the first section (the tail of an extended video)
+    prompts: tuple[str, ...] = ()  # each section's prompt, in time order (generation only)
 
     @property
     def count(self) -> int:
@@ -64,13 +61,11 @@ class SectionPlan:
     def is_last(self, section: Section) -> bool:
         return section.index == self.count - 1
 
-
-def latents_to_frames(latents: int) -> int:
-    """The causal VAE turns T latent frames into 4T-3 video frames."""
-    return 4 * latents - 3
+    def prompt_of(self, section: Section) -> str:
+        return self.prompts[section.slot - self.offset]
 
 
-def plan_sections(count: int, window: int, order: Order, offset: int = 0) -> SectionPlan:
+def plan_sections(count: int, window: int, order: Order, offset: int = 0, prompts: tuple[str, ...] = ()) -> SectionPlan:
     """``count`` sections after ``offset`` windows that are already there (the paddings count only the new ones)."""
     if count < 1 or window < 1 or offset < 0:
         raise ValueError("a plan needs at least one section of at least one latent frame")
@@ -80,4 +75,4 @@ def plan_sections(count: int, window: int, order: Order, offset: int = 0) -> Sec
         sections = tuple(Section(i, offset + i, 0) for i in range(count))
     else:
         raise ValueError(f"unknown section order {order!r}")
-    return SectionPlan(order, window, sections, offset)
+    return SectionPlan(order, window, sections, offset, tuple(prompts))

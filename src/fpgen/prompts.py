@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from fpgen.errors import InputError
-from fpgen.plan import FPS
+from fpgen.geometry import section_seconds
 
 TIME_TAG = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*s\s*:\s*", re.IGNORECASE)
 
@@ -50,10 +50,6 @@ def parse_prompts(text: str) -> list[TimedPrompt]:
     if starts != sorted(starts):
         raise InputError("timed prompts must be in time order", f"got starts {starts}")
     return prompts
-
-
-def section_seconds(window: int) -> float:
-    return 4 * window / FPS
 
 
 def boundary(start: float, window: int) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fpgen.errors import InputError
+from fpgen.families import FRAMEPACK, FRAMEPACK_F1, Family, family_for_order
 from fpgen.plan import Order
 
 HUNYUAN_VIDEO = "hunyuanvideo-community/HunyuanVideo"
@@ -37,7 +38,7 @@ class Source:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    order: Order
+    family: Family
     transformer: Source
     text_encoder: Source = Source(HUNYUAN_VIDEO, "text_encoder")
     text_encoder_2: Source = Source(HUNYUAN_VIDEO, "text_encoder_2")
@@ -47,18 +48,18 @@ class ModelSpec:
     image_encoder: Source = Source(FLUX_REDUX, "image_encoder")
     feature_extractor: Source = Source(FLUX_REDUX, "feature_extractor")
 
+    @property
+    def order(self) -> Order:
+        return self.family.sections.name
+
     def sources(self) -> dict[str, Source]:
-        return {
-            name: getattr(self, name)
-            for name in ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "image_encoder", "feature_extractor")
-        }
+        return {name: getattr(self, name) for name in self.family.components}
 
 
 MODELS: dict[str, ModelSpec] = {
-    "framepack": ModelSpec("framepack", "inverted", Source("lllyasviel/FramePackI2V_HY", files=TRANSFORMER_FILES)),
-    "framepack-f1": ModelSpec("framepack-f1", "forward", Source("lllyasviel/FramePack_F1_I2V_HY_20250503", files=TRANSFORMER_FILES)),
+    "framepack": ModelSpec("framepack", FRAMEPACK, Source("lllyasviel/FramePackI2V_HY", files=TRANSFORMER_FILES)),
+    "framepack-f1": ModelSpec("framepack-f1", FRAMEPACK_F1, Source("lllyasviel/FramePack_F1_I2V_HY_20250503", files=TRANSFORMER_FILES)),
 }
-ORDERS = ("inverted", "forward")
 
 
 def _guess_order(name: str) -> Order:
@@ -66,13 +67,13 @@ def _guess_order(name: str) -> Order:
     return "forward" if "f1" in name.lower() else "inverted"
 
 
-def resolve_model(model: str, order: Order | None = None, revision: str | None = None) -> ModelSpec:
+def resolve_model(model: str, revision: str | None = None) -> ModelSpec:
     """A registry name, a Hub repo id (``owner/name``) or a local transformer folder.
 
     ``revision`` (a branch, tag or commit) replaces the transformer repo's revision; the shared
     encoders stay at the revision the registry names.
     """
-    spec = _resolve(model, order)
+    spec = _resolve(model)
     if revision is None:
         return spec
     if spec.transformer.local is not None:
@@ -80,18 +81,16 @@ def resolve_model(model: str, order: Order | None = None, revision: str | None =
     return replace(spec, transformer=replace(spec.transformer, revision=revision))
 
 
-def _resolve(model: str, order: Order | None) -> ModelSpec:
+def _resolve(model: str) -> ModelSpec:
     if model in MODELS:
-        spec = MODELS[model]
-        return replace(spec, order=order) if order else spec
+        return MODELS[model]
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"{path} has no config.json", "pass a diffusers transformer folder, a Hub repo id, or one of: " + ", ".join(MODELS))
         metadata = path / METADATA_FILE
         saved = json.loads(metadata.read_text()).get("order") if metadata.is_file() else None
-        chosen = order or saved or _guess_order(path.name)
-        return ModelSpec(str(path), chosen, Source(str(path), files=TRANSFORMER_FILES, local=path))
+        return ModelSpec(str(path), family_for_order(saved or _guess_order(path.name)), Source(str(path), files=TRANSFORMER_FILES, local=path))
     if model.count("/") == 1 and all(model.split("/")) and not path.exists():
-        return ModelSpec(model, order or _guess_order(model), Source(model, files=TRANSFORMER_FILES))
+        return ModelSpec(model, family_for_order(_guess_order(model)), Source(model, files=TRANSFORMER_FILES))
     raise InputError(f"unknown model {model!r}", "use one of: " + ", ".join(MODELS) + ", a Hub repo id (owner/name) or a local folder")

@@ -33,18 +33,6 @@ def get_schedule(steps: int, seq_len: int, shift: float | None = None) -> torch.
     return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
 
 
-def guided_velocity(positive: torch.Tensor, negative: torch.Tensor | None, cfg: float, rescale: float) -> torch.Tensor:
-    """Real classifier-free guidance with guidance rescale (std of the guided prediction matched to the positive one)."""
-    if negative is None:
-        return positive
-    guided = negative + cfg * (positive - negative)
-    if rescale == 0:
-        return guided
-    dims = list(range(1, guided.ndim))
-    rescaled = guided * (positive.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
-    return rescale * rescaled + (1 - rescale) * guided
-
-
 def _unipc_coefficients(rks: list[torch.Tensor], hh: torch.Tensor, order: int) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Predictor and corrector weights of UniPC-bh1 for ``order`` points at log-SNR ratios ``rks`` (last one 1)."""
     r = torch.stack(rks)

@@ -49,3 +49,26 @@ class TeaCache:
         self.calls += 1
         self.computed += int(compute)
         return compute
+
+
+class TeaCacheHook:
+    """TeaCache on a ``BlockStack``: skips the blocks while block 0's modulated input barely moves.
+
+    Attach with ``blocks.hooks.append(TeaCacheHook(transformer, steps, threshold))``; the engine's
+    ``reset_hooks`` at each section gives every section its own ``TeaCache`` as the official code does.
+    """
+
+    def __init__(self, transformer, steps: int, threshold: float = 0.15):
+        self.transformer, self.steps, self.threshold = transformer, steps, threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = TeaCache(self.steps, self.threshold)
+
+    def __call__(self, run, hidden, context, temb, attention_mask, rope) -> torch.Tensor:
+        modulated = self.transformer.transformer_blocks[0].norm1(hidden, emb=temb)[0]
+        if not self.cache.should_compute(modulated):
+            return hidden + self.cache.residual
+        out = run(hidden, context, temb, attention_mask, rope)
+        self.cache.residual = out - hidden
+        return out

@@ -10,13 +10,13 @@ an ordinary call that compilation, offloading and gradient checkpointing can wra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from fpgen.packing import PackedContext
-from fpgen.sampling import guided_velocity
-from fpgen.teacache import TeaCache
 
 
 @dataclass(frozen=True)
@@ -96,12 +96,22 @@ def embed_conditioning(model, timestep: torch.Tensor, guidance: torch.Tensor | N
     return temb, context, mask
 
 
+class BlockHook(Protocol):
+    """A feature around the block stack: called with the next ``run`` and the blocks' inputs."""
+
+    def __call__(self, run, hidden, context, temb, attention_mask, rope) -> torch.Tensor: ...
+
+    def reset(self) -> None: ...
+
+
 class BlockStack(torch.nn.Module):
     """The 20 dual-stream and 40 single-stream blocks as one module.
 
-    Grouping them lets offloading prefetch block after block (its hooks trace this module's
-    forward) and lets TeaCache skip them as a unit. The blocks stay registered on the
-    transformer too; this module only borrows them.
+    Grouping them lets offloading prefetch block after block and lets step caches skip them as a
+    unit. Features attach as ``hooks`` (the diffusers-hooks way): each wraps the call of the ones
+    after it, and ``reset_hooks`` starts their state afresh for a new section. ``computed`` counts
+    the passes that really ran the blocks. The blocks stay registered on the transformer too; this
+    module only borrows them.
     """
 
     def __init__(self, model):
@@ -109,8 +119,21 @@ class BlockStack(torch.nn.Module):
         self.transformer_blocks = model.transformer_blocks
         self.single_transformer_blocks = model.single_transformer_blocks
         object.__setattr__(self, "model", model)  # not a submodule: read for its gradient-checkpointing switch
+        self.hooks: list[BlockHook] = []
+        self.computed = 0
 
     def forward(self, hidden, context, temb, attention_mask, rope):
+        run = self.run_blocks
+        for hook in reversed(self.hooks):
+            run = partial(hook, run)
+        return run(hidden, context, temb, attention_mask, rope)
+
+    def reset_hooks(self) -> None:
+        for hook in self.hooks:
+            hook.reset()
+
+    def run_blocks(self, hidden, context, temb, attention_mask, rope):
+        self.computed += 1
         checkpoint = torch.is_grad_enabled() and getattr(self.model, "gradient_checkpointing", False)
         for block in (*self.transformer_blocks, *self.single_transformer_blocks):
             if checkpoint:
@@ -127,13 +150,9 @@ def packed_forward(
     guidance: torch.Tensor | None,
     cond: Conditioning,
     context: PackedContext,
-    teacache: TeaCache | None = None,
-    blocks: BlockStack | None = None,
+    blocks: BlockStack,
 ) -> torch.Tensor:
-    """The velocity prediction (float32, shape of ``latents``) for the noisy window ``latents``.
-
-    ``blocks`` is the model's BlockStack when one was prepared (offloading hooks live on it).
-    """
+    """The velocity prediction (float32, shape of ``latents``) for the noisy window ``latents``, through ``blocks``."""
     batch, _, frames, height, width = latents.shape
     p = model.config.patch_size
     window_tokens = frames * (height // p) * (width // p)
@@ -146,57 +165,9 @@ def packed_forward(
         image_tokens = hidden.shape[1]
         attention_mask = torch.cat([text_mask.new_ones((batch, image_tokens)), text_mask], dim=1)[:, None, None, :]
 
-    blocks = blocks if blocks is not None else BlockStack(model)
-    if teacache is None:
-        hidden = blocks(hidden, text, temb, attention_mask, rope)
-    else:
-        modulated = model.transformer_blocks[0].norm1(hidden, emb=temb)[0]
-        if teacache.should_compute(modulated):
-            before = hidden
-            hidden = blocks(hidden, text, temb, attention_mask, rope)
-            teacache.residual = hidden - before
-        else:
-            hidden = hidden + teacache.residual
+    hidden = blocks(hidden, text, temb, attention_mask, rope)
 
     hidden = model.norm_out(hidden[:, -window_tokens:], temb)
     out = model.proj_out(hidden).float()
     out = out.reshape(batch, frames, height // p, width // p, -1, 1, p, p)
     return out.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
-
-
-def network_scalars(sigma: torch.Tensor, distilled_guidance: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The timestep (sigma*1000) and distilled guidance (gs*1000) per batch row as the network sees them: in its own dtype (bf16 quantises both)."""
-    timestep = (sigma.float() * 1000.0).to(dtype)
-    guidance = torch.full(sigma.shape, distilled_guidance * 1000.0, dtype=torch.float32, device=sigma.device).to(dtype)
-    return timestep, guidance
-
-
-def make_denoiser(
-    model,
-    positive: Conditioning,
-    negative: Conditioning | None,
-    context: PackedContext,
-    distilled_guidance: float,
-    cfg: float = 1.0,
-    guidance_rescale: float = 0.0,
-    teacache: TeaCache | None = None,
-    blocks: BlockStack | None = None,
-):
-    """The transformer as ``f(x, sigma) -> x0`` with FramePack's conventions.
-
-    The network sees x, the timestep sigma*1000 and the distilled guidance gs*1000 all in its own
-    dtype (bf16 quantises both), and x0 = x - sigma*v is formed from that quantised x with the
-    unquantised sigma. With ``cfg == 1`` there is no negative pass.
-    """
-    dtype = model.x_embedder.proj.weight.dtype
-    run_negative = cfg != 1.0 and negative is not None
-
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        x_in = x.to(dtype)
-        timestep, guidance = network_scalars(sigma, distilled_guidance, dtype)
-        positive_v = packed_forward(model, x_in, timestep, guidance, positive, context, teacache, blocks)
-        negative_v = packed_forward(model, x_in, timestep, guidance, negative, context, teacache, blocks) if run_negative else None
-        velocity = guided_velocity(positive_v, negative_v, cfg, guidance_rescale)
-        return x_in.float() - velocity * sigma.float().view(-1, *([1] * (x.ndim - 1)))
-
-    return denoise

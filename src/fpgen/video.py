@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fpgen.errors import InputError
-from fpgen.plan import FPS
+from fpgen.geometry import FPS
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from fpgen import __version__
+from fpgen._version import __version__
 from fpgen.errors import ExitCode, FpgenError
 
 app = typer.Typer(

@@ -8,7 +8,7 @@ override by being added here and to ``JobSpec``.
 from __future__ import annotations
 
 import difflib
-import signal
+import time
 from functools import partial
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import typer
 
 from fpgen.cli import app
 from fpgen.errors import InputError
+from fpgen.signals import stop_on_sigterm
 
 EXAMPLES = """
 Examples:
@@ -60,9 +61,9 @@ def generate(
     negative_prompt: str = typer.Option("", "--negative-prompt", help="What to avoid; used only with --cfg above 1."),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length (of the new part, with --extend); rounded to whole sections of 4*window frames."),
     seed: int = typer.Option(31337, "--seed", help="Noise seed: the same seed and settings give the same video."),
-    steps: int = typer.Option(25, "--steps", help="Sampling steps per section."),
-    window: int = typer.Option(9, "--window", help="Latent frames per section (9 = 33 video frames); the models were trained with 9."),
-    distilled_guidance: float = typer.Option(10.0, "--distilled-guidance", help="Distilled guidance scale fed to the model."),
+    steps: int | None = typer.Option(None, "--steps", help="Sampling steps per section. [default: the model's, 25 for FramePack]", show_default=False),
+    window: int | None = typer.Option(None, "--window", help="Latent frames per section (9 = 33 video frames). [default: the model's, 9 for FramePack]", show_default=False),
+    distilled_guidance: float | None = typer.Option(None, "--distilled-guidance", help="Distilled guidance scale fed to the model. [default: the model's, 10 for FramePack]", show_default=False),
     cfg: float = typer.Option(1.0, "--cfg", help="Real classifier-free guidance; above 1 doubles the cost per step."),
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale for real CFG, 0..1."),
     teacache: bool | None = typer.Option(None, "--teacache/--no-teacache", help="Skip transformer passes that would change little (faster, slightly different result). [default: on with --fast, else off]", show_default=False),
@@ -113,7 +114,7 @@ def generate(
     """
     from fpgen.cli.report import Reporter
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     values = dict(ctx.params)
     given = {name for name in values if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     report = Reporter(json_output, quiet)
@@ -130,11 +131,6 @@ def generate(
         _single(values, given, report)
 
 
-def _interrupt(signum, frame) -> None:
-    """SIGTERM stops a job the way Ctrl-C does: partial video kept, job resumable, exit code 130."""
-    raise KeyboardInterrupt
-
-
 def job_options(values: dict) -> dict:
     """The job's options from parsed values, with ``--prompts-file`` read into the prompt."""
     options = {k: v for k, v in values.items() if k not in RUN_OPTIONS}
@@ -149,29 +145,36 @@ def job_options(values: dict) -> dict:
     return options
 
 
+def default_output(seed: int, folder: Path = Path("outputs")) -> Path:
+    """A new file under ./outputs named from the local time and the seed."""
+    stamp = time.strftime("%y%m%d_%H%M%S")
+    path, n = folder / f"{stamp}_{seed}.mp4", 1
+    while path.exists():
+        path, n = folder / f"{stamp}_{seed}_{n}.mp4", n + 1
+    return path
+
+
 def _spec(options: dict):
-    from fpgen.api import default_output
-    from fpgen.jobs import JobSpec
+    from fpgen.config import JobSpec
 
     if options.get("output") is None:
-        options = {**options, "output": default_output(options.get("seed", 31337))}
+        options = {**options, "output": default_output(options.get("seed") or 31337)}
     return JobSpec.from_options(options)
 
 
 def _single(values: dict, given: set, report) -> None:
+    from fpgen.config import resolve
+
     options = _recorded(values, given, report) if values["from_video"] is not None else job_options(values)
     if options.get("image") is None and options.get("extend") is None:
         raise InputError("missing IMAGE", "pass a start picture (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
-    from fpgen.api import check_job
-
-    spec = _spec(options)
-    files = check_job(spec, values["overwrite"])
-    _run(_load(spec, report, files), spec, values, report)
+    job = resolve(_spec(options), values["overwrite"], values["preview"])
+    _run(_load(job, report), job, report)
 
 
 def _recorded(values: dict, given: set, report) -> dict:
     """``--from``: the recorded job, with the options given on the command line (and a new output) in place of the recorded ones."""
-    from fpgen.jobs import JobSpec
+    from fpgen.config import JobSpec
     from fpgen.metadata import read_description
 
     recorded = read_description(values["from_video"])["job"]
@@ -188,52 +191,38 @@ def _recorded(values: dict, given: set, report) -> dict:
     return options
 
 
-def _load(spec, report, files=None):
-    from fpgen.api import load_job_models, read_job_loras
+def _load(job, report):
+    """The job's models (``fpgen.loading.Components``), loaded after the one printed runtime decision."""
+    from fpgen.loading import Components
 
-    loras = read_job_loras(spec)
-    report.info(f"loading {spec.model} ...")
-    models = load_job_models(spec, files, loras)
-    report.info(f"mode: {models.mode.mode} ({models.mode.reason})")
-    return models
+    report.info(f"loading {job.model.spec.name} ...")
+    report.info(job.runtime.describe())
+    return Components(job.model, job.runtime, job.loras).load()
 
 
-def _run(models, spec, values: dict, report, resume: bool = False):
-    from fpgen.api import resume_video, run_job
+def _run(components, job, report):
     from fpgen.errors import FpgenError
-    from fpgen.jobfolder import job_dir
     from fpgen.metadata import sidecar_path
-    from fpgen.plan import latents_to_frames, section_count
-    from fpgen.prompts import describe
+    from fpgen.run import run_job
 
-    settings = spec.settings
-    sections = section_count(settings.seconds, settings.window)
-    prompts, warnings = settings.section_prompts()
-    for warning in warnings:
-        report.warn(warning)
-    if len(set(prompts)) > 1:
-        for line in describe(prompts, settings.window):
-            report.info(f"  prompt {line}")
-    report.info(
-        f"{sections} section(s), {latents_to_frames(1 + sections * settings.window)} new frames on {models.placement.device} "
-        f"({str(models.placement.transformer_dtype).removeprefix('torch.')}), {models.order} order -> {spec.output}"
-    )
+    for note in job.notes:
+        report.warn(note)
+    for line in job.describe():
+        report.info(line)
+    settings = job.settings
     try:
-        with report.job_progress(sections, settings.steps, settings.window) as progress:
-            if resume:
-                video = resume_video(models, spec.output, progress, values["preview"])
-            else:
-                video = run_job(models, spec, progress, values["overwrite"], values["preview"])
+        with report.job_progress(job.plan.count, settings.steps, settings.window) as progress:
+            video = run_job(components, job, progress)
     except Exception as error:
-        if not isinstance(error, FpgenError) and job_dir(spec.output).exists():
-            report.warn(f"the job is kept in {job_dir(spec.output)}; once the problem is fixed: fpgen generate --resume {spec.output}")
+        if not isinstance(error, FpgenError) and job.folder.exists():
+            report.warn(f"the job is kept in {job.folder.path}; once the problem is fixed: fpgen generate --resume {job.spec.output}")
         raise
     result = {
         "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height, "fps": 30,
-        "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": settings.seed, "model": spec.model,
-        "order": models.order, "sections": sections, "resumed_sections": video.resumed_sections,
-        "mode": models.mode.mode, "teacache": settings.teacache, "loras": list(spec.lora),
-        "transformer_passes": video.result.transformer_passes, "latents": str(spec.save_latents) if spec.save_latents else None,
+        "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": settings.seed, "model": job.spec.model,
+        "order": job.plan.order, "sections": job.plan.count, "resumed_sections": video.resumed_sections,
+        "mode": job.runtime.mode, "teacache": settings.teacache, "loras": list(job.spec.lora),
+        "transformer_passes": video.result.transformer_passes, "latents": str(job.spec.save_latents) if job.spec.save_latents else None,
         "metadata": str(sidecar_path(video.output)),
     }  # fmt: skip
     line = f"{video.output}  ({video.frames} frames, {video.seconds:.2f} s, {video.width}x{video.height}, {video.elapsed:.1f} s)"
@@ -246,29 +235,20 @@ def _resume(values: dict, given: set, report) -> None:
     if extra:
         flags = ", ".join("IMAGE" if name == "image" else "--" + name.replace("_", "-") for name in extra)
         raise InputError(f"--resume continues a job with its saved settings; leave out {flags}", "to change settings start a new job (e.g. --from the finished video)")
-    from fpgen.api import check_output, find_model
-    from fpgen.devices import choose_placement
-    from fpgen.jobfolder import find_job
-    from fpgen.jobs import JobSpec
+    from fpgen.config import resolve_resume
 
-    folder = find_job(values["resume"])
-    spec = JobSpec.from_options(folder.options())
-    check_output(spec.output, False, spec.crf)
-    choose_placement(spec.device, spec.dtype)
-    files = find_model(spec.model, spec.model_dir, revision=spec.revision)
-    report.info(f"resuming {folder.path} ({folder.done()} section(s) done)")
-    _run(_load(spec, report, files), spec, values, report, resume=True)
+    job = resolve_resume(values["resume"], values["preview"])
+    report.info(f"resuming {job.folder.path} ({len(job.saved.finished)} section(s) done)")
+    _run(_load(job, report), job, report)
 
 
 def _batch(ctx: typer.Context, values: dict, report) -> None:
-    from fpgen.api import check_job
     from fpgen.batch import BatchJob, check_outputs, read_jobs_file, run_batch
+    from fpgen.config import PATH_OPTIONS, resolve
     from fpgen.errors import FpgenError, Interrupted
-    from fpgen.jobs import PATH_OPTIONS
     from fpgen.workers import plan_workers, run_parallel
 
     path = values["jobs"]
-    workers = plan_workers(values["gpus"], values["device"]) if values["gpus"] != "1" else []
     params = {p.name: p for p in ctx.command.params}
     lines = read_jobs_file(path)
     jobs = []
@@ -284,11 +264,13 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
             spec = _spec(options)
             overwrite = typed.get("overwrite", values["overwrite"])
             if not spec.output.exists() or overwrite:
-                check_job(spec, overwrite)
+                resolve(spec, overwrite)  # every check before any model loads; the job is resolved again where it runs
             jobs.append(BatchJob(number, fields, spec, None, overwrite, typed.get("preview", values["preview"])))
         except FpgenError as error:
             jobs.append(BatchJob(number, fields, None, str(error)))
     jobs = check_outputs(jobs)
+    runnable = sum(job.spec is not None for job in jobs)
+    workers = plan_workers(values["gpus"], values["device"], runnable) if values["gpus"] != "1" else []
     report.info(f"{len(jobs)} job(s) in {path}" + (f", {len(workers)} workers: {', '.join(w.label for w in workers)}" if workers else ""))
     runner = partial(_batch_runner, values)  # picklable: the workers build their own
     outcomes = run_parallel(jobs, workers, runner) if workers else run_batch(jobs, *runner(None))
@@ -310,10 +292,17 @@ def _batch_runner(values: dict, worker: str | None) -> tuple:
     def announce(position: int, job) -> None:
         report.info(f"job {position} (line {job.line}): {job.spec.output}")
 
-    def run(models, job):
-        return _run(models, job.spec, {**values, "overwrite": job.overwrite, "preview": job.preview}, report.quieter())
+    def load(spec):
+        from fpgen.config import resolve
 
-    return partial(_load, report=report), run, announce
+        return _load(resolve(spec, overwrite=True), report)  # the models of the first job that needs them
+
+    def run(components, job):
+        from fpgen.config import resolve
+
+        return _run(components, resolve(job.spec, job.overwrite, job.preview, loaded=components), report.quieter())
+
+    return load, run, announce
 
 
 def _typed_fields(ctx: typer.Context, params: dict, fields: dict) -> dict:

@@ -20,7 +20,7 @@ from rich.progress import (
 from rich.table import Column, Table
 
 if TYPE_CHECKING:  # the pipeline imports torch, which commands like `fpgen download` do without
-    from fpgen.pipeline import Event
+    from fpgen.events import Event
 
 
 class Reporter:
@@ -106,7 +106,7 @@ class JobProgress(LiveDisplay):
             )  # fmt: skip
 
     def __call__(self, event: Event) -> None:
-        from fpgen.pipeline import SectionDone, SectionStarted, StepDone
+        from fpgen.events import SectionDone, SectionStarted, StepDone
 
         if isinstance(event, SectionStarted):
             self._section_started(event)

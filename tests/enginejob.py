@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ from fpgen.config import JobSpec, Settings, resolve
 from fpgen.engine import encode, generate_frames
 
 
-def prepare(models, image: Path | np.ndarray, settings: Settings, **options):
-    """``(job, inputs)`` for a job on the loaded ``models``; ``options`` are further JobSpec fields (end_image, extend...)."""
+def prepare(models, image: Path | np.ndarray, settings: Settings, end: np.ndarray | None = None, **options):
+    """``(job, inputs)`` for a job on the loaded ``models``; ``end`` an end picture, ``options`` further JobSpec fields."""
     named = Path(image) if isinstance(image, (str, Path)) else None
     spec = JobSpec(Path("unused.mp4").absolute(), settings, image=named, model=models.files.spec.name, **options)
     job = resolve(spec, overwrite=True, loaded=models, picture=None if named else image)
+    job = replace(job, pictures=replace(job.pictures, end=end))
     negative = job.settings.negative_prompt if job.settings.cfg != 1.0 else None
     return job, encode(models, job.pictures, job.plan.prompts, negative, job.settings.window)
 

@@ -9,12 +9,16 @@ from conftest import GOLDEN
 
 from fpgen.api import generate_video
 from fpgen.buckets import load_image, resize_and_center_crop
-from fpgen.conditioning import encode_image, encode_latents, image_to_vae_input
+from fpgen.conditioning import encode_image, encode_latents
 from fpgen.decode import decode_latents
 from fpgen.packing import PAST_LATENTS
 from fpgen.packing import HISTORY_LENGTH, window_bounds
-from fpgen.pipeline import SectionStarted, Settings, generate_frames, prepare_inputs
-from fpgen.video import read_mp4, to_pixels
+from fpgen.config import Settings
+from fpgen.engine import generate_frames
+from fpgen.events import SectionStarted
+from fpgen.pixels import picture_to_pixels, to_pixels
+from fpgen.video import read_mp4
+from enginejob import prepare
 
 SIZE = (32, 32)
 START = load_image(GOLDEN / "input.png")
@@ -22,12 +26,13 @@ END = np.ascontiguousarray(np.flip(START, axis=1)[:, :, ::-1])  # mirrored, colo
 
 
 def latent_of(models, picture):
-    return encode_latents(models.vae, image_to_vae_input(resize_and_center_crop(picture, *SIZE)))
+    return encode_latents(models.vae, picture_to_pixels(resize_and_center_crop(picture, *SIZE)))
 
 
-def run(models, settings, inputs):
+def run(models, settings, end=None):
     started, pieces = [], []
-    result = generate_frames(models, None, settings, lambda f, s: pieces.append((s, f)), lambda e: started.append(e) if isinstance(e, SectionStarted) else None, inputs)
+    job, inputs = prepare(models, START, settings, end)
+    result = generate_frames(models, inputs, job.plan, job.settings, lambda f, s: pieces.append((s, f)), lambda e: started.append(e) if isinstance(e, SectionStarted) else None)
     result.frames = torch.cat([f for _, f in sorted(pieces, key=lambda p: p[0])], dim=2)
     return result, started
 
@@ -47,8 +52,8 @@ def report_distance(model: str, models, with_end, without) -> None:
 def test_end_image_original_model(tiny_models):
     models = tiny_models("framepack")
     settings = Settings(prompt="she turns", seconds=2.4, steps=1, size=SIZE)
-    result, started = run(models, settings, prepare_inputs(models, START, settings, END))
-    report_distance("framepack", models, result, run(models, settings, prepare_inputs(models, START, settings))[0])
+    result, started = run(models, settings, END)
+    report_distance("framepack", models, result, run(models, settings)[0])
     end = latent_of(models, END)
     first, *later = started
     assert first.section.slot == 1  # the end of the video, made first
@@ -65,8 +70,8 @@ def test_end_image_f1(tiny_models):
     models = tiny_models("framepack-f1")
     settings = Settings(prompt="she turns", seconds=2.4, steps=1, size=SIZE)
     end = latent_of(models, END)
-    with_end, started = run(models, settings, prepare_inputs(models, START, settings, END))
-    without, _ = run(models, settings, prepare_inputs(models, START, settings))
+    with_end, started = run(models, settings, END)
+    without, _ = run(models, settings)
     report_distance("framepack-f1", models, with_end, without)
     *earlier, last = started
     assert last.section.slot == 1

@@ -12,7 +12,10 @@ from pathlib import Path
 from conftest import GOLDEN, fpgen_env, run_fpgen
 
 from fpgen.buckets import load_image
-from fpgen.pipeline import SectionDone, Settings, generate_frames
+from enginejob import make_frames
+
+from fpgen.config import Settings
+from fpgen.events import SectionDone
 from fpgen.video import iter_mp4
 
 MARGIN_KB = 40 * 1024  # run-to-run noise of the peak at this size: 428-453 MiB over eight runs of either length
@@ -58,5 +61,5 @@ def test_decoded_frames_are_let_go(tiny_models):
             gc.collect()
             alive.append(sum(ref() is not None for ref in handed))
 
-    generate_frames(tiny_models("framepack-f1"), load_image(GOLDEN / "input.png"), Settings(seconds=3.6, steps=1, size=(16, 16)), sink, check)
+    make_frames(tiny_models("framepack-f1"), load_image(GOLDEN / "input.png"), Settings(seconds=3.6, steps=1, size=(16, 16)), sink, check)
     assert len(handed) == 3 and max(alive) <= 1  # only the piece of the section being reported (SectionDone carries it)

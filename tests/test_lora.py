@@ -17,7 +17,7 @@ from fpgen.lora import LoraChoice, apply_loras, merge_lora, module_from_musubi, 
 from fpgen.packing import pack_section
 from fpgen.plan import plan_sections
 from fpgen.training.adapters import add_lora, lora_of
-from fpgen.transformer import Conditioning, packed_forward
+from fpgen.transformer import BlockStack, Conditioning, packed_forward
 
 TRANSFORMER = HUB / "lllyasviel" / "FramePackI2V_HY"
 
@@ -44,7 +44,7 @@ def forward(model) -> torch.Tensor:
     context = pack_section("inverted", video, plan_sections(2, 3, "inverted").sections[1], 3)
     cond = Conditioning(torch.randn((1, 5, 32), generator=generator), torch.ones((1, 5), dtype=torch.bool), torch.randn((1, 16), generator=generator), torch.randn((1, 3, 24), generator=generator))
     with torch.no_grad():
-        return packed_forward(model, video[:, :, 1:4], torch.tensor([700.0]), torch.tensor([1000.0]), cond, context)
+        return packed_forward(model, video[:, :, 1:4], torch.tensor([700.0]), torch.tensor([1000.0]), cond, context, BlockStack(model))
 
 
 def assert_same_file(a, b) -> None:

@@ -9,10 +9,9 @@ import pytest
 from conftest import HUB
 from hubcache import fake_commit
 
-from fpgen.api import find_model
 from fpgen.download import human_size
 from fpgen.errors import InputError, ModelMissingError
-from fpgen.hub import is_complete, model_status
+from fpgen.hub import find_model, is_complete, model_status
 from fpgen.registry import resolve_model
 
 

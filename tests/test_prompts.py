@@ -6,11 +6,14 @@ import pytest
 import torch
 from conftest import GOLDEN
 
-from fpgen import pipeline
+from enginejob import make_frames
+
+from fpgen import engine
 from fpgen.buckets import load_image
 from fpgen.conditioning import encode_prompt
 from fpgen.errors import InputError
-from fpgen.pipeline import SectionStarted, Settings, generate_frames
+from fpgen.config import Settings
+from fpgen.events import SectionStarted
 from fpgen.prompts import TimedPrompt, parse_prompts, section_prompts
 
 IMAGE = GOLDEN / "input.png"
@@ -42,10 +45,10 @@ def test_each_section_gets_its_prompt_embedding(model, tiny_models, monkeypatch)
     models = tiny_models(model)
     settings = Settings(prompt="0s: a man walks in | 1.2s: he sits down", seconds=3.6, steps=1, size=(32, 32))
     encoded = []
-    real_encode = pipeline.encode_prompt
-    monkeypatch.setattr(pipeline, "encode_prompt", lambda text, *a: encoded.append(text) or real_encode(text, *a))
+    real_encode = engine.encode_prompt
+    monkeypatch.setattr(engine, "encode_prompt", lambda text, *a: encoded.append(text) or real_encode(text, *a))
     started = []
-    generate_frames(models, load_image(IMAGE), settings, lambda f, s: None, lambda e: started.append(e) if isinstance(e, SectionStarted) else None)
+    make_frames(models, load_image(IMAGE), settings, lambda f, s: None, lambda e: started.append(e) if isinstance(e, SectionStarted) else None)
 
     assert encoded == ["a man walks in", "he sits down"]  # each distinct prompt encoded once
     expected = {t: encode_prompt(t, models.tokenizer, models.text_encoder, models.tokenizer_2, models.text_encoder_2) for t in encoded}

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from fpgen.sampling import flux_mu, get_schedule, guided_velocity, sample_unipc
+from fpgen.denoiser import guided_velocity
+from fpgen.sampling import flux_mu, get_schedule, sample_unipc
 
 OFFICIAL_25 = [
     1.0, .99408, .98773, .98089, .97351, .96552, .95683, .94737, .93701, .92562, .91304, .89908, .88350, .86598,

@@ -250,6 +250,9 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
     if saved.order != family.sections.name:
         raise InputError(f"the job was made with the {saved.order} section order, these models use {family.sections.name}", f"load the job's model ({spec.model})")
     spec = replace(spec, settings=spec.settings.complete(family.defaults))
+    if spec.output.exists() or not sidecar_is_ours(spec.output):
+        taken = spec.output if spec.output.exists() else sidecar_path(spec.output)
+        raise InputError(f"{taken} exists, so the job in {folder.path} cannot finish there", "move or rename that file, then run the same --resume again")
     check_output_file(spec.output, False, spec.crf)
     runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"])
     loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras(LoraChoice.parse(item) for item in spec.lora))

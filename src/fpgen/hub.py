@@ -12,6 +12,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub.constants
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -88,8 +89,11 @@ def locate_model(spec: ModelSpec, model_dir: Path | None = None) -> dict[str, Pa
     """Every component's folder, or a ModelMissingError naming what is missing and how to get it."""
     status = model_status(spec, model_dir)
     if status.missing:
-        where = f"in {model_dir}" if model_dir else "in the Hugging Face cache"
-        raise ModelMissingError(f"model {spec.name!r} is not complete {where} (missing {', '.join(status.missing)})", f"run: {download_command(spec, model_dir)}")
+        where = str(model_dir) if model_dir else f"the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE})"
+        size = f" (about {spec.download_gb:g} GB)" if spec.download_gb else ""
+        if not status.present_folders:
+            raise ModelMissingError(f"model {spec.name!r} is not downloaded: nothing of it is in {where}", f"run: {download_command(spec, model_dir)}{size}")
+        raise ModelMissingError(f"model {spec.name!r} is not complete in {where} (missing {', '.join(status.missing)})", f"run: {download_command(spec, model_dir)}")
     return status.folders
 
 

@@ -47,6 +47,7 @@ class ModelSpec:
     vae: Source = Source(HUNYUAN_VIDEO, "vae")
     image_encoder: Source = Source(FLUX_REDUX, "image_encoder")
     feature_extractor: Source = Source(FLUX_REDUX, "feature_extractor")
+    download_gb: float | None = None  # what ``fpgen download`` fetches with nothing cached (README, Models and downloads)
 
     @property
     def order(self) -> Order:
@@ -57,8 +58,8 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "framepack": ModelSpec("framepack", FRAMEPACK, Source("lllyasviel/FramePackI2V_HY", files=TRANSFORMER_FILES)),
-    "framepack-f1": ModelSpec("framepack-f1", FRAMEPACK_F1, Source("lllyasviel/FramePack_F1_I2V_HY_20250503", files=TRANSFORMER_FILES)),
+    "framepack": ModelSpec("framepack", FRAMEPACK, Source("lllyasviel/FramePackI2V_HY", files=TRANSFORMER_FILES), download_gb=42.8),
+    "framepack-f1": ModelSpec("framepack-f1", FRAMEPACK_F1, Source("lllyasviel/FramePack_F1_I2V_HY_20250503", files=TRANSFORMER_FILES), download_gb=42.8),
 }
 
 

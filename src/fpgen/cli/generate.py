@@ -8,6 +8,7 @@ override by being added here and to ``JobSpec``.
 from __future__ import annotations
 
 import difflib
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -48,7 +49,7 @@ Examples:
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 """
 
-RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "gpus", "prompts_file")
+RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "gpus", "trust_jobs", "prompts_file")
 LONG = "Long jobs"
 
 
@@ -100,6 +101,10 @@ def generate(
     gpus: str = typer.Option(
         "1", "--gpus", metavar="N|all", help="With --jobs: N worker processes, one per GPU (each sees only its own), each loading its models once and taking "
         "the next job when done; Ctrl-C stops them all, resumable. With --device cpu: N CPU workers, the same way.", rich_help_panel=LONG,
+    ),  # fmt: skip
+    trust_jobs: bool = typer.Option(
+        False, "--trust-jobs", help="With --jobs: let the file's lines write outside the file's folder and overwrite what their 'overwrite' field names "
+        "(a jobs file is untrusted input otherwise).", rich_help_panel=LONG,
     ),  # fmt: skip
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -263,6 +268,8 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
                 raise InputError("no image", "give the line an image (or extend) field, or pass IMAGE as the default")
             spec = _spec(options)
             overwrite = typed.get("overwrite", values["overwrite"])
+            if not values["trust_jobs"]:
+                _check_untrusted_line(typed, spec, Path(path).parent, values["overwrite"])
             if not spec.output.exists() or overwrite:
                 resolve(spec, overwrite)  # every check before any model loads; the job is resolved again where it runs
             jobs.append(BatchJob(number, fields, spec, None, overwrite, typed.get("preview", values["preview"])))
@@ -280,6 +287,17 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
         raise Interrupted("batch interrupted", f"run the same command again: finished jobs are skipped and the interrupted ones continue ({failed} failed)")
     if failed:
         raise FpgenError(f"{failed} of {len(outcomes)} job(s) failed", "see the summary")
+
+
+def _check_untrusted_line(typed: dict, spec, root: Path, overwrite_allowed: bool) -> None:
+    """A jobs file is untrusted: its lines write only inside its own folder, and overwrite only what the command line allows."""
+    if typed.get("overwrite") and not overwrite_allowed:
+        raise InputError("the line asks to overwrite, which the command line did not allow", "pass --overwrite (or --trust-jobs) to let the file overwrite")
+    inside = Path(os.path.realpath(root))
+    for name in ("output", "save_latents"):
+        target = getattr(spec, name)
+        if name in typed and target is not None and not Path(os.path.realpath(target)).is_relative_to(inside):
+            raise InputError(f"field {name!r} writes {target}, outside the jobs file's folder {inside}", "keep the file's outputs in its folder, or pass --trust-jobs")
 
 
 def _batch_runner(values: dict, worker: str | None) -> tuple:
@@ -309,7 +327,7 @@ def _typed_fields(ctx: typer.Context, params: dict, fields: dict) -> dict:
     """A batch line's fields converted by the options' own types (CSV gives text, JSON gives numbers and booleans)."""
     if "__error__" in fields:
         raise InputError(fields["__error__"], "fix the line")
-    allowed = set(params) - {"resume", "from_video", "jobs", "gpus", "json_output", "quiet"}
+    allowed = set(params) - {"resume", "from_video", "jobs", "gpus", "trust_jobs", "json_output", "quiet"}
     typed = {}
     for key, value in fields.items():
         name = key.lstrip("-").replace("-", "_")

@@ -75,15 +75,22 @@ class Settings:
             (self.distilled_guidance > 0, f"--distilled-guidance must be positive (got {self.distilled_guidance})", "the official default is 10"),
             (self.teacache_threshold > 0, f"--teacache-threshold must be positive (got {self.teacache_threshold})", "0.15 is the official value"),
             (0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63-1 (got {self.seed})", "e.g. --seed 31337"),
+        ]
+        _check(checks)
+        limits = [  # only meaningful once the values above are
             (section_count(self.seconds, self.window) <= MAX_SECTIONS, f"--seconds {self.seconds:g} is more than {MAX_SECTIONS} sections", "make long videos in parts with --extend"),
             (len(self.prompt) + len(self.negative_prompt) <= MAX_PROMPT_CHARS, f"the prompt is {len(self.prompt)} characters; at most {MAX_PROMPT_CHARS}", "the text encoder reads its first 256 tokens"),
             (self.size is None or self.size[0] * self.size[1] <= MAX_PIXELS, f"--size {self.size and 'x'.join(map(str, self.size))} is larger than 4096x4096 pixels", "use a smaller --size"),
         ]
-        for ok, message, hint in checks:
-            if not ok:
-                raise InputError(message, hint)
+        _check(limits)
         parse_prompts(self.prompt)
         return self
+
+
+def _check(checks: list[tuple[bool, str, str]]) -> None:
+    for ok, message, hint in checks:
+        if not ok:
+            raise InputError(message, hint)
 
 
 SETTINGS_FIELDS = tuple(f.name for f in fields(Settings))

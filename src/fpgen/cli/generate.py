@@ -254,6 +254,7 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
     from fpgen.workers import plan_workers, run_parallel
 
     path = values["jobs"]
+    workers = plan_workers(values["gpus"], values["device"]) if values["gpus"] != "1" else []
     params = {p.name: p for p in ctx.command.params}
     lines = read_jobs_file(path)
     jobs = []
@@ -276,8 +277,8 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
         except FpgenError as error:
             jobs.append(BatchJob(number, fields, None, str(error)))
     jobs = check_outputs(jobs)
-    runnable = sum(job.spec is not None for job in jobs)
-    workers = plan_workers(values["gpus"], values["device"], runnable) if values["gpus"] != "1" else []
+    if values["device"] == "cpu":  # CPU workers share the cores: no more than there are jobs
+        workers = workers[: max(1, sum(job.spec is not None for job in jobs))]
     report.info(f"{len(jobs)} job(s) in {path}" + (f", {len(workers)} workers: {', '.join(w.label for w in workers)}" if workers else ""))
     runner = partial(_batch_runner, values)  # picklable: the workers build their own
     outcomes = run_parallel(jobs, workers, runner) if workers else run_batch(jobs, *runner(None))

@@ -15,6 +15,7 @@ import torch
 from fpgen.packing import PackedContext, forward_context, inverted_context
 from fpgen.plan import Order, Section, SectionPlan
 from fpgen.sampling import get_schedule, sample_unipc
+from fpgen.spec import Defaults
 
 ContextBuilder = Callable[[SectionPlan, torch.Tensor, Section, torch.Tensor, torch.Tensor | None], PackedContext]
 
@@ -32,15 +33,6 @@ class SectionOrder:
 
 INVERTED = SectionOrder("inverted", inverted_context, pins_end=False, tail_frame=-1, start_from_tail=True)
 FORWARD = SectionOrder("forward", forward_context, pins_end=True, tail_frame=0, start_from_tail=False)
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """Settings a job takes from its family unless it sets them."""
-
-    steps: int = 25
-    window: int = 9
-    distilled_guidance: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,7 @@ def default_output(seed: int, folder: Path = Path("outputs")) -> Path:
 
 
 def _spec(options: dict):
-    from fpgen.config import JobSpec
+    from fpgen.spec import JobSpec
 
     if options.get("output") is None:
         options = {**options, "output": default_output(options.get("seed") or 31337)}
@@ -168,18 +168,19 @@ def _spec(options: dict):
 
 
 def _single(values: dict, given: set, report) -> None:
-    from fpgen.config import resolve
-
     options = _recorded(values, given, report) if values["from_video"] is not None else job_options(values)
     if options.get("image") is None and options.get("extend") is None:
         raise InputError("missing IMAGE", "pass a start picture (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
-    job = resolve(_spec(options), values["overwrite"], values["preview"])
+    spec = _spec(options)  # every value checked before torch loads
+    from fpgen.config import resolve
+
+    job = resolve(spec, values["overwrite"], values["preview"])
     _run(_load(job, report), job, report)
 
 
 def _recorded(values: dict, given: set, report) -> dict:
     """``--from``: the recorded job, with the options given on the command line (and a new output) in place of the recorded ones."""
-    from fpgen.config import JobSpec
+    from fpgen.spec import JobSpec
     from fpgen.metadata import read_description
 
     recorded = read_description(values["from_video"])["job"]
@@ -249,7 +250,8 @@ def _resume(values: dict, given: set, report) -> None:
 
 def _batch(ctx: typer.Context, values: dict, report) -> None:
     from fpgen.batch import BatchJob, check_outputs, read_jobs_file, run_batch
-    from fpgen.config import PATH_OPTIONS, resolve
+    from fpgen.config import resolve
+    from fpgen.spec import PATH_OPTIONS
     from fpgen.errors import FpgenError, Interrupted
     from fpgen.workers import plan_workers, run_parallel
 

@@ -19,7 +19,7 @@ import torch
 from fpgen.errors import FpgenError
 from fpgen.mp4 import GrowingMp4
 from fpgen.pixels import to_uint8
-from fpgen.video import aside_path, concat_mp4, write_mp4
+from fpgen.video import concat_mp4, write_mp4, written_aside
 
 PARTIAL = ".partial.mp4"
 
@@ -83,16 +83,12 @@ class SegmentedMp4:
             return None
         if self.preview is not None and self.preview.path == path:
             return path
-        aside = None
         try:
-            aside = aside_path(path)
-            self._assemble(aside)
-            os.replace(aside, path)
-            return path
+            with written_aside(path) as aside:
+                self._assemble(aside)
         except (OSError, FpgenError):
-            if aside is not None:
-                aside.unlink(missing_ok=True)
             return None
+        return path
 
     def finish(self, output: Path, metadata: dict[str, str] | None = None) -> Path:
         """Join the segments into ``output`` (written aside, then renamed: the output is never half-written)."""

@@ -50,11 +50,18 @@ def disk_full_as_error(path: str | Path):
         raise disk_full(path) from error
 
 
-def aside_path(path: Path) -> Path:
-    """A new, unique file next to ``path`` to write it in and rename: nothing of the user's is ever overwritten half-way."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".fpgen-tmp")
-    os.close(handle)
-    return Path(name)
+@contextmanager
+def written_aside(path: Path):
+    """A new file next to ``path`` to write; it replaces ``path`` only once complete and never stays behind (a full disk leaves no half file)."""
+    with disk_full_as_error(path):
+        handle, name = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".fpgen-tmp")
+        os.close(handle)
+        aside = Path(name)
+        try:
+            yield aside
+            os.replace(aside, path)
+        finally:
+            aside.unlink(missing_ok=True)
 
 
 def _ffmpeg_error(path: Path, returncode: int, stderr: bytes) -> FpgenError:

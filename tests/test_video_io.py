@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from conftest import moving_gradient
 
 import fpgen.mp4
 from fpgen.errors import DiskFullError, ExitCode
-from fpgen.metadata import describe_video, mp4_tags, read_description
+from fpgen.metadata import describe_video, mp4_tags, read_description, write_sidecar
 from fpgen.mp4 import GrowingMp4
 from fpgen.output import SegmentedMp4
 from fpgen.video import concat_mp4, ffmetadata, parse_ffmetadata, read_mp4, read_tags, write_mp4
@@ -141,3 +142,13 @@ def test_ffmetadata_escapes_and_parses_back():
     assert parse_ffmetadata(";FFMETADATA1\nk=v\\\\\nx=1\n[STREAM]\ny=2\n") == {"k": "v\\", "x": "1"}  # stream sections are not global tags
     with pytest.raises(ValueError):
         ffmetadata({"a": "x\\", "b": "y\\"})
+
+
+def test_files_written_aside_keep_the_users_permissions_and_any_name_length(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        sidecar = write_sidecar(tmp_path / ("n" * 245 + ".mp4"), {"fpgen": "0", "job": {}})
+    finally:
+        os.umask(umask)
+    assert sidecar.stat().st_mode & 0o777 == 0o644 and json.loads(sidecar.read_text())["fpgen"] == "0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [sidecar.name]

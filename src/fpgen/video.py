@@ -13,6 +13,7 @@ import errno
 import itertools
 import os
 import re
+import secrets
 import subprocess
 import tempfile
 import threading
@@ -54,9 +55,8 @@ def disk_full_as_error(path: str | Path):
 def written_aside(path: Path):
     """A new file next to ``path`` to write; it replaces ``path`` only once complete and never stays behind (a full disk leaves no half file)."""
     with disk_full_as_error(path):
-        handle, name = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".fpgen-tmp")
-        os.close(handle)
-        aside = Path(name)
+        aside = Path(path).with_name(f".{Path(path).name[:200]}.{secrets.token_hex(6)}.fpgen-tmp")  # within NAME_MAX however long the name
+        aside.open("x").close()  # a new name, created with the user's umask (mkstemp's files are private to the owner)
         try:
             yield aside
             os.replace(aside, path)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from fpgen.errors import InputError
-from fpgen.lora import Lora, LoraChoice, LoraModule, load_loras, read_lora, write_lora
+from fpgen.errors import DiskFullError, ExitCode, InputError
+from fpgen.lora import Lora, LoraChoice, LoraModule, load_loras, read_lora, write_lora, write_musubi
 
 
 def small_lora() -> Lora:
@@ -48,3 +50,21 @@ def test_key_names_from_the_file_reach_the_error_without_escapes(tmp_path):
     with pytest.raises(InputError) as caught:
         read_lora(tmp_path / "odd.safetensors")
     assert "evil.weight" in str(caught.value) and "\x1b" not in str(caught.value) and "pwned" not in str(caught.value)
+
+
+
+def test_writing_a_lora_on_a_full_disk_is_disk_full_and_leaves_nothing(tmp_path, monkeypatch):
+    """lora.py writes through fpgen.tensorfile, so ENOSPC is DiskFullError (exit 5), not "unexpected" (exit 1).
+
+    safetensors writes its own temporary file and renames it, so neither /dev/full nor a link reaches it: its writer is made to fail.
+    """
+    import safetensors.torch
+
+    def full_disk(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(DiskFullError, match="musubi.safetensors") as caught:
+        write_musubi(tmp_path / "musubi.safetensors", small_lora())
+    assert caught.value.exit_code == ExitCode.DISK_FULL and list(tmp_path.iterdir()) == []

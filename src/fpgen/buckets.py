@@ -71,8 +71,9 @@ def load_picture(path) -> Picture:
                     raise _too_large(path, image.width * image.height)
                 frames = getattr(image, "n_frames", 1)
                 pixels, notes = rgb8(ImageOps.exif_transpose(image), path)
-    except Image.DecompressionBombError as error:  # PIL refuses past twice its own limit before it tells the size
-        raise _too_large(path, int(re.search(r"\((\d+) pixels\)", str(error)).group(1))) from None
+    except Image.DecompressionBombError as error:  # PIL refuses past twice its own limit, before it tells the size but in its message
+        size = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(path, int(size.group(1)) if size else 2 * Image.MAX_IMAGE_PIXELS) from None
     except FileNotFoundError:
         raise InputError(f"image not found: {path}", "check the path") from None
     except IsADirectoryError:
@@ -106,7 +107,7 @@ def rgb8(image: Image.Image, path) -> tuple[np.ndarray, tuple[str, ...]]:
         gray = scaled_gray(np.asarray(image), image.mode, path)
         return np.repeat(gray[..., None], 3, axis=2), ()
     if not image.has_transparency_data:
-        return np.asarray(image.convert("RGB")), ()
+        return np.array(image.convert("RGB")), ()
     rgba = np.asarray(image.convert("RGBA")).astype(np.uint16)
     alpha = rgba[..., 3:]
     if alpha.min() == 255:

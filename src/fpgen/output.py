@@ -92,7 +92,7 @@ class SegmentedMp4:
 
     def finish(self, output: Path, metadata: dict[str, str] | None = None) -> Path:
         """Join the segments into ``output`` (written aside, then renamed: the output is never half-written)."""
-        joined = self.segments_dir.parent / "joined.mp4"
+        joined = self.segments_dir.parent / "joined.mp4"  # in the job's own folder: on a full disk nothing is left next to the output
         try:
             concat_mp4(self.segments(), joined, metadata)
         except BaseException:

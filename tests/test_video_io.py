@@ -106,6 +106,15 @@ def test_the_partial_video_on_a_full_disk_is_none_and_leaves_no_file(tmp_path, m
     assert len(read_mp4(tmp_path / "v.partial.mp4")[0]) == 21
 
 
+
+def test_a_preview_that_cannot_start_on_a_full_disk_leaves_no_file(tmp_path, monkeypatch):
+    sink = SegmentedMp4(tmp_path / "v.mp4.job" / "segments", preview=tmp_path / "v.partial.mp4")
+    monkeypatch.setattr(fpgen.mp4, "open", NearlyFullDisk(room=100), raising=False)  # the file's header fits, the first samples do not
+    with pytest.raises(DiskFullError):
+        sink.write(moving_gradient(12, 16, 16), 0)
+    assert not (tmp_path / "v.partial.mp4").exists()  # not a 48-byte file that no player opens
+    assert sink.write_partial(tmp_path / "v.partial.mp4") is None and not (tmp_path / "v.partial.mp4").exists()
+
 NASTY_NAMES = ["Bob's dance.mp4", "new\nline.mp4", "#1 take; a=b.mp4", "two  spaces\tand tab.mp4", "ünïcödé 日本.mp4", "a:b.mp4", "-dash.mp4", "back\\slash '' $HOME.mp4"]
 
 

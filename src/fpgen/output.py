@@ -68,9 +68,14 @@ class SegmentedMp4:
             self.preview = self._assemble(self.preview_path)
 
     def _assemble(self, path: Path) -> GrowingMp4:
-        video = GrowingMp4(path)
-        for segment in self.segments():
-            video.add(segment, int(segment.stem))
+        """A growing MP4 of every segment at ``path``; where that fails (a full disk) nothing is left there, not a file that does not play."""
+        try:
+            video = GrowingMp4(path)
+            for segment in self.segments():
+                video.add(segment, int(segment.stem))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         return video
 
     def write_partial(self, path: Path) -> Path | None:

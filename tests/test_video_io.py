@@ -51,6 +51,17 @@ def test_a_segment_or_the_join_on_a_full_disk_leaves_nothing_half_written(tmp_pa
     assert len(sink.segments()) == 2  # the job can be finished once there is room
 
 
+
+def test_frames_that_fail_stop_ffmpeg_and_leave_no_segment(tmp_path):
+    def frames():
+        yield from moving_gradient(3, 16, 16)
+        raise RuntimeError("the decoder failed")
+
+    sink = SegmentedMp4(tmp_path / "segments")
+    with pytest.raises(RuntimeError, match="the decoder failed"):  # the frames' own error, not a broken pipe from the killed ffmpeg
+        sink.write(frames(), 0)
+    assert list(sink.segments_dir.iterdir()) == []
+
 class NearlyFullDisk:
     """``open`` for fpgen.mp4 whose files take at most ``room`` bytes per write, then fail with ENOSPC after writing part, as a full disk does."""
 

@@ -9,6 +9,7 @@ line holds ~128 kB). ffmpeg's failures are read from its exit status and stderr:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -18,7 +19,6 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -40,7 +40,7 @@ def disk_full(path: str | Path) -> DiskFullError:
     return DiskFullError(f"the disk is full writing {path}", "free some space and run the command again")
 
 
-@contextmanager
+@contextlib.contextmanager
 def disk_full_as_error(path: str | Path):
     """ENOSPC while writing ``path`` becomes DiskFullError (exit 5), not an unexpected OSError."""
     try:
@@ -51,7 +51,7 @@ def disk_full_as_error(path: str | Path):
         raise disk_full(path) from error
 
 
-@contextmanager
+@contextlib.contextmanager
 def written_aside(path: Path):
     """A new file next to ``path`` to write; it replaces ``path`` only once complete and never stays behind (a full disk leaves no half file)."""
     with disk_full_as_error(path):
@@ -72,8 +72,12 @@ def _ffmpeg_error(path: Path, returncode: int, stderr: bytes) -> FpgenError:
     return FpgenError(f"ffmpeg could not write {path}: {text.splitlines()[-1] if text else f'exit status {returncode}'}")
 
 
+def _ffmpeg(*arguments: str) -> list[str]:
+    return [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *arguments]
+
+
 def _run_ffmpeg(arguments: list[str], output: Path) -> None:
-    done = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *arguments], capture_output=True)
+    done = subprocess.run(_ffmpeg(*arguments), capture_output=True)
     if done.returncode != 0:
         raise _ffmpeg_error(output, done.returncode, done.stderr)
 
@@ -83,29 +87,30 @@ def write_mp4(path: Path, frames: Iterable[np.ndarray], crf: int = 16, fps: int 
     frames = iter(frames)
     first = next(frames)
     height, width = first.shape[:2]
-    command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-        "-r", str(fps), "-i", "pipe:0", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-preset", "medium",
-        "-f", "mp4", ffmpeg_url(path),
-    ]  # fmt: skip
+    command = _ffmpeg(
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0",
+        "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-preset", "medium", "-f", "mp4", ffmpeg_url(path),
+    )  # fmt: skip
+    ffmpeg = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr: list[bytes] = []
+    reader = threading.Thread(target=lambda: stderr.append(ffmpeg.stderr.read()))  # so ffmpeg never blocks on a full pipe
+    reader.start()
     count = 0
-    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as ffmpeg:
-        stderr = []
-        reader = threading.Thread(target=lambda: stderr.append(ffmpeg.stderr.read()))  # so ffmpeg never blocks on a full pipe
-        reader.start()
-        try:
-            for frame in itertools.chain([first], frames):
-                ffmpeg.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8))
-                count += 1
-            ffmpeg.stdin.close()
-        except BrokenPipeError:
-            pass  # ffmpeg stopped early: its exit status says why
-        except BaseException:
-            ffmpeg.kill()
-            raise
-        finally:
-            returncode = ffmpeg.wait()
-            reader.join()
+    try:
+        for frame in itertools.chain([first], frames):
+            ffmpeg.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8))
+            count += 1
+    except BrokenPipeError:
+        pass  # ffmpeg stopped early: its exit status says why
+    except BaseException:
+        ffmpeg.kill()  # the frames failed (or Ctrl-C): no file to finish
+        raise
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            ffmpeg.stdin.close()  # ffmpeg finishes the file; where it stopped, the unsent rest is dropped
+        returncode = ffmpeg.wait()
+        reader.join()
+        ffmpeg.stderr.close()
     if returncode != 0:
         raise _ffmpeg_error(path, returncode, stderr[0])
     return count

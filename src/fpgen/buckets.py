@@ -81,7 +81,7 @@ def load_picture(path) -> Picture:
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"cannot read {path} as an image ({type(exc).__name__})", "pass a PNG, JPEG or WebP file") from None
     if frames > 1:
-        notes += (f"{path} is animated ({frames} frames): its first frame is used",)
+        notes += (f"{path} has {frames} frames (an animation or pages): only the first frame is used",)
     return Picture(pixels, notes)
 
 

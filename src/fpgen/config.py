@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fpgen.buckets import load_image, pick_bucket
+from fpgen.buckets import load_picture, pick_bucket
 from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
 from fpgen.geometry import latents_to_frames, section_count, whole_sections
@@ -38,6 +38,7 @@ class Pictures:
     size: tuple[int, int]  # the video's (height, width)
     end: np.ndarray | None = None
     tail: VideoTail | None = None
+    notes: tuple[str, ...] = ()  # what reading them lost or changed (the CLI prints these)
 
 
 @dataclass(frozen=True)
@@ -92,19 +93,21 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     offset = whole_sections(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
     prompts, notes = section_prompts(parse_prompts(settings.prompt), section_count(settings.seconds, settings.window), settings.window)
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
-    return Job(spec, files, runtime, loras, plan, pictures, tuple(notes), None, overwrite, preview)
+    return Job(spec, files, runtime, loras, plan, pictures, (*pictures.notes, *notes), None, overwrite, preview)
 
 
 def read_pictures(spec: JobSpec, sections, picture: np.ndarray | None = None) -> Pictures:
     """Every picture and video the job reads, decoded once, and the video's size."""
     settings = spec.settings
     tail = read_tail(spec.extend, sections.name, settings.window, settings.size, settings.resolution) if spec.extend is not None else None
-    start = load_image(spec.image) if spec.image is not None else picture
-    if start is None:
-        start = tail.tail[sections.tail_frame]
-    end = load_image(spec.end_image) if spec.end_image is not None else None
+    read = {name: load_picture(path) for name, path in (("start", spec.image), ("end", spec.end_image)) if path is not None}
+    start = read["start"].pixels if "start" in read else picture if picture is not None else tail.tail[sections.tail_frame]
+    end = read["end"].pixels if "end" in read else None
     size = tuple(tail.tail.shape[1:3]) if tail is not None else settings.size or pick_bucket(start.shape[0], start.shape[1], settings.resolution)
-    return Pictures(start, size, end, tail)
+    notes = [note for picture in read.values() for note in picture.notes]
+    if start.shape[0] < size[0] or start.shape[1] < size[1]:
+        notes.append(f"the start picture ({start.shape[1]}x{start.shape[0]}) is upscaled to {size[1]}x{size[0]}; a larger picture gives a sharper video")
+    return Pictures(start, size, end, tail, tuple(notes))
 
 
 def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:

@@ -98,7 +98,7 @@ def finish_job(job: Job, sink: SegmentedMp4, result: Result, elapsed: float, res
 
 def stopped_error(error: BaseException, folder: JobFolder, count: int, partial: Path | None) -> Exception | None:
     """The user-facing error for a job that stopped early (None: not a kind we explain; let it through)."""
-    if isinstance(error, (Interrupted, OutOfMemoryError, DiskFullError)):
+    if isinstance(error, (Interrupted, OutOfMemoryError)):
         return None  # already explained
     if folder.exists():
         kept = f"partial video: {partial}; " if partial else ""
@@ -109,6 +109,6 @@ def stopped_error(error: BaseException, folder: JobFolder, count: int, partial: 
         return Interrupted(f"interrupted{where}", kept + then)
     if is_out_of_memory(error):
         return OutOfMemoryError(f"out of memory{where}: {str(error).splitlines()[0][:200]}", kept + "free memory (or use a smaller --size), then " + then)
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    if isinstance(error, DiskFullError) or (isinstance(error, OSError) and error.errno == errno.ENOSPC):
         return DiskFullError(f"the disk is full{where}", kept + "free some space, then " + then)
     return None

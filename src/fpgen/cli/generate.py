@@ -18,6 +18,7 @@ import typer
 from fpgen.cli import app
 from fpgen.errors import InputError
 from fpgen.signals import stop_on_sigterm
+from fpgen.terminal import printable
 
 EXAMPLES = """
 Examples:
@@ -186,14 +187,14 @@ def _recorded(values: dict, given: set, report) -> dict:
     recorded = read_description(values["from_video"])["job"]
     known = JobSpec.option_names()
     for name in sorted(set(recorded) - known):
-        report.warn(f"ignoring recorded option {name!r}, which this fpgen does not have")
+        report.warn(f"ignoring recorded option {printable(name)!r}, which this fpgen does not have")
     options = {k: v for k, v in recorded.items() if k in known and k not in ("output", "save_latents")}
     given = given | ({"prompt"} if "prompts_file" in given else set())
     options.update({k: v for k, v in job_options(values).items() if k in given or k == "output"})
     if "fast" in given and "teacache" not in given:
         options.pop("teacache", None)  # decided again from --fast
     if options.get("image") and not Path(options["image"]).exists() and "image" not in given:
-        raise InputError(f"the recorded start picture {options['image']} is missing", "pass the picture as IMAGE")
+        raise InputError(f"the recorded start picture {printable(str(options['image']))} is missing", "pass the picture as IMAGE")
     return options
 
 

@@ -1,0 +1,193 @@
+"""A job folder is one process's at a time, holds only what fpgen made, and a damaged one is cut back to what is intact.
+
+The jobs here are real: the tiny models make the sections, the real pipeline records them, ffmpeg
+writes the segments; each test then does what a user or a second run does to the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import GOLDEN
+
+from fpgen.api import generate_video, resume_video
+from fpgen.buckets import load_image
+from fpgen.errors import ExitCode, InputError
+from fpgen.jobfolder import JobCheck, JobFolder, check_job_paths, job_dir
+from fpgen.jobs import JobSpec
+from fpgen.output import SegmentedMp4, partial_path
+from fpgen.pipeline import SectionDone, Settings, generate_frames, prepare_inputs
+from fpgen.video import read_mp4
+
+IMAGE = GOLDEN / "input.png"
+SETTINGS = Settings(prompt="a man walks", seconds=4.8, steps=2, size=(16, 16))  # 4 sections, the end made first
+HOLD = "import sys; from fpgen.jobfolder import JobFolder\nwith JobFolder(sys.argv[1]).claim():\n    print('held', flush=True); sys.stdin.read()"
+
+
+def interrupt_job(models, folder: JobFolder, sections: int) -> None:
+    """Make a claimed job's first ``sections`` sections, then stop as Ctrl-C does: the folder and a partial video are left."""
+    inputs = prepare_inputs(models, load_image(IMAGE), SETTINGS)
+    folder.create(JobSpec(folder.output, SETTINGS, IMAGE).options(), inputs, models.order)
+    sink = SegmentedMp4(folder.segments_dir)
+
+    def listen(event) -> None:
+        folder.record(event)
+        if isinstance(event, SectionDone) and event.section.index + 1 == sections:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_frames(models, None, SETTINGS, sink, listen, inputs)
+    sink.write_partial(partial_path(folder.output))
+
+
+@pytest.fixture(scope="module")
+def stopped_job(tiny_models, tmp_path_factory):
+    """A job stopped after 3 of its 4 sections (kept pristine: tests copy it), and the uninterrupted video's frames."""
+    models = tiny_models("framepack")
+    where = tmp_path_factory.mktemp("stopped")
+    with JobFolder(job_dir(where / "cut.mp4")).claim() as folder:
+        interrupt_job(models, folder, 3)
+    reference = generate_video(models, IMAGE, where / "full.mp4", SETTINGS)
+    return folder, read_mp4(reference.output)[0]
+
+
+def copy_job(stopped: JobFolder, output) -> JobFolder:
+    """The stopped job under another output (its job.json names the new one)."""
+    folder = JobFolder(job_dir(output))
+    shutil.copytree(stopped.path, folder.path)
+    record = json.loads(folder.job_file.read_text())
+    record["job"]["output"] = str(output)
+    folder.job_file.write_text(json.dumps(record))
+    return folder
+
+
+def files_under(path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_a_job_is_held_by_one_process_and_a_killed_holder_does_not_block(tmp_path):
+    """Two runs on one output mixed their frames; now the second is refused at once, naming the first, and SIGKILL frees it."""
+    output = tmp_path / "clip.mp4"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(job_dir(output))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"  # the child holds the lock now
+        before = files_under(job_dir(output))
+        with pytest.raises(InputError) as refused:
+            with JobFolder(job_dir(output)).claim():
+                pytest.fail("a second claim on a held job must not get in")
+        assert refused.value.exit_code == ExitCode.USAGE == 2
+        assert f"is in use by another fpgen run (pid {holder.pid} on {socket.gethostname()}, since " in str(refused.value)
+        assert files_under(job_dir(output)) == before  # the refused run touched nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert holder.returncode == -signal.SIGKILL
+    assert json.loads(JobFolder(job_dir(output)).lock_file.read_text())["pid"] == holder.pid  # a stale holder note stays...
+    with JobFolder(job_dir(output)).claim() as folder:  # ...but the lock went with the process
+        assert json.loads(folder.lock_file.read_text())["pid"] != holder.pid
+        folder.remove()
+    assert not job_dir(output).exists()
+
+
+def test_fpgen_refuses_and_never_deletes_what_it_did_not_make(stopped_job, tmp_path):
+    """A user's ``.job`` folder and ``.partial.mp4`` are clashes found before any work; removal takes only fpgen's files."""
+    stopped, _ = stopped_job
+    user_folder = tmp_path / "keep.mp4.job"
+    user_folder.mkdir()
+    (user_folder / "notes.txt").write_text("mine")
+    for overwrite in (False, True):  # never written into, even with --overwrite
+        with pytest.raises(InputError, match=r"keep\.mp4\.job exists and is not an fpgen job folder \(it holds notes\.txt") as refused:
+            check_job_paths(tmp_path / "keep.mp4", overwrite)
+        assert refused.value.exit_code == 2
+    with pytest.raises(InputError, match="not an fpgen job folder"):
+        JobFolder(user_folder).remove()
+    assert files_under(user_folder) == {"notes.txt": b"mine"}
+
+    (tmp_path / "vid.partial.mp4").write_bytes(b"my own video")
+    with pytest.raises(InputError, match=r"vid\.partial\.mp4 exists and is not this job's partial video.*--overwrite"):
+        with JobFolder(job_dir(tmp_path / "vid.mp4")).claim():
+            pytest.fail("a clash must stop the claim")
+    assert not job_dir(tmp_path / "vid.mp4").exists() and (tmp_path / "vid.partial.mp4").read_bytes() == b"my own video"
+
+    folder = copy_job(stopped, tmp_path / "cut.mp4")
+    (folder.segments_dir / "poster.png").write_bytes(b"user's")  # a file fpgen never writes, dropped into its folder
+    with pytest.raises(InputError, match=r"holds segments/poster\.png"):
+        folder.remove()
+    assert len(files_under(folder.path)) == len(files_under(stopped.path)) + 1  # nothing deleted
+
+    (folder.segments_dir / "poster.png").unlink()
+    shutil.copy(partial_path(stopped.output), partial_path(folder.output))
+    (tmp_path / "cut.partial.mp4.bak").write_bytes(b"a neighbour")
+    with pytest.raises(InputError, match="not this job's partial video"):  # the copied lock notes the other output's partial
+        check_job_paths(folder.output, False)
+    with folder.claim(overwrite=True):  # consent: the job takes the partial video over
+        check_job_paths(folder.output, False)
+        folder.remove()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.partial.mp4.bak", "keep.mp4.job", "vid.partial.mp4"]
+
+
+@pytest.mark.parametrize(
+    "damage, intact, reported",
+    [
+        ("delete the segment of section 2", 1, "lost its frames (00000109.mp4 is missing or damaged)"),
+        ("cut the segment of section 3 short", 2, "lost its frames (00000073.mp4 is missing or damaged)"),
+        ("swap in a shorter segment for section 3", 2, "lost its frames (00000073.mp4 is 35 frames, not 36)"),
+        ("truncate the file of section 2", 1, "is damaged (0001.safetensors cannot be read)"),
+    ],
+)
+def test_a_damaged_job_resumes_from_its_last_intact_section_to_the_uninterrupted_video(stopped_job, tiny_models, tmp_path, damage, intact, reported):
+    """Deleted segments made ``--resume`` claim 289 frames in a 253-frame file; now what is damaged is made again."""
+    stopped, reference = stopped_job
+    folder = copy_job(stopped, tmp_path / "cut.mp4")
+    segments = sorted(folder.segments_dir.iterdir())
+    assert [p.name for p in segments] == ["00000073.mp4", "00000109.mp4"]  # sections 2 and 3 (the 1st keeps its frames pending)
+    if damage == "delete the segment of section 2":
+        segments[1].unlink()
+    elif damage == "cut the segment of section 3 short":
+        segments[0].write_bytes(segments[0].read_bytes()[:-200])
+    elif damage == "swap in a shorter segment for section 3":
+        SegmentedMp4(tmp_path / "other").write(reference[73:108], 73)
+        shutil.copy(tmp_path / "other" / "00000073.mp4", segments[0])
+    else:
+        section = folder.section_file(1)
+        section.write_bytes(section.read_bytes()[:-64])
+
+    with folder.claim():
+        found = folder.repair()
+        assert found.sections == intact and found.damage is not None
+        assert found.damage == f"section {intact + 1} of {folder.path} {reported}"
+        assert folder.done() == intact and folder.check() == JobCheck(intact)
+        video = resume_video(tiny_models("framepack"), folder.output)
+    frames = read_mp4(folder.output)[0]
+    assert video.resumed_sections == intact and video.frames == len(frames) == len(reference) == 145
+    assert np.array_equal(frames, reference)
+    assert not folder.path.exists() and not partial_path(folder.output).exists()
+
+
+@pytest.mark.parametrize("damage", ["broken job.json", "job.json without settings", "inputs missing", "inputs truncated"])
+def test_a_job_that_cannot_go_on_says_what_is_damaged_and_to_start_over(stopped_job, tmp_path, damage):
+    """No "unexpected, please report it" and no resume hint that cannot work: the damaged file, and --overwrite."""
+    stopped, _ = stopped_job
+    folder = copy_job(stopped, tmp_path / "cut.mp4")
+    if damage == "broken job.json":
+        folder.job_file.write_text(folder.job_file.read_text()[:40])
+    elif damage == "job.json without settings":
+        folder.job_file.write_text(json.dumps({"order": "inverted", "frame_offset": 0}))
+    elif damage == "inputs missing":
+        folder.inputs_file.unlink()
+    else:
+        folder.inputs_file.write_bytes(folder.inputs_file.read_bytes()[:1000])
+    before = files_under(folder.path)
+    with pytest.raises(InputError) as refused:
+        folder.repair()
+    damaged = folder.job_file if "job.json" in damage else folder.inputs_file
+    assert refused.value.exit_code == 2 and str(refused.value).startswith(f"{damaged} is ")
+    assert str(refused.value).endswith("start the job over: run the same command with --overwrite")
+    assert files_under(folder.path) == before  # nothing dropped: starting over is the user's call

@@ -24,6 +24,7 @@ from fpgen.jobfolder import JobCheck, JobFolder, check_job_paths, job_dir
 from fpgen.jobs import JobSpec
 from fpgen.output import SegmentedMp4, partial_path
 from fpgen.pipeline import SectionDone, Settings, generate_frames, prepare_inputs
+from fpgen.tensorfile import load_tensors, save_tensors
 from fpgen.video import read_mp4
 
 IMAGE = GOLDEN / "input.png"
@@ -140,6 +141,7 @@ def test_fpgen_refuses_and_never_deletes_what_it_did_not_make(stopped_job, tmp_p
         ("cut the segment of section 3 short", 2, "lost its frames (00000073.mp4 is missing or damaged)"),
         ("swap in a shorter segment for section 3", 2, "lost its frames (00000073.mp4 is 35 frames, not 36)"),
         ("truncate the file of section 2", 1, "is damaged (0001.safetensors cannot be read)"),
+        ("drop the segment note of section 3", 2, "is incomplete (0002.safetensors lacks its latents or does not say which segment it wrote)"),
     ],
 )
 def test_a_damaged_job_resumes_from_its_last_intact_section_to_the_uninterrupted_video(stopped_job, tiny_models, tmp_path, damage, intact, reported):
@@ -155,9 +157,12 @@ def test_a_damaged_job_resumes_from_its_last_intact_section_to_the_uninterrupted
     elif damage == "swap in a shorter segment for section 3":
         SegmentedMp4(tmp_path / "other").write(reference[73:108], 73)
         shutil.copy(tmp_path / "other" / "00000073.mp4", segments[0])
-    else:
+    elif damage == "truncate the file of section 2":
         section = folder.section_file(1)
         section.write_bytes(section.read_bytes()[:-64])
+    else:  # as an fpgen before segment notes wrote it
+        tensors, metadata = load_tensors(folder.section_file(2))
+        save_tensors(folder.section_file(2), tensors, {"transformer_passes": metadata["transformer_passes"]})
 
     with folder.claim():
         found = folder.repair()

@@ -262,36 +262,35 @@ class JobFolder:
         return handle
 
     def clear(self) -> None:
-        """Start over: delete what fpgen wrote here but keep the folder and its lock (the caller holds it)."""
-        self._delete_files(JOB_FILES - {LOCK})
+        """Start over: delete what fpgen wrote here and the partial video it notes as its own; the folder and its lock stay.
+
+        A folder that is not recognisably fpgen's is refused before anything is deleted.
+        """
+        if not self.is_ours():
+            _refuse_foreign(self)
+        owned = self.owned_partial()
+        for folder in (self.sections_dir, self.segments_dir):
+            for path in folder.glob("*"):
+                path.unlink(missing_ok=True)
+        for name in JOB_FILES - {LOCK}:
+            (self.path / name).unlink(missing_ok=True)
+        if owned is not None:
+            owned.unlink(missing_ok=True)
 
     def remove(self) -> None:
-        """The job is done: delete what fpgen wrote here, the partial video it notes as its own, then the folder.
+        """The job is done: ``clear``, then the lock file and the folder.
 
-        A folder that is not recognisably fpgen's is refused before anything is deleted. The lock
-        file goes last, so a run waiting for this job is told it is in use until the job is gone.
+        The lock file goes last, so a run trying this job is told it is in use until the job is gone.
         """
         if not self.path.exists():
             return
-        owned = self.owned_partial()
-        self._delete_files(JOB_FILES - {LOCK})
-        if owned is not None:
-            owned.unlink(missing_ok=True)
+        self.clear()
         for folder in (self.sections_dir, self.segments_dir):
             with suppress(FileNotFoundError):
                 folder.rmdir()
         self.lock_file.unlink(missing_ok=True)
         with suppress(OSError):  # another run took the folder meanwhile: it is theirs now
             self.path.rmdir()
-
-    def _delete_files(self, names: set[str]) -> None:
-        if not self.is_ours():
-            _refuse_foreign(self)
-        for folder in (self.sections_dir, self.segments_dir):
-            for path in folder.glob("*"):
-                path.unlink(missing_ok=True)
-        for name in names:
-            (self.path / name).unlink(missing_ok=True)
 
     # a damaged job: what is intact, what must be made again
 
@@ -319,25 +318,28 @@ class JobFolder:
             tensors, metadata = load_tensors(self.section_file(index))
         except DamagedFileError:
             return f"is damaged ({self.section_file(index).name} cannot be read)"
-        if "latents" not in tensors or not {"transformer_passes", "first_frame", "frames"} <= metadata.keys():
-            return f"is incomplete ({self.section_file(index).name} lacks its latents or the segment it wrote)"
-        expected = int(metadata["frames"])
-        if not expected:
+        incomplete = f"is incomplete ({self.section_file(index).name} lacks its latents or does not say which segment it wrote)"
+        if "latents" not in tensors or not metadata.get("transformer_passes", "").isdigit():
+            return incomplete
+        try:
+            written = _written_segment(metadata, frame_offset)
+        except (KeyError, ValueError):
+            return incomplete
+        if written is None:
             return None
-        segment = self.segments_dir / segment_name(int(metadata["first_frame"]) + frame_offset)
-        frames = _segment_frames(segment)
+        name, expected = written
+        frames = _segment_frames(self.segments_dir / name)
         if frames != expected:
-            return f"lost its frames ({segment.name} is {'missing or damaged' if frames is None else f'{frames} frames, not {expected}'})"
+            return f"lost its frames ({name} is {'missing or damaged' if frames is None else f'{frames} frames, not {expected}'})"
         return None
 
     def truncate(self, sections: int) -> None:
         """Keep the first ``sections`` finished sections; drop the later ones and every segment not theirs, so they are made again."""
-        record = self._record()
-        keep = {segment_name(0)} if record["frame_offset"] else set()
+        offset = self._record()["frame_offset"]
+        keep = {segment_name(0)} if offset else set()
         for index in range(sections):
-            metadata = load_tensors(self.section_file(index))[1]
-            if int(metadata["frames"]):
-                keep.add(segment_name(int(metadata["first_frame"]) + int(record["frame_offset"])))
+            written = _written_segment(load_tensors(self.section_file(index))[1], offset)
+            keep |= {written[0]} if written else set()
         for path in self.sections_dir.glob("*"):
             match = SECTION_FILE.fullmatch(path.name)
             if match is None or int(match[1]) >= sections:
@@ -387,7 +389,7 @@ def _read_json(path: Path) -> dict:
 
 def _write_owner(handle: IO, partial: Path) -> None:
     """Say who holds the lock (for the run it refuses) and which partial video the job owns."""
-    owner = {"fpgen": __version__, "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "partial_video": str(partial)}
+    owner = {"fpgen": __version__, "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "partial_video": str(partial)}
     handle.seek(0)
     handle.truncate()
     handle.write(json.dumps(owner))
@@ -401,10 +403,17 @@ def _holder(lock_file: Path) -> str:
     return f"another fpgen run (pid {owner['pid']} on {owner.get('host', '?')}, since {owner.get('since', '?')})"
 
 
+def _written_segment(metadata: dict[str, str], frame_offset: int) -> tuple[str, int] | None:
+    """The segment a section file says its frames went to, and how many (None: the section's frames all stayed pending)."""
+    frames = int(metadata["frames"])
+    return (segment_name(int(metadata["first_frame"]) + frame_offset), frames) if frames else None
+
+
 def _segment_frames(path: Path) -> int | None:
-    """How many frames a segment holds (None: missing or unreadable)."""
+    """How many frames a segment holds (None: missing, unreadable, or cut short)."""
     try:
-        return len(read_track(path).samples)
+        samples = read_track(path).samples
+        return len(samples) if all(s.offset + s.size <= path.stat().st_size for s in samples) else None
     except (OSError, struct.error, TypeError, IndexError, ValueError):
         return None
 

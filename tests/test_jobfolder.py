@@ -19,7 +19,7 @@ from conftest import GOLDEN
 
 from fpgen.api import generate_video, resume_video
 from fpgen.buckets import load_image
-from fpgen.errors import ExitCode, InputError
+from fpgen.errors import ExitCode, InputError, Interrupted
 from fpgen.jobfolder import JobCheck, JobFolder, check_job_paths, job_dir
 from fpgen.jobs import JobSpec
 from fpgen.output import SegmentedMp4, partial_path
@@ -196,3 +196,36 @@ def test_a_job_that_cannot_go_on_says_what_is_damaged_and_to_start_over(stopped_
     assert refused.value.exit_code == 2 and str(refused.value).startswith(f"{damaged} is ")
     assert str(refused.value).endswith("start the job over: run the same command with --overwrite")
     assert files_under(folder.path) == before  # nothing dropped: starting over is the user's call
+
+
+def test_a_damaged_extension_keeps_the_given_video_and_redoes_its_own_sections(tiny_models, tmp_path):
+    """An extended video's job starts with a segment of the given frames: it is kept, or (lost) the job is started over."""
+    models = tiny_models("framepack-f1")  # the forward order: the sections' segments follow the given frames
+    given = generate_video(models, IMAGE, tmp_path / "given.mp4", Settings(prompt="a man walks", seconds=1.2, steps=1, size=(16, 16))).output
+    settings = Settings(prompt="he sits down", seconds=3.6, steps=1, size=(16, 16))
+    reference = read_mp4(generate_video(models, None, tmp_path / "full.mp4", settings, extend=given).output)[0]
+
+    def stop_after_two(event) -> None:
+        if isinstance(event, SectionDone) and event.section.index == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        generate_video(models, None, tmp_path / "cut.mp4", settings, extend=given, on_event=stop_after_two)
+    folder = JobFolder(job_dir(tmp_path / "cut.mp4"))
+    assert folder.check() == JobCheck(2)
+    headless = copy_job(folder, tmp_path / "headless.mp4")
+    (headless.segments_dir / "00000000.mp4").unlink()
+    with pytest.raises(InputError, match=r"00000000\.mp4 \(the extended video's own frames\) is missing or damaged; start the job over"):
+        headless.check()
+
+    metadata = load_tensors(folder.section_file(1))[1]
+    second = folder.segments_dir / f"{int(metadata['first_frame']) + json.loads(folder.job_file.read_text())['frame_offset']:08d}.mp4"
+    kept = sorted(p.name for p in folder.segments_dir.iterdir() if p != second)
+    assert len(kept) == 2 and kept[0] == "00000000.mp4"  # the given frames, and the first section's
+    second.unlink()
+    assert folder.repair() == JobCheck(1, f"section 2 of {folder.path} lost its frames ({second.name} is missing or damaged)")
+    assert sorted(p.name for p in folder.segments_dir.iterdir()) == kept
+    video = resume_video(models, tmp_path / "cut.mp4")
+    frames = read_mp4(video.output)[0]
+    assert video.resumed_sections == 1 and video.frames == len(frames) == len(reference) == 37 + 108
+    assert np.array_equal(frames, reference)

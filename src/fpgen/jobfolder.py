@@ -303,11 +303,11 @@ class JobFolder:
         """
         record = self._record()
         self._inputs()
-        offset = int(record["frame_offset"])
-        if offset and _segment_frames(self.segments_dir / segment_name(0)) is None:
-            raise InputError(f"{self.segments_dir / segment_name(0)} (the extended video's own frames) is missing or damaged", START_OVER)
+        head = _head_segment(record)
+        if head is not None and _segment_frames(self.segments_dir / head) is None:
+            raise InputError(f"{self.segments_dir / head} (the extended video's own frames) is missing or damaged", START_OVER)
         for index in range(self.done()):
-            problem = self._section_problem(index, offset)
+            problem = self._section_problem(index, record["frame_offset"])
             if problem is not None:
                 return JobCheck(index, f"section {index + 1} of {self.path} {problem}")
         return JobCheck(self.done())
@@ -335,10 +335,10 @@ class JobFolder:
 
     def truncate(self, sections: int) -> None:
         """Keep the first ``sections`` finished sections; drop the later ones and every segment not theirs, so they are made again."""
-        offset = self._record()["frame_offset"]
-        keep = {segment_name(0)} if offset else set()
+        record = self._record()
+        keep = {_head_segment(record)} - {None}
         for index in range(sections):
-            written = _written_segment(load_tensors(self.section_file(index))[1], offset)
+            written = _written_segment(load_tensors(self.section_file(index))[1], record["frame_offset"])
             keep |= {written[0]} if written else set()
         for path in self.sections_dir.glob("*"):
             match = SECTION_FILE.fullmatch(path.name)
@@ -401,6 +401,11 @@ def _holder(lock_file: Path) -> str:
     if "pid" not in owner:
         return "another fpgen run"
     return f"another fpgen run (pid {owner['pid']} on {owner.get('host', '?')}, since {owner.get('since', '?')})"
+
+
+def _head_segment(record: dict) -> str | None:
+    """The segment of an extended video's own frames, written before its job began (None: not an extension)."""
+    return segment_name(0) if record["job"].get("extend") is not None else None
 
 
 def _written_segment(metadata: dict[str, str], frame_offset: int) -> tuple[str, int] | None:

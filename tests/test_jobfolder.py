@@ -144,12 +144,12 @@ def test_fpgen_refuses_and_never_deletes_what_it_did_not_make(stopped_job, tmp_p
         ("drop the segment note of section 3", 2, "is incomplete (0002.safetensors lacks its latents or does not say which segment it wrote)"),
     ],
 )
-def test_a_damaged_job_resumes_from_its_last_intact_section_to_the_uninterrupted_video(stopped_job, tiny_models, tmp_path, damage, intact, reported):
-    """Deleted segments made ``--resume`` claim 289 frames in a 253-frame file; now what is damaged is made again."""
+def test_a_damaged_section_is_dropped_with_every_later_one_and_their_segments(stopped_job, tmp_path, damage, intact, reported):
+    """A section whose file or segment is damaged is made again, and so is every section after it."""
     stopped, reference = stopped_job
     folder = copy_job(stopped, tmp_path / "cut.mp4")
     segments = sorted(folder.segments_dir.iterdir())
-    assert [p.name for p in segments] == ["00000073.mp4", "00000109.mp4"]  # sections 2 and 3 (the 1st keeps its frames pending)
+    assert [p.name for p in segments] == ["00000073.mp4", "00000109.mp4"]  # sections 3 and 2 (the 1st keeps its frames pending)
     if damage == "delete the segment of section 2":
         segments[1].unlink()
     elif damage == "cut the segment of section 3 short":
@@ -164,14 +164,22 @@ def test_a_damaged_job_resumes_from_its_last_intact_section_to_the_uninterrupted
         tensors, metadata = load_tensors(folder.section_file(2))
         save_tensors(folder.section_file(2), tensors, {"transformer_passes": metadata["transformer_passes"]})
 
+    assert folder.repair() == JobCheck(intact, f"section {intact + 1} of {folder.path} {reported}")
+    assert sorted(p.name for p in folder.sections_dir.iterdir()) == [f"{i:04d}.safetensors" for i in range(intact)]
+    assert sorted(p.name for p in folder.segments_dir.iterdir()) == ["00000109.mp4"][: intact - 1]
+    assert folder.check() == JobCheck(intact)
+
+
+def test_a_job_with_a_deleted_segment_resumes_to_the_uninterrupted_video(stopped_job, tiny_models, tmp_path):
+    """Deleted segments made ``--resume`` claim 289 frames in a 253-frame file; now what is lost is made again."""
+    stopped, reference = stopped_job
+    folder = copy_job(stopped, tmp_path / "cut.mp4")
+    (folder.segments_dir / "00000109.mp4").unlink()
     with folder.claim():
-        found = folder.repair()
-        assert found.sections == intact and found.damage is not None
-        assert found.damage == f"section {intact + 1} of {folder.path} {reported}"
-        assert folder.done() == intact and folder.check() == JobCheck(intact)
+        assert folder.repair().sections == 1
         video = resume_video(tiny_models("framepack"), folder.output)
     frames = read_mp4(folder.output)[0]
-    assert video.resumed_sections == intact and video.frames == len(frames) == len(reference) == 145
+    assert video.resumed_sections == 1 and video.frames == len(frames) == len(reference) == 145
     assert np.array_equal(frames, reference)
     assert not folder.path.exists() and not partial_path(folder.output).exists()
 

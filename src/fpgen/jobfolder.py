@@ -180,7 +180,7 @@ class JobFolder:
         """``job.json``, or an error that says the job cannot go on (the settings are gone)."""
         try:
             record = json.loads(self.job_file.read_text())
-            if not (isinstance(record, dict) and isinstance(record.get("job"), dict) and isinstance(record.get("frame_offset"), int) and record.get("order") in ("inverted", "forward")):
+            if not _is_job_record(record):
                 raise ValueError("not a job record")
             return record
         except (OSError, ValueError) as error:
@@ -256,7 +256,7 @@ class JobFolder:
         except BlockingIOError:
             handle.close()
             raise InputError(f"{self.path} is in use by {_holder(self.lock_file)}", "wait for that run to finish (or stop it); one job per output at a time") from None
-        if not self.lock_file.exists() or os.stat(self.lock_file).st_ino != os.fstat(handle.fileno()).st_ino:
+        if not _is_open(self.lock_file, handle):
             handle.close()  # the holder finished and removed the lock file between our open and our lock
             return None
         return handle
@@ -378,6 +378,21 @@ def _refuse_foreign(folder: JobFolder) -> NoReturn:
     raise InputError(f"{folder.path} exists and is not an fpgen job folder ({why})", "move it away, or choose another -o/--output")
 
 
+def _is_job_record(record) -> bool:
+    """What ``create`` writes: the settings, the section order and the frame offset."""
+    if not isinstance(record, dict):
+        return False
+    return isinstance(record.get("job"), dict) and isinstance(record.get("frame_offset"), int) and record.get("order") in ("inverted", "forward")
+
+
+def _is_open(path: Path, handle: IO) -> bool:
+    """Whether ``path`` still names the file ``handle`` has open (not removed, nor replaced by another)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def _read_json(path: Path) -> dict:
     """A small JSON object, or {} when it is missing or unreadable (being written, or foreign)."""
     try:
@@ -389,7 +404,8 @@ def _read_json(path: Path) -> dict:
 
 def _write_owner(handle: IO, partial: Path) -> None:
     """Say who holds the lock (for the run it refuses) and which partial video the job owns."""
-    owner = {"fpgen": __version__, "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "partial_video": str(partial)}
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    owner = {"fpgen": __version__, "pid": os.getpid(), "host": socket.gethostname(), "since": since, "partial_video": str(partial)}
     handle.seek(0)
     handle.truncate()
     handle.write(json.dumps(owner))

@@ -8,21 +8,23 @@ a crash and get the video an uninterrupted run gives.
 
 Ownership, in the order an orchestrator uses it:
 
-- ``check_job_paths(output, overwrite)`` (before any work): refuses a ``.job`` path that fpgen did
-  not make (no ``job.json`` nor ``lock.json``, or files fpgen never writes there) and a
-  ``<stem>.partial.mp4`` the job folder does not note as its own (unless ``overwrite``).
-- ``with JobFolder(job_dir(output)).claim(overwrite) as folder:`` holds the job for one process:
-  ``fcntl.flock`` on ``lock.json``, which the OS releases however the process ends (crash,
-  SIGKILL), so a stale lock never blocks. A second run on the same output gets an ``InputError``
-  naming the holder (pid, host, since when). The lock is taken before anything in the folder is
-  loaded, cleared or written. ``lock.json`` also notes the partial video the job owns. An empty
-  ``.job`` folder counts as fpgen's: there is nothing in it to lose.
+- ``check_job_paths(output, overwrite)`` (the resolve step, before any work; every line of a
+  batch): refuses a ``.job`` path fpgen did not make (no ``job.json`` nor ``lock.json``, or a file
+  fpgen never writes there), even with ``overwrite``, and a ``<stem>.partial.mp4`` that the job
+  folder does not note as its own unless ``overwrite`` (then the job takes it over).
+- ``with JobFolder(job_dir(output)).claim(overwrite) as folder:`` checks the paths again and holds
+  the job for one process: ``fcntl.flock`` on ``lock.json``, which the OS releases however the
+  process ends (crash, SIGKILL), so a stale lock never blocks. A second run on the same output
+  gets an ``InputError`` at once naming the holder (pid, host, since when). The lock is taken
+  before anything in the folder is loaded, cleared or written. ``lock.json`` also notes the partial
+  video the job owns. An empty ``.job`` folder counts as fpgen's: there is nothing in it to lose.
 - ``folder.repair()`` (a resume, before models load): ``job.json`` and the inputs must be readable
   (else an ``InputError`` that says to start over with ``--overwrite``); the finished sections are
   kept up to the first one whose file is damaged or whose segment is missing or of another length,
   and that one and every later one are dropped with their segments, to be made again.
-- ``folder.clear()`` (start over) and ``folder.remove()`` (the job is done) delete only the files
-  fpgen writes here, by name, and the partial video only when the folder notes it as its own.
+- ``folder.clear()`` (start over, the lock kept) and ``folder.remove()`` (the job is done) delete
+  only the files fpgen writes here, by name, and the partial video only when the folder notes it
+  as its own; a folder holding anything else is refused before anything is deleted.
 """
 
 from __future__ import annotations

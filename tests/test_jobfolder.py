@@ -202,7 +202,7 @@ def test_a_job_that_cannot_go_on_says_what_is_damaged_and_to_start_over(stopped_
         folder.repair()
     damaged = folder.job_file if "job.json" in damage else folder.inputs_file
     assert refused.value.exit_code == 2 and str(refused.value).startswith(f"{damaged} is ")
-    assert str(refused.value).endswith("start the job over: run the same command with --overwrite")
+    assert str(refused.value).endswith("start the job over: run the fpgen generate command that began it again, with --overwrite (--resume cannot mend this)")
     assert files_under(folder.path) == before  # nothing dropped: starting over is the user's call
 
 
@@ -223,7 +223,7 @@ def test_a_damaged_extension_keeps_the_given_video_and_redoes_its_own_sections(t
     assert folder.check() == JobCheck(2)
     headless = copy_job(folder, tmp_path / "headless.mp4")
     (headless.segments_dir / "00000000.mp4").unlink()
-    with pytest.raises(InputError, match=r"00000000\.mp4 \(the extended video's own frames\) is missing or damaged; start the job over"):
+    with pytest.raises(InputError, match=r"00000000\.mp4 \(the extended video's own frames\) is missing or damaged; start the job over: run"):
         headless.check()
 
     metadata = load_tensors(folder.section_file(1))[1]

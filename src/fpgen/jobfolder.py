@@ -115,7 +115,7 @@ LOCK = "lock.json"
 JOB_FILES = {"job.json", "job.json.partial", "inputs.safetensors", "inputs.safetensors.partial", "joined.mp4", LOCK}
 SECTION_FILE = re.compile(r"(\d{4,})\.safetensors(\.partial)?")
 SEGMENT_FILE = re.compile(r"\d{8,}(\.partial)?\.mp4")
-START_OVER = "start the job over: run the same command with --overwrite"
+START_OVER = "start the job over: run the fpgen generate command that began it again, with --overwrite (--resume cannot mend this)"
 
 
 @dataclass(frozen=True)

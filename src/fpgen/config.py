@@ -20,7 +20,7 @@ from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
 from fpgen.geometry import latents_to_frames, section_count, whole_sections
 from fpgen.hub import ModelFiles, find_model
-from fpgen.jobfolder import JobFolder, SavedJob, find_job, job_dir
+from fpgen.jobfolder import JobFolder, SavedJob, check_job_paths, find_job, job_dir
 from fpgen.lora import Lora, LoraChoice, load_loras
 from fpgen.metadata import sidecar_is_ours, sidecar_path
 from fpgen.output import partial_path
@@ -112,8 +112,9 @@ def read_pictures(spec: JobSpec, sections, picture: np.ndarray | None = None) ->
 
 def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
     """The unfinished job in ``path`` (its folder, or the output it was started with), checked before any model loads."""
-    folder = find_job(Path(path))
-    saved = folder.load()
+    with find_job(Path(path)).claim() as folder:  # held while the folder is checked, repaired and read
+        found = folder.repair()
+        saved = folder.load()
     spec = JobSpec.from_options(saved.options)
     files = loaded.files if loaded is not None else find_model(spec.model, spec.model_dir, revision=spec.revision)
     family = files.spec.family
@@ -131,7 +132,8 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
     prefix = saved.inputs.prefix
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
-    return Job(spec, files, runtime, loras, plan, None, tuple(notes), saved, False, preview)
+    damage = (f"{found.damage}: it and the later sections will be made again",) if found.damage else ()
+    return Job(spec, files, runtime, loras, plan, None, (*damage, *notes), saved, False, preview)
 
 
 def check_output_file(output: Path, overwrite: bool) -> None:
@@ -152,6 +154,7 @@ def check_output_file(output: Path, overwrite: bool) -> None:
 def check_outputs(spec: JobSpec, overwrite: bool) -> None:
     """Every path the job writes, checked against what is on disk and against each other."""
     check_output_file(spec.output, overwrite)
+    check_job_paths(spec.output, overwrite)
     folder = JobFolder(job_dir(spec.output))
     if folder.exists() and not overwrite:
         raise InputError(f"{folder.path} holds an unfinished job for this output with other settings", f"continue it with: fpgen generate --resume {folder.path}, or pass --overwrite to start over")

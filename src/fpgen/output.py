@@ -29,6 +29,11 @@ def partial_path(output: Path) -> Path:
     return output.with_name(output.stem + PARTIAL)
 
 
+def segment_name(first_frame: int) -> str:
+    """The file name of the segment that starts at video frame ``first_frame`` (names sort in time order)."""
+    return f"{first_frame:08d}.mp4"
+
+
 class SegmentedMp4:
     """A frame sink: ``sink(frames, first_frame)`` writes one segment; ``finish`` makes the MP4.
 
@@ -43,7 +48,7 @@ class SegmentedMp4:
         self.preview = self._assemble(preview) if preview is not None and self.segments() else None
 
     def segment_path(self, first_frame: int) -> Path:
-        return self.segments_dir / f"{first_frame:08d}.mp4"
+        return self.segments_dir / segment_name(first_frame)
 
     def segments(self) -> list[Path]:
         """The complete segments, in time order (a segment being written has another suffix until it is done)."""

@@ -11,22 +11,22 @@ import shutil
 import signal
 import socket
 import subprocess
+import os
 import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import GOLDEN
+from conftest import GOLDEN, run_fpgen
 from enginejob import prepare
 
 from fpgen.api import generate_video, resume_video
-from fpgen.buckets import load_image
 from fpgen.errors import ExitCode, InputError, Interrupted
 from fpgen.jobfolder import JobCheck, JobFolder, check_job_paths, job_dir
 from fpgen.engine import generate_frames
 from fpgen.events import SectionDone
 from fpgen.output import SegmentedMp4, partial_path
-from fpgen.spec import JobSpec, Settings
+from fpgen.spec import Settings
 from fpgen.tensorfile import load_tensors, save_tensors
 from fpgen.video import read_mp4
 
@@ -178,9 +178,8 @@ def test_a_job_with_a_deleted_segment_resumes_to_the_uninterrupted_video(stopped
     stopped, reference = stopped_job
     folder = copy_job(stopped, tmp_path / "cut.mp4")
     (folder.segments_dir / "00000109.mp4").unlink()
-    with folder.claim():
-        assert folder.repair().sections == 1
-        video = resume_video(tiny_models("framepack"), folder.output)
+    assert folder.check().sections == 1
+    video = resume_video(tiny_models("framepack"), folder.output)  # claims the job and repairs it
     frames = read_mp4(folder.output)[0]
     assert video.resumed_sections == 1 and video.frames == len(frames) == len(reference) == 145
     assert np.array_equal(frames, reference)
@@ -240,3 +239,15 @@ def test_a_damaged_extension_keeps_the_given_video_and_redoes_its_own_sections(t
     frames = read_mp4(video.output)[0]
     assert video.resumed_sections == 1 and video.frames == len(frames) == len(reference) == 37 + 108
     assert np.array_equal(frames, reference)
+
+
+@pytest.mark.parametrize("how", ["new job", "resume"])
+def test_a_second_fpgen_on_a_held_job_exits_2_before_loading_models(how, stopped_job, hf_cache, tmp_path):
+    """The CLI checks the lock while it resolves the job, so a busy output is refused at once, not after the models load."""
+    stopped, _ = stopped_job
+    folder = copy_job(stopped, tmp_path / "cut.mp4") if how == "resume" else JobFolder(job_dir(tmp_path / "cut.mp4"))
+    args = ["--resume", folder.output] if how == "resume" else [IMAGE, "-o", folder.output, "--size", "16x16", "--steps", "1", "--seconds", "1", "--device", "cpu"]
+    with folder.claim(overwrite=True):
+        proc = run_fpgen("generate", *args, cache=hf_cache, cwd=tmp_path)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert f"in use by another fpgen run (pid {os.getpid()}" in proc.stderr and "Loading" not in proc.stderr

@@ -156,6 +156,9 @@ def check_outputs(spec: JobSpec, overwrite: bool) -> None:
     check_output_file(spec.output, overwrite)
     check_job_paths(spec.output, overwrite)
     folder = JobFolder(job_dir(spec.output))
+    if folder.path.exists():
+        with folder.claim(overwrite):  # a run holding this output is refused now, not once the models are loaded
+            pass
     if folder.exists() and not overwrite:
         raise InputError(f"{folder.path} holds an unfinished job for this output with other settings", f"continue it with: fpgen generate --resume {folder.path}, or pass --overwrite to start over")
     if spec.save_latents is None:

@@ -20,6 +20,7 @@ from synthetic import BLACK, COLOURS, WHITE, make_clip, make_dataset
 from test_cli_errors import assert_one_line_error
 
 from fpgen.errors import ExitCode
+from fpgen.tensorfile import load_tensors
 from fpgen.video import read_mp4
 
 SMALL = ("--size", "64x64", "--window", "3", "--device", "cpu")  # 25-frame clips = 2 sections of 3 latent frames
@@ -97,12 +98,12 @@ def test_lora_learns_and_moves_generation_the_trained_way(hf_cache, wide_model, 
     ground_truth = {}
     from fpgen.conditioning import encode_latents
     from fpgen.loading import load_vae
-    from fpgen.training.data import frames_to_vae_input
+    from fpgen.pixels import to_pixels
 
     vae = load_vae(HUB / "hunyuanvideo-community/HunyuanVideo/vae", torch.float32)
     for name, end in (("white", WHITE), ("black", BLACK)):
         frames, _ = read_mp4(make_clip(probe, name, 25, 64, PROBE_START, end, None))
-        ground_truth[name] = latent_means(encode_latents(vae, frames_to_vae_input(frames)))
+        ground_truth[name] = latent_means(encode_latents(vae, to_pixels(frames)))
     Image.fromarray(frames[0]).save(probe / "start.png")
 
     generated = {}  # at the guidance the LoRAs were trained with: the tiny model's guidance embedding is random, untrained
@@ -173,7 +174,7 @@ def test_resume_continues_exactly(hf_cache, small_data, straight_run, tmp_path):
 
     from fpgen.errors import InputError
     from fpgen.training.config import load_run
-    from fpgen.training.trainer import check_output
+    from fpgen.training.checkpoint import check_output
 
     saved = load_run(output / "run.json")
     with pytest.raises(InputError, match="already holds a training run; pass --resume"):
@@ -246,7 +247,7 @@ def test_cache_is_reused_and_invalidated(offline_cache, monkeypatch, tmp_path):
 
     first_frame = read_mp4(data / "clip0.mp4")[0][0]
     inputs = prepare_inputs(fpgen.load_models("framepack", device="cpu"), first_frame, fpgen.Settings(prompt="caption 0", size=(64, 64)))
-    cached = cache.load_entry(built[0][0].video)
+    cached, _ = load_tensors(built[0][0].video)
     assert torch.equal(cached["start_latent"], inputs.start_latent) and torch.equal(cached["image_embeds"], inputs.image_embeds)
     assert not torch.allclose(cached["latents"][:, :, :1], inputs.start_latent, atol=1e-3)  # the clip's own first latent is not
     files = sorted((data / ".fpgen-cache").rglob("*.safetensors"))
@@ -318,7 +319,7 @@ def test_bad_input_ends_in_one_line(small_data, tmp_path):
 def test_eight_bit_adam_needs_bitsandbytes(monkeypatch, tmp_path):
     from fpgen.errors import InputError
     from fpgen.training.config import TrainConfig
-    from fpgen.training.trainer import make_optimizer
+    from fpgen.training.setup import make_optimizer
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails, as when it is not installed
     with pytest.raises(InputError, match="needs bitsandbytes.*pip install bitsandbytes"):
@@ -329,7 +330,8 @@ def test_bad_data(tmp_path):
     from fpgen.errors import InputError
     from fpgen.training.config import TrainConfig
     from fpgen.training.data import discover_clips
-    from fpgen.training.trainer import check_output, train
+    from fpgen.training.checkpoint import check_output
+    from fpgen.training.loop import train
 
     with pytest.raises(InputError, match="training data not found"):
         train(TrainConfig(data=tmp_path / "nothing", output=tmp_path / "run"))

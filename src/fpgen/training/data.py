@@ -134,7 +134,9 @@ def read_clip(path: Path, size: tuple[int, int], window: int, max_sections: int 
     """The clip's frames, bucketed and cut to whole sections (``sections`` is 0 when it is too short)."""
     try:
         frames, fps = read_mp4(path)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except InputError as exc:  # not a video at all
+        raise UnreadableClip(exc.message, exc.hint) from None
+    except (OSError, RuntimeError, ValueError) as exc:  # broken after its first frame, or no frame at all
         raise UnreadableClip(f"cannot read {path} as a video ({type(exc).__name__})", "pass videos ffmpeg can read (MP4, MOV, MKV, WebM)") from None
     sections = usable_sections(len(frames), window, max_sections)
     kept = frames[: 1 + 4 * window * sections]

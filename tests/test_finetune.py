@@ -368,6 +368,13 @@ def test_full_finetune_is_a_model_generate_loads(hf_cache, small_data, offline_c
     assert Path(result["weights"]) == output
     assert json.loads((output / "fpgen.json").read_text()) == {"order": "forward", "base_model": "framepack-f1", "steps": 3}
 
+    resumed = tmp_path / "full-resumed"  # 2 steps, then --resume the third: every weight as in 3 steps at once
+    for steps, again in (("2", ()), ("3", ("--resume",))):
+        proc, _ = finetune(hf_cache, small_data, "-o", resumed, *SMALL, "--full", "--model", "framepack-f1", "--max-steps", steps, "--lr", "1e-3", "--save-every", "2", *again)
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (resumed / "checkpoints" / "step-0000002").iterdir()) == ["model.safetensors", "optimizer.safetensors", "rng-0.json", "state.json"]
+    assert same_tensors(resumed / "diffusion_pytorch_model.safetensors", output / "diffusion_pytorch_model.safetensors")
+
     import fpgen
     from fpgen.loading import load_transformer
 

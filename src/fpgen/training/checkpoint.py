@@ -156,8 +156,7 @@ class Checkpoints:
         state = _read_json(folder / STATE_FILE)
         self.trainee.counter.load_state_dict(state)
         _read_weights(self.accelerator, folder, self.trainee)
-        tensors, metadata = load_tensors(folder / OPTIMIZER_FILE)
-        _load_optimizer_state(self.accelerator, self.trainee, _join_optimizer_state(tensors, metadata, folder))
+        _load_optimizer_state(self.accelerator, self.trainee, folder)
         self.trainee.scheduler.load_state_dict(state["scheduler"])
         rng = folder / f"rng-{self.accelerator.process_index}.json"
         if rng.is_file():  # a process the saving run did not have starts from its own RNG state
@@ -184,25 +183,24 @@ def _read_weights(accelerator, folder: Path, trainee) -> None:
     if not trainee.full:
         adapters.set_lora(trainee.transformer, read_lora(folder / LORA_FILE)[0])
         return
-    state, _ = load_tensors(folder / MODEL_FILE)
-    if is_fsdp(accelerator):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    if not is_fsdp(accelerator):
+        accelerator.unwrap_model(trainee.objective).load_state_dict(load_tensors(folder / MODEL_FILE)[0])
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-        set_model_state_dict(trainee.objective, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        accelerator.unwrap_model(trainee.objective).load_state_dict(state)
+    state = load_tensors(folder / MODEL_FILE)[0] if accelerator.is_main_process else {}
+    set_model_state_dict(trainee.objective, state, options=_from_main())
 
 
 def write_result(accelerator, trainee, output: Path, dtype: torch.dtype, base_model: str, order: str) -> Path:
     """The trained weights: ``lora.safetensors``, or a diffusers model folder for --full (in ``dtype``); returns where."""
-    if trainee.full:
-        state = accelerator.get_state_dict(trainee.objective)  # every process: FSDP gathers the shards
-        if accelerator.is_main_process:
-            write_full_model(state, accelerator.unwrap_model(trainee.objective).transformer, output, dtype, {"order": order, "base_model": base_model, "steps": trainee.counter.step})
-        return output
-    if accelerator.is_main_process:
+    weights = _full_weights(accelerator, trainee)
+    if accelerator.is_main_process and trainee.full:
+        info = {"order": order, "base_model": base_model, "steps": trainee.counter.step}
+        write_full_model(weights, accelerator.unwrap_model(trainee.objective).transformer, output, dtype, info)
+    elif accelerator.is_main_process:
         write_lora(output / LORA_FILE, trainee.lora())
-    return output / LORA_FILE
+    return output if trainee.full else output / LORA_FILE
 
 
 def write_full_model(state: dict[str, torch.Tensor], transformer, output: Path, dtype: torch.dtype, info: dict) -> None:
@@ -233,13 +231,21 @@ def _optimizer_state(accelerator, trainee) -> dict:
     return trainee.optimizer.state_dict()
 
 
-def _load_optimizer_state(accelerator, trainee, state: dict) -> None:
-    if is_fsdp(accelerator):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+def _load_optimizer_state(accelerator, trainee, folder: Path) -> None:
+    if not is_fsdp(accelerator):
+        trainee.optimizer.load_state_dict(_join_optimizer_state(*load_tensors(folder / OPTIMIZER_FILE), folder))
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        set_optimizer_state_dict(trainee.objective, trainee.optimizer.optimizer, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        trainee.optimizer.load_state_dict(state)
+    state = _join_optimizer_state(*load_tensors(folder / OPTIMIZER_FILE), folder) if accelerator.is_main_process else {}
+    set_optimizer_state_dict(trainee.objective, trainee.optimizer.optimizer, state, options=_from_main())
+
+
+def _from_main():
+    """FSDP: the main process reads the full state and sends each process its shards (the others read nothing)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 
 
 def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

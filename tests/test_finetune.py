@@ -297,6 +297,18 @@ def test_unreadable_clips_are_named_and_skipped(hf_cache, small_data, tmp_path):
     assert warnings == ["warning: 2 clip(s) cannot be read as video and are skipped: broken.mp4, empty.mp4"]
 
 
+def test_no_usable_clip_is_one_error(offline_cache, tmp_path):
+    from fpgen.errors import InputError
+    from fpgen.training.config import TrainConfig
+    from fpgen.training.setup import cache_only
+
+    make_clip(tmp_path / "clips", "short", 9, 64, COLOURS[0], WHITE, "too short for a section")
+    (tmp_path / "clips" / "broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "clips" / "broken.txt").write_text("never read")
+    with pytest.raises(InputError, match=r"none of the 2 clip\(s\) can be trained on: 1 shorter than one section, 1 unreadable; a clip needs at least 13 frames"):
+        cache_only(TrainConfig(data=tmp_path / "clips", size=(64, 64), window=3, device="cpu", cache_dir=tmp_path / "cache"))
+
+
 def test_cache_is_reused_and_invalidated(offline_cache, monkeypatch, tmp_path):
     """The second pass encodes nothing and loads no encoder; a new caption re-runs only the text encoders."""
     from fpgen.api import find_model

@@ -1,10 +1,10 @@
 """What a training run tells its listener, and the one object that records it.
 
 The events are plain data, so a display (``fpgen.cli.report.TrainingDisplay``) depends on this
-module and not on the loop. ``RunLog`` is the only place that knows which process reports: the
-main process writes ``log.jsonl``/``eval.jsonl``, TensorBoard scalars and events; the other
-processes of a multi-GPU run get a ``SilentLog``, which has the same methods and does nothing. It
-also starts the run folder: ``run.json`` (the settings ``--resume`` compares), the logs, TensorBoard.
+module and not on the loop. The main process records through a ``RunLog``: ``run.json`` (the
+settings ``--resume`` compares), ``log.jsonl``/``eval.jsonl``, TensorBoard scalars and the events;
+the other processes of a multi-GPU run get a ``SilentLog``, the same methods doing nothing, so the
+loop never asks which process it is in.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class RunLog:
         """A fresh run records its settings and starts its logs afresh; a resumed one drops the rows after its checkpoint (they come again)."""
         if resumed_at is None:
             self.output.mkdir(parents=True, exist_ok=True)
-            self._save_run(config)
+            save_run(config, self.output / RUN_FILE)
         for name in (LOG_FILE, EVAL_FILE):
             self._keep_rows(name, -1 if resumed_at is None else resumed_at)
         if self.tracker is not None:
@@ -126,9 +126,6 @@ class RunLog:
         if self.tracker is not None:
             self.tracker.log(values, step=step)
 
-    def _save_run(self, config: TrainConfig) -> None:
-        save_run(config, self.output / RUN_FILE)
-
     def _keep_rows(self, name: str, last_step: int) -> None:
         path = self.output / name
         if path.is_file():
@@ -137,22 +134,19 @@ class RunLog:
 
 
 class SilentLog(RunLog):
-    """The log of a process that does not report (all but the main one of a multi-GPU run)."""
+    """The log of a process that does not report (all but the main one of a multi-GPU run): it records nothing."""
 
     def event(self, event: TrainEvent) -> None:
         pass
 
-    def _append(self, name: str, row: dict) -> None:
-        pass
-
-    def _track(self, values: dict, step: int) -> None:
+    def start(self, config: TrainConfig, resumed_at: int | None) -> None:
         pass
 
     def finish(self) -> None:
         pass
 
-    def _save_run(self, config: TrainConfig) -> None:
+    def logged(self, row: Logged) -> None:
         pass
 
-    def _keep_rows(self, name: str, last_step: int) -> None:
+    def evaluated(self, row: Evaluated, sections: int) -> None:
         pass

@@ -91,8 +91,10 @@ def cache_data(config: TrainConfig, clips: list[Clip], files, placement, on_even
     if report.unreadable:
         on_event(ClipsSkipped(tuple(report.unreadable)))
     if not cached:
-        unreadable = f" ({len(report.unreadable)} unreadable)" if report.unreadable else ""
-        raise InputError(f"none of the {len(clips)} clip(s) is long enough for one section{unreadable}", f"a clip needs at least {4 * config.window + 1} frames at --window {config.window}")
+        raise InputError(
+            f"none of the {len(clips)} clip(s) can be trained on: {len(report.too_short)} shorter than one section, {len(report.unreadable)} unreadable",
+            f"a clip needs at least {4 * config.window + 1} frames at --window {config.window}, in a format ffmpeg reads",
+        )
     return cached, start, report
 
 

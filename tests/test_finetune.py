@@ -282,6 +282,14 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_unrun(hf_cache, small_data,
     assert_one_line_error(proc, ExitCode.USAGE, "custom_checkpoint_0.pkl, random_states_0.pkl", "never pickles", str(checkpoint))
     assert not marker.exists()
 
+    for planted in checkpoint.glob("*.pkl"):  # without them, a checkpoint whose state lacks the schedule is damaged, not a bug
+        planted.unlink()
+    (checkpoint / "state.json").write_text(json.dumps({"step": 20, "micro_batches": 2}))
+    proc = run_fpgen("finetune", small_data, "-o", output, *RESUMABLE, *validation_options(small_data), "--max-steps", "30", "--resume", env=fpgen_env(hf_cache))
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Loading" not in line]
+    assert proc.returncode == ExitCode.USAGE and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1] == f"error: the checkpoint {checkpoint} is damaged (KeyError: 'scheduler'); remove that folder to resume from the one before it"
+
 
 def test_unreadable_clips_are_named_and_skipped(hf_cache, small_data, tmp_path):
     """Two clips ffmpeg cannot read: one warning names both, the others are cached, the command succeeds."""

@@ -153,14 +153,17 @@ class Checkpoints:
     def resume(self, folder: Path) -> int:
         """Load ``folder`` into the trainee (every process reads it); returns the step it was written at."""
         check_checkpoint(folder)
-        state = _read_json(folder / STATE_FILE)
-        self.trainee.counter.load_state_dict(state)
-        _read_weights(self.accelerator, folder, self.trainee)
-        _load_optimizer_state(self.accelerator, self.trainee, folder)
-        self.trainee.scheduler.load_state_dict(state["scheduler"])
-        rng = folder / f"rng-{self.accelerator.process_index}.json"
-        if rng.is_file():  # a process the saving run did not have starts from its own RNG state
-            set_rng_state(_read_json(rng))
+        try:
+            state = _read_json(folder / STATE_FILE)
+            self.trainee.counter.load_state_dict(state)
+            _read_weights(self.accelerator, folder, self.trainee)
+            _load_optimizer_state(self.accelerator, self.trainee, folder)
+            self.trainee.scheduler.load_state_dict(state["scheduler"])
+            rng = folder / f"rng-{self.accelerator.process_index}.json"
+            if rng.is_file():  # a process the saving run did not have starts from its own RNG state
+                set_rng_state(_read_json(rng))
+        except (KeyError, TypeError, ValueError) as error:  # valid JSON or tensors, but not what fpgen wrote
+            raise InputError(f"the checkpoint {folder} is damaged ({type(error).__name__}: {error})", "remove that folder to resume from the one before it") from None
         return self.trainee.counter.step
 
 

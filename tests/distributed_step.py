@@ -1,6 +1,6 @@
 """`fpgen finetune ARGS` that also writes the gradients of every optimizer step to $FPGEN_GRADIENTS/step-N.safetensors.
 
-The trainer runs unchanged: only ``accumulate_gradients`` is wrapped, and the main process saves
+The loop runs unchanged: only ``accumulate_gradients`` is wrapped, and the main process saves
 the gradient of every trainable parameter after the step's last backward pass, so after DDP's
 all-reduce, before clipping. Run it as ``python`` or under ``torchrun --nproc_per_node N``.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from fpgen.cli import main
-from fpgen.training import trainer
+from fpgen.training import loop
 
-accumulate = trainer.accumulate_gradients
+accumulate = loop.accumulate_gradients
 
 
 def recording(accelerator, objective, step, *args):
@@ -26,6 +26,6 @@ def recording(accelerator, objective, step, *args):
     return result
 
 
-trainer.accumulate_gradients = recording
+loop.accumulate_gradients = recording
 sys.argv = ["fpgen", *sys.argv[1:]]
 main()

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from synthetic import make_dataset
 
 from fpgen.errors import ExitCode
-from fpgen.training.trainer import LORA_FILE
+from fpgen.training.checkpoint import LORA_FILE
 
 DRIVER = Path(__file__).with_name("distributed_step.py")
 COMMON = ("--size", "64x64", "--window", "3", "--device", "cpu", "--rank", "4", "--lr", "1e-3", "--batch-size", "2", "--save-every", "2", "--json")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from synthetic import BLACK, COLOURS, WHITE, make_clip, make_dataset
 from test_cli_errors import assert_one_line_error
 
 from fpgen.errors import ExitCode
+from fpgen.tensorfile import load_tensors
 from fpgen.video import read_mp4
 
 SMALL = ("--size", "64x64", "--window", "3", "--device", "cpu")  # 25-frame clips = 2 sections of 3 latent frames
@@ -97,12 +99,12 @@ def test_lora_learns_and_moves_generation_the_trained_way(hf_cache, wide_model, 
     ground_truth = {}
     from fpgen.conditioning import encode_latents
     from fpgen.loading import load_vae
-    from fpgen.training.data import frames_to_vae_input
+    from fpgen.pixels import to_pixels
 
     vae = load_vae(HUB / "hunyuanvideo-community/HunyuanVideo/vae", torch.float32)
     for name, end in (("white", WHITE), ("black", BLACK)):
         frames, _ = read_mp4(make_clip(probe, name, 25, 64, PROBE_START, end, None))
-        ground_truth[name] = latent_means(encode_latents(vae, frames_to_vae_input(frames)))
+        ground_truth[name] = latent_means(encode_latents(vae, to_pixels(frames)))
     Image.fromarray(frames[0]).save(probe / "start.png")
 
     generated = {}  # at the guidance the LoRAs were trained with: the tiny model's guidance embedding is random, untrained
@@ -139,12 +141,15 @@ def small_data(tmp_path_factory) -> Path:
 RESUMABLE = (*SMALL, "--rank", "4", "--lr", "1e-3", "--batch-size", "2", "--grad-accum", "2", "--warmup-steps", "15", "--save-every", "10")
 
 
+def validation_options(data: Path) -> tuple:
+    return ("--validate-every", "10", "--validation-image", data.parent / "start.png", "--validation-prompt", "fade", "--validation-seconds", "0.4", "--validation-steps", "2")
+
+
 @pytest.fixture(scope="module")
 def straight_run(hf_cache, small_data, tmp_path_factory):
     """20 steps in one go, with validation videos (which must not disturb training)."""
     output = tmp_path_factory.mktemp("straight") / "run"
-    validation = ("--validate-every", "10", "--validation-image", small_data.parent / "start.png", "--validation-prompt", "fade", "--validation-seconds", "0.4", "--validation-steps", "2")
-    proc, result = finetune(hf_cache, small_data, "-o", output, *RESUMABLE, "--max-steps", "20", *validation)
+    proc, result = finetune(hf_cache, small_data, "-o", output, *RESUMABLE, "--max-steps", "20", *validation_options(small_data))
     assert proc.returncode == 0, proc.stderr
     return output, result
 
@@ -173,7 +178,7 @@ def test_resume_continues_exactly(hf_cache, small_data, straight_run, tmp_path):
 
     from fpgen.errors import InputError
     from fpgen.training.config import load_run
-    from fpgen.training.trainer import check_output
+    from fpgen.training.checkpoint import check_output
 
     saved = load_run(output / "run.json")
     with pytest.raises(InputError, match="already holds a training run; pass --resume"):
@@ -182,26 +187,134 @@ def test_resume_continues_exactly(hf_cache, small_data, straight_run, tmp_path):
         check_output(dataclasses.replace(saved, learning_rate=2e-3), resume=True)
 
 
-def test_ctrl_c_stops_at_a_checkpoint_that_resumes_exactly(hf_cache, small_data, straight_run, tmp_path):
+def train_in_process(config, listener):
+    """``loop.train`` in this process on one thread, like the `fpgen finetune` children (so its numbers match theirs)."""
+    from fpgen.training.loop import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(config, on_event=listener)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def signal_at(kind, signals=(signal.SIGINT,), step=None):
+    """A listener that sends itself ``signals`` on the first event of type ``kind`` (at ``step`` for Logged): a known moment."""
+    sent = []
+
+    def listener(event):
+        if isinstance(event, kind) and not sent and getattr(event, "step", step) == step:
+            sent.append(event)
+            for number in signals:
+                signal.raise_signal(number)  # Python runs the handler before raise_signal returns
+
+    return listener
+
+
+def resumable_config(data: Path, output: Path, **changes):
+    """RESUMABLE's settings for 20 steps (the other fields' defaults are the command's: tests/test_training_cli.py)."""
+    from fpgen.training.config import TrainConfig
+
+    return TrainConfig(data=data, output=output, size=(64, 64), window=3, device="cpu", rank=4, learning_rate=1e-3, batch_size=2,
+                       grad_accum=2, warmup_steps=15, save_every=10, max_steps=20, **changes)  # fmt: skip
+
+
+def test_stop_at_a_step_leaves_a_checkpoint_that_resumes_exactly(hf_cache, offline_cache, small_data, straight_run, tmp_path):
+    """SIGTERM after step 2's log row: the run stops at step 2 with its checkpoint (exit 130), and --resume ends where 20 straight steps do."""
+    from fpgen.errors import Interrupted
+    from fpgen.training.events import Logged
+
     output = tmp_path / "run"
-    command = [sys.executable, "-m", "fpgen", "finetune", str(small_data), "-o", str(output), *map(str, RESUMABLE), "--max-steps", "20"]
-    child = subprocess.Popen(command, env=fpgen_env(hf_cache, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = output / "log.jsonl"
-    deadline = time.monotonic() + 300
-    while not (log.is_file() and log.read_text().count("\n") >= 2) and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    child.send_signal(signal.SIGINT)
-    _, stderr = child.communicate(timeout=300)
-    assert child.returncode == ExitCode.INTERRUPTED, stderr
-    lines = [line for line in stderr.splitlines() if line.strip() and "Loading" not in line]
-    assert lines[-1].startswith("error: training stopped at step") and "--resume" in lines[-1], stderr
-    stopped = int(lines[-1].split("step ")[1].split(";")[0])
-    assert 2 <= stopped < 20 and (output / "checkpoints" / f"step-{stopped:07d}").is_dir()
-    assert not list((output / "checkpoints").glob("*.partial"))
+    with pytest.raises(Interrupted) as stopped:
+        train_in_process(resumable_config(small_data, output), signal_at(Logged, (signal.SIGTERM,), step=2))
+    assert stopped.value.exit_code == ExitCode.INTERRUPTED == 130
+    assert str(stopped.value) == f"training stopped at step 2; the checkpoint is in {output / 'checkpoints'}; continue with the same command and --resume"
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-0000002"]
+    assert [r["step"] for r in rows(output / "log.jsonl")] == [1, 2]
 
     proc, _ = finetune(hf_cache, small_data, "-o", output, *RESUMABLE, "--max-steps", "20", "--resume")
     assert proc.returncode == 0, proc.stderr
     assert same_tensors(output / "lora.safetensors", straight_run[0] / "lora.safetensors")
+    assert [(r["step"], r["loss"]) for r in rows(output / "log.jsonl")] == [(r["step"], r["loss"]) for r in rows(straight_run[0] / "log.jsonl")]
+
+
+@pytest.mark.parametrize("moment", ["caching", "loaded", "twice"])
+def test_stop_before_training_or_at_once_says_what_is_kept(offline_cache, small_data, tmp_path, moment):
+    """A stop while clips are encoded, once the model is loaded, or a second signal (at once): exit 130, what is kept, nothing half-written."""
+    from fpgen.errors import Interrupted
+    from fpgen.training.events import CacheProgress, Logged, Started
+
+    listener = {"caching": signal_at(CacheProgress), "loaded": signal_at(Started), "twice": signal_at(Logged, (signal.SIGINT, signal.SIGINT), step=1)}[moment]
+    cache = tmp_path / "cache"
+    with pytest.raises(Interrupted) as stopped:
+        train_in_process(resumable_config(small_data, tmp_path / "run", cache_dir=cache), listener)
+    when = "at once" if moment == "twice" else "before its first step"
+    assert stopped.value.exit_code == 130
+    assert str(stopped.value) == f"training stopped {when}; kept: the cache entries made so far, in {cache}; run the same command again: the cache is reused"
+    entries = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    assert len(entries) == (1 if moment == "caching" else 5 + 4)  # 5 videos (one too short), 4 captions and not [e for e in entries if e.endswith(".partial")]  # the clip at hand is finished
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_unrun(hf_cache, small_data, straight_run, tmp_path):
+    """A checkpoint holds tensors and JSON only; --resume refuses one with a pickle in it, before loading anything, and never unpickles it."""
+    output = tmp_path / "run"
+    shutil.copytree(straight_run[0], output)
+    checkpoint = output / "checkpoints" / "step-0000020"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["lora.safetensors", "optimizer.safetensors", "rng-0.json", "state.json"]
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 20
+
+    class Payload:
+        def __init__(self, marker: Path):
+            self.marker = marker
+
+        def __reduce__(self):  # unpickling calls open(marker, "w"): it creates the marker file
+            return open, (str(self.marker), "w")
+
+    proof = tmp_path / "unpickling-runs-this"
+    pickle.loads(pickle.dumps(Payload(proof)))
+    assert proof.is_file()  # the payload is live: loading it would leave its marker
+    marker = tmp_path / "payload-ran"
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):
+        (checkpoint / name).write_bytes(pickle.dumps(Payload(marker)))
+    proc = run_fpgen("finetune", small_data, "-o", output, *RESUMABLE, *validation_options(small_data), "--max-steps", "30", "--resume", env=fpgen_env(hf_cache))
+    assert_one_line_error(proc, ExitCode.USAGE, "custom_checkpoint_0.pkl, random_states_0.pkl", "never pickles", str(checkpoint))
+    assert not marker.exists()
+
+    for planted in checkpoint.glob("*.pkl"):  # without them, a checkpoint whose state lacks the schedule is damaged, not a bug
+        planted.unlink()
+    (checkpoint / "state.json").write_text(json.dumps({"step": 20, "micro_batches": 2}))
+    proc = run_fpgen("finetune", small_data, "-o", output, *RESUMABLE, *validation_options(small_data), "--max-steps", "30", "--resume", env=fpgen_env(hf_cache))
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Loading" not in line]
+    assert proc.returncode == ExitCode.USAGE and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1] == f"error: the checkpoint {checkpoint} is damaged (KeyError: 'scheduler'); remove that folder to resume from the one before it"
+
+
+def test_unreadable_clips_are_named_and_skipped(hf_cache, small_data, tmp_path):
+    """Two clips ffmpeg cannot read: one warning names both, the others are cached, the command succeeds."""
+    data = tmp_path / "clips"
+    shutil.copytree(small_data, data, ignore=shutil.ignore_patterns(".fpgen-cache"))
+    for name in ("broken", "empty"):
+        (data / f"{name}.mp4").write_bytes(os.urandom(2000) if name == "broken" else b"")
+        (data / f"{name}.txt").write_text("never read")
+    proc, result = finetune(hf_cache, data, "--cache-only", *SMALL, "--cache-dir", tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    assert result["cache"]["unreadable"] == ["broken.mp4", "empty.mp4"] and result["clips"] == 4
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: 2 clip(s) cannot be read as video and are skipped: broken.mp4, empty.mp4"]
+
+
+def test_no_usable_clip_is_one_error(offline_cache, tmp_path):
+    from fpgen.errors import InputError
+    from fpgen.training.config import TrainConfig
+    from fpgen.training.setup import cache_only
+
+    make_clip(tmp_path / "clips", "short", 9, 64, COLOURS[0], WHITE, "too short for a section")
+    (tmp_path / "clips" / "broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "clips" / "broken.txt").write_text("never read")
+    with pytest.raises(InputError, match=r"none of the 2 clip\(s\) can be trained on: 1 shorter than one section, 1 unreadable; a clip needs at least 13 frames"):
+        cache_only(TrainConfig(data=tmp_path / "clips", size=(64, 64), window=3, device="cpu", cache_dir=tmp_path / "cache"))
 
 
 def test_cache_is_reused_and_invalidated(offline_cache, monkeypatch, tmp_path):
@@ -246,7 +359,7 @@ def test_cache_is_reused_and_invalidated(offline_cache, monkeypatch, tmp_path):
 
     first_frame = read_mp4(data / "clip0.mp4")[0][0]
     inputs = prepare_inputs(fpgen.load_models("framepack", device="cpu"), first_frame, fpgen.Settings(prompt="caption 0", size=(64, 64)))
-    cached = cache.load_entry(built[0][0].video)
+    cached, _ = load_tensors(built[0][0].video)
     assert torch.equal(cached["start_latent"], inputs.start_latent) and torch.equal(cached["image_embeds"], inputs.image_embeds)
     assert not torch.allclose(cached["latents"][:, :, :1], inputs.start_latent, atol=1e-3)  # the clip's own first latent is not
     files = sorted((data / ".fpgen-cache").rglob("*.safetensors"))
@@ -274,6 +387,13 @@ def test_full_finetune_is_a_model_generate_loads(hf_cache, small_data, offline_c
     assert proc.returncode == 0, proc.stderr
     assert Path(result["weights"]) == output
     assert json.loads((output / "fpgen.json").read_text()) == {"order": "forward", "base_model": "framepack-f1", "steps": 3}
+
+    resumed = tmp_path / "full-resumed"  # 2 steps, then --resume the third: every weight as in 3 steps at once
+    for steps, again in (("2", ()), ("3", ("--resume",))):
+        proc, _ = finetune(hf_cache, small_data, "-o", resumed, *SMALL, "--full", "--model", "framepack-f1", "--max-steps", steps, "--lr", "1e-3", "--save-every", "2", *again)
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (resumed / "checkpoints" / "step-0000002").iterdir()) == ["model.safetensors", "optimizer.safetensors", "rng-0.json", "state.json"]
+    assert same_tensors(resumed / "diffusion_pytorch_model.safetensors", output / "diffusion_pytorch_model.safetensors")
 
     import fpgen
     from fpgen.loading import load_transformer
@@ -318,7 +438,7 @@ def test_bad_input_ends_in_one_line(small_data, tmp_path):
 def test_eight_bit_adam_needs_bitsandbytes(monkeypatch, tmp_path):
     from fpgen.errors import InputError
     from fpgen.training.config import TrainConfig
-    from fpgen.training.trainer import make_optimizer
+    from fpgen.training.setup import make_optimizer
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails, as when it is not installed
     with pytest.raises(InputError, match="needs bitsandbytes.*pip install bitsandbytes"):
@@ -329,7 +449,8 @@ def test_bad_data(tmp_path):
     from fpgen.errors import InputError
     from fpgen.training.config import TrainConfig
     from fpgen.training.data import discover_clips
-    from fpgen.training.trainer import check_output, train
+    from fpgen.training.checkpoint import check_output
+    from fpgen.training.loop import train
 
     with pytest.raises(InputError, match="training data not found"):
         train(TrainConfig(data=tmp_path / "nothing", output=tmp_path / "run"))

@@ -77,7 +77,7 @@ def test_fp8_base_stores_block_linears_in_float8_and_still_trains_the_lora():
 
 def test_a_batch_is_its_sections_one_by_one():
     """Batched sections with prompts of different lengths (padded and masked) lose what each loses alone."""
-    from fpgen.training.objective import Batch
+    from fpgen.training.samples import Batch
     from fpgen.training.samples import collate_conditioning
 
     generator = torch.Generator().manual_seed(9)

@@ -12,7 +12,7 @@ from fpgen.training.config import TrainConfig
 from fpgen.training.data import Clip, usable_sections
 from fpgen.training.objective import EVAL_TIMESTEPS, sample_timesteps, shift_timesteps
 from fpgen.training.samples import BatchOrder, build_batch, epoch_batches, layout_key, sample_refs, seeded
-from fpgen.training.trainer import lr_factor
+from fpgen.training.setup import lr_factor
 
 
 def golden_video(case: dict, golden: dict) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ Examples:
 
 @app.command(epilog=EXAMPLES)
 def finetune(
+    ctx: typer.Context,
     data: Path = typer.Argument(..., help="A folder of videos with same-named .txt captions, or a .jsonl/.csv of {video, caption}."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Folder of the run (new or empty; with --resume, the run's folder): lora.safetensors, log.jsonl, checkpoints/."),
     model: str = typer.Option("framepack", "--model", "-m", help="Base model: framepack (inverted sections), framepack-f1 (forward), a Hub repo id or a local transformer folder."),
@@ -77,31 +77,19 @@ def finetune(
 
     Clips are encoded once into a cache (VAE latents, text and image embeddings), then every section of every clip is a training sample with its history packed exactly as in generation. Ctrl-C stops at the next step with a checkpoint; --resume continues it.
     """
-    from fpgen.buckets import parse_size
-    from fpgen.cli.report import Reporter
-    from fpgen.training.config import TrainConfig
+    from fpgen.cli.report import Reporter, TrainingDisplay, cache_summary
+    from fpgen.training import loop, setup
 
-    config = TrainConfig(
-        data=data, output=output, model=model, model_dir=model_dir, full=full, rank=rank, alpha=alpha, target_modules=target_modules,
-        size=parse_size(size) if size else None, resolution=resolution, window=window, max_sections=max_sections, holdout=holdout,
-        cache_dir=cache_dir, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
-        optimizer=optimizer, weight_decay=weight_decay, max_grad_norm=max_grad_norm, lr_scheduler=lr_scheduler, warmup_steps=warmup_steps,
-        seed=seed, shift=shift, guidance=guidance, device=device, mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-        fp8_base=fp8_base, offload_activations=offload_activations, compile=compile, save_every=save_every, keep_checkpoints=keep_checkpoints,
-        log_every=log_every, eval_every=eval_every, validate_every=validate_every, validation_image=validation_image,
-        validation_prompt=validation_prompt, validation_seconds=validation_seconds, validation_steps=validation_steps,
-    ).validate()  # fmt: skip
+    config = config_from_options(ctx.params)
     report = Reporter(json_output, quiet)
     started = time.perf_counter()
-    from fpgen.training import trainer
-
     with TrainingDisplay(report) as display:
         if cache_only:
-            cached, cache = trainer.cache_only(config, display)
+            cached, cache = setup.cache_only(config, display)
             summary = {"cache": cache_summary(cache), "clips": len(cached), "sections": sum(c.sections for c in cached)}
             line = f"cache ready: {len(cached)} clip(s), {summary['sections']} section(s) ({cache.videos_encoded} video(s) and {cache.texts_encoded} caption(s) encoded, {cache.videos_reused + cache.texts_reused} reused)"
         else:
-            result = trainer.train(config, resume, display)
+            result = loop.train(config, resume, display)
             if not result.main:
                 return
             summary = {
@@ -114,74 +102,15 @@ def finetune(
     report.result(summary, line)
 
 
-def cache_summary(cache) -> dict | None:
-    if cache is None:
-        return None
-    return {"videos_encoded": cache.videos_encoded, "videos_reused": cache.videos_reused, "texts_encoded": cache.texts_encoded,
-            "texts_reused": cache.texts_reused, "encoders_loaded": list(cache.loaded), "too_short": list(cache.too_short)}  # fmt: skip
+# The options that steer the command rather than the run; every other option is a TrainConfig field of the same name.
+COMMAND_OPTIONS = frozenset({"cache_only", "resume", "json_output", "quiet"})
 
 
-class TrainingDisplay:
-    """Turns training events into a live bar on a terminal, or plain lines (stderr) otherwise."""
+def config_from_options(options: dict):
+    """The run's settings from the command's options (by name; ``--size`` is parsed), checked."""
+    from fpgen.buckets import parse_size
+    from fpgen.training.config import TrainConfig
 
-    def __init__(self, reporter):
-        self.reporter = reporter
-        self.progress = None
-        self.task = None
-
-    def __enter__(self) -> TrainingDisplay:
-        if self.reporter.interactive:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.reporter.console,
-            )  # fmt: skip
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress:
-            self.progress.stop()
-
-    def _bar(self, description: str, completed: int, total: int, status: str = "") -> None:
-        if self.task is None or self.progress.tasks[self.task].description != description:
-            self.task = self.progress.add_task(description, total=total, status=status)
-        self.progress.update(self.task, completed=completed, total=total, status=status)
-
-    def _say(self, message: str) -> None:
-        if self.reporter.quiet or self.reporter.json_mode:
-            return
-        if self.progress:
-            self.progress.console.print(message, markup=False, highlight=False)
-        else:
-            print(message, file=sys.stderr, flush=True)
-
-    def __call__(self, event) -> None:
-        from fpgen.training import trainer
-
-        info = self._say
-        if isinstance(event, trainer.CacheProgress):
-            if self.progress:
-                self._bar(f"caching {event.what}", event.done, event.total)
-            elif event.done == event.total:
-                info(f"cache: {event.total} {event.what} ready")
-        elif isinstance(event, trainer.Started):
-            resumed = f", resuming at step {event.first_step}" if event.first_step else ""
-            info(f"training {event.what} ({event.trainable:,} parameters) on {event.clips} clip(s) ({event.samples} sections, "
-                 f"{event.held_out} held out), {event.order} order, {event.device} ({event.precision}){resumed}")  # fmt: skip
-            if self.progress:
-                self._bar("training", event.first_step, event.max_steps)
-        elif isinstance(event, trainer.Logged):
-            memory = f", {event.peak_memory_gb:.1f} GB" if event.peak_memory_gb is not None else ""
-            status = f"loss {event.loss:.4f}  lr {event.lr:.2e}  {event.seconds_per_step:.2f} s/step{memory}"
-            if self.progress:
-                self._bar("training", event.step, self.progress.tasks[self.task].total, status)
-            else:
-                info(f"step {event.step}: {status}")
-        elif isinstance(event, trainer.Evaluated):
-            info(f"held-out loss at step {event.step}: {event.loss:.4f}")
-        elif isinstance(event, trainer.Saved):
-            info(f"checkpoint: {event.path}")
-        elif isinstance(event, trainer.Validated):
-            info(f"validation video: {event.path}")
+    settings = {name: value for name, value in options.items() if name not in COMMAND_OPTIONS}
+    settings["size"] = parse_size(settings["size"]) if settings["size"] else None  # the one option that is not its field's type
+    return TrainConfig(**settings).validate()

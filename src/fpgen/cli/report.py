@@ -19,6 +19,8 @@ from rich.progress import (
 )  # fmt: skip
 from rich.table import Column, Table
 
+from fpgen.training import events as training
+
 if TYPE_CHECKING:  # the pipeline imports torch, which commands like `fpgen download` do without
     from fpgen.events import Event
 
@@ -179,3 +181,67 @@ class DownloadProgress(LiveDisplay):
             self.finished += event.file.size
             if self.progress:
                 self.progress.update(self.overall, completed=self.finished)
+
+
+def cache_summary(cache) -> dict | None:
+    if cache is None:
+        return None
+    return {"videos_encoded": cache.videos_encoded, "videos_reused": cache.videos_reused, "texts_encoded": cache.texts_encoded, "texts_reused": cache.texts_reused,
+            "encoders_loaded": list(cache.loaded), "too_short": list(cache.too_short), "unreadable": list(cache.unreadable)}  # fmt: skip
+
+
+class TrainingDisplay(LiveDisplay):
+    """Turns training events into a live bar on a terminal, or plain lines (stderr) otherwise."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter, self.task, self.progress = reporter, None, None
+        if reporter.interactive:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=reporter.console,
+            )  # fmt: skip
+
+    def __call__(self, event: training.TrainEvent) -> None:
+        if isinstance(event, training.CacheProgress):
+            if self.progress:
+                self._bar(f"caching {event.what}", event.done, event.total)
+            elif event.done == event.total:
+                self._say(f"cache: {event.total} {event.what} ready")
+        elif isinstance(event, training.ClipsSkipped):
+            self.reporter.warn(f"{len(event.names)} clip(s) cannot be read as video and are skipped: {', '.join(event.names)}")
+        elif isinstance(event, training.Started):
+            self._started(event)
+        elif isinstance(event, training.Logged):
+            self._logged(event)
+        elif isinstance(event, training.Evaluated):
+            self._say(f"held-out loss at step {event.step}: {event.loss:.4f}")
+        elif isinstance(event, training.Saved):
+            self._say(f"checkpoint: {event.path}")
+        elif isinstance(event, training.Validated):
+            self._say(f"validation video: {event.path}")
+
+    def _started(self, event: training.Started) -> None:
+        resumed = f", resuming at step {event.first_step}" if event.first_step else ""
+        self._say(f"training {event.what} ({event.trainable:,} parameters) on {event.clips} clip(s) ({event.samples} sections, "
+                  f"{event.held_out} held out), {event.order} order, {event.device} ({event.precision}){resumed}")  # fmt: skip
+        if self.progress:
+            self._bar("training", event.first_step, event.max_steps)
+
+    def _logged(self, event: training.Logged) -> None:
+        memory = f", {event.peak_memory_gb:.1f} GB" if event.peak_memory_gb is not None else ""
+        status = f"loss {event.loss:.4f}  lr {event.lr:.2e}  {event.seconds_per_step:.2f} s/step{memory}"
+        if self.progress:
+            self._bar("training", event.step, self.progress.tasks[self.task].total, status)
+        else:
+            self._say(f"step {event.step}: {status}")
+
+    def _bar(self, description: str, completed: int, total: int, status: str = "") -> None:
+        if self.task is None or self.progress.tasks[self.task].description != description:
+            self.task = self.progress.add_task(description, total=total, status=status)
+        self.progress.update(self.task, completed=completed, total=total, status=status)
+
+    def _say(self, message: str) -> None:
+        if self.progress:
+            self.progress.console.print(message, markup=False, highlight=False)
+        else:
+            self.reporter.info(message)

@@ -7,5 +7,9 @@
   batching and the deterministic data order.
 - ``objective``: timestep sampling and the flow-matching loss.
 - ``adapters``: LoRA through peft, and what is trained in a full finetune.
-- ``trainer``: the accelerate loop, checkpoints, logs, evaluation and validation videos.
+- ``events``: what a run reports, and ``RunLog``, the one object that records it (main process only).
+- ``setup``: precision and placement, the cached data, the trainee (model, optimizer, schedule).
+- ``checkpoint``: the run folder, and checkpoints of tensors and JSON only (never pickles).
+- ``stopping``: Ctrl-C and SIGTERM: stop at the next safe point, or at once on the second.
+- ``loop``: ``train()``, the accelerate loop: steps, logs, evaluation and validation videos.
 """

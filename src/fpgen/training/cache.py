@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from fpgen.buckets import load_image, pick_bucket, resize_and_center_crop
 from fpgen.conditioning import PROMPT_PAD_LENGTH, PromptEmbedding, encode_image, encode_latents, encode_prompt
 from fpgen.devices import Placement
-from fpgen.training.data import Clip, clip_size, frames_to_vae_input, read_clip
+from fpgen.pixels import to_pixels
+from fpgen.tensorfile import save_tensors
+from fpgen.training.data import Clip, UnreadableClip, clip_size, read_clip
 
 CACHE_VERSION = 2
 VIDEO_ENCODERS = ("vae", "image_encoder")
@@ -67,6 +67,7 @@ class CacheReport:
     texts_reused: int = 0
     loaded: list[str] = field(default_factory=list)  # the encoders this run had to load
     too_short: list[str] = field(default_factory=list)  # clips shorter than one section
+    unreadable: list[str] = field(default_factory=list)  # clips ffmpeg cannot read: skipped
 
 
 def _digest(data: dict) -> str:
@@ -86,13 +87,6 @@ def weights_id(folder: Path) -> str:
     files = sorted((p.name, p.stat().st_size) for p in Path(folder).iterdir() if p.is_file())
     config = (Path(folder) / "config.json").read_text() if (Path(folder) / "config.json").is_file() else ""
     return _digest({"files": files, "config": config})
-
-
-def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
-    os.replace(partial, path)
 
 
 def _sections_of(path: Path) -> int:
@@ -140,7 +134,7 @@ class _Encoders:
             vae.enable_tiling()  # whole clips at full size do not fit in one piece
         else:
             vae.disable_tiling()  # a single picture is encoded whole, as generation does
-        return encode_latents(vae, frames_to_vae_input(frames))
+        return encode_latents(vae, to_pixels(frames))
 
     def encode_picture(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
         """Latents of (T, H, W, 3) frames, the first frame encoded alone, and its SigLIP embeddings.
@@ -156,6 +150,22 @@ class _Encoders:
 
 def _text_entry(cache_dir: Path, caption: str, text_id: str) -> Path:
     return cache_dir / "text" / f"{_digest({'v': CACHE_VERSION, 'caption': caption, 'encoders': text_id})}.safetensors"
+
+
+def _video_entry(clip: Clip, settings: CacheSettings, encoders: _Encoders, cache_dir: Path, video_id: str) -> tuple[Path, tuple[int, int]]:
+    """The clip's cache entry, encoded if missing, and its size; raises ``UnreadableClip``."""
+    size = clip_size(clip.video, settings.size, settings.resolution)
+    key = {"v": CACHE_VERSION, "video": file_digest(clip.video), "size": size, "window": settings.window,
+           "max_sections": settings.max_sections, "encoders": video_id}  # fmt: skip
+    entry = cache_dir / "video" / f"{_digest(key)}.safetensors"
+    if entry.is_file():
+        encoders.report.videos_reused += 1
+    else:
+        frames = read_clip(clip.video, size, settings.window, settings.max_sections)
+        tensors = encoders.encode_picture(frames.frames) if frames.sections else {}
+        save_tensors(entry, tensors, {"sections": str(frames.sections), "fps": str(frames.fps), "source": clip.name})
+        encoders.report.videos_encoded += 1
+    return entry, size
 
 
 def build_cache(
@@ -176,21 +186,15 @@ def build_cache(
 
     cached = []
     for number, clip in enumerate(clips):
-        size = clip_size(clip.video, settings.size, settings.resolution)
-        key = {"v": CACHE_VERSION, "video": file_digest(clip.video), "size": size, "window": settings.window,
-               "max_sections": settings.max_sections, "encoders": video_id}  # fmt: skip
-        entry = cache_dir / "video" / f"{_digest(key)}.safetensors"
-        if entry.is_file():
-            report.videos_reused += 1
+        try:
+            entry, size = _video_entry(clip, settings, encoders, cache_dir, video_id)
+        except UnreadableClip:
+            report.unreadable.append(clip.name)  # one clip ffmpeg cannot read does not stop the others
         else:
-            frames = read_clip(clip.video, size, settings.window, settings.max_sections)
-            tensors = encoders.encode_picture(frames.frames) if frames.sections else {}
-            _write(entry, tensors, {"sections": str(frames.sections), "fps": str(frames.fps), "source": clip.name})
-            report.videos_encoded += 1
-        sections = _sections_of(entry)
-        if sections == 0:
-            report.too_short.append(clip.name)
-        cached.append(CachedClip(clip, entry, _text_entry(cache_dir, clip.caption, text_id), size, sections))
+            sections = _sections_of(entry)
+            if sections == 0:
+                report.too_short.append(clip.name)
+            cached.append(CachedClip(clip, entry, _text_entry(cache_dir, clip.caption, text_id), size, sections))
         progress("videos", number + 1, len(clips))
 
     start = None
@@ -202,7 +206,7 @@ def build_cache(
         entry = cache_dir / "image" / f"{_digest(key)}.safetensors"
         if not entry.is_file():
             picture = resize_and_center_crop(picture, *size)
-            _write(entry, encoders.encode_picture(picture[None]), {"sections": "0"})
+            save_tensors(entry, encoders.encode_picture(picture[None]), {"sections": "0"})
         start = CachedStart(entry, _text_entry(cache_dir, prompt, text_id), size)
 
     captions = {c.text: c.clip.caption for c in cached if c.sections}
@@ -212,14 +216,10 @@ def build_cache(
         if entry.is_file():
             report.texts_reused += 1
         else:
-            _write(entry, encoders.encode_prompt(caption), {"caption": caption})
+            save_tensors(entry, encoders.encode_prompt(caption), {"caption": caption})
             report.texts_encoded += 1
         progress("captions", number + 1, len(captions))
     return [c for c in cached if c.sections], start, report
-
-
-def load_entry(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
 
 
 def cached_prompt(entry: dict[str, torch.Tensor]) -> PromptEmbedding:

@@ -15,7 +15,7 @@ MIXED_PRECISION = ("auto", "no", "bf16")
 DEVICES = ("auto", "cuda", "cpu")
 
 # Settings that may change between a run and its --resume without changing what is learnt
-# (--grad-accum only as trainer.StepCounter allows: with the number of processes, to keep the batch).
+# (--grad-accum only as checkpoint.StepCounter allows: with the number of processes, to keep the batch).
 RESUMABLE_CHANGES = frozenset(
     {"max_steps", "grad_accum", "save_every", "keep_checkpoints", "log_every", "eval_every", "validate_every", "validation_seconds",
      "validation_steps", "device", "cache_dir", "data", "output", "model_dir"}

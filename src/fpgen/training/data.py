@@ -15,7 +15,6 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
-import torch
 
 from fpgen.buckets import pick_bucket, resize_and_center_crop
 from fpgen.errors import InputError
@@ -23,6 +22,10 @@ from fpgen.video import read_mp4
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 CACHE_FOLDER = ".fpgen-cache"
+
+
+class UnreadableClip(InputError):
+    """A clip ffmpeg cannot read: training skips it (and names it) rather than stopping."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def probe_video(path: Path) -> tuple[int, int]:
         meta = next(reader)
         reader.close()
     except (OSError, RuntimeError, StopIteration) as exc:
-        raise InputError(f"cannot read {path} as a video ({type(exc).__name__})", "pass videos ffmpeg can read (MP4, MOV, MKV, WebM)") from None
+        raise UnreadableClip(f"cannot read {path} as a video ({type(exc).__name__})", "pass videos ffmpeg can read (MP4, MOV, MKV, WebM)") from None
     width, height = meta["size"]
     return height, width
 
@@ -131,14 +134,12 @@ def read_clip(path: Path, size: tuple[int, int], window: int, max_sections: int 
     """The clip's frames, bucketed and cut to whole sections (``sections`` is 0 when it is too short)."""
     try:
         frames, fps = read_mp4(path)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a video ({type(exc).__name__})", "pass videos ffmpeg can read (MP4, MOV, MKV, WebM)") from None
+    except InputError as exc:  # not a video at all
+        raise UnreadableClip(exc.message, exc.hint) from None
+    except (OSError, RuntimeError, ValueError) as exc:  # broken after its first frame, or no frame at all
+        raise UnreadableClip(f"cannot read {path} as a video ({type(exc).__name__})", "pass videos ffmpeg can read (MP4, MOV, MKV, WebM)") from None
     sections = usable_sections(len(frames), window, max_sections)
     kept = frames[: 1 + 4 * window * sections]
     height, width = size
     return ClipFrames(np.stack([resize_and_center_crop(f, height, width) for f in kept]), fps, sections)
 
-
-def frames_to_vae_input(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (1, 3, T, H, W) in [-1, 1]."""
-    return (torch.from_numpy(frames).float() / 127.5 - 1).permute(3, 0, 1, 2)[None]

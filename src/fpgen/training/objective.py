@@ -12,21 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dataclasses import dataclass
-
 from fpgen.packing import PackedContext, context_to
+from fpgen.training.samples import Batch
 from fpgen.transformer import Conditioning, network_scalars, packed_forward
 
 EVAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # before the shift; the evaluation loss averages over them
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Sections of one layout: their ground-truth windows, packed contexts and conditioning."""
-
-    latents: torch.Tensor  # (B, 16, window, h, w)
-    context: PackedContext
-    cond: Conditioning
 
 
 def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:

@@ -19,14 +19,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from fpgen.packing import PackedContext, pack_section, window_bounds
 from fpgen.plan import Order, Section, plan_sections
-from fpgen.training.cache import CachedClip, load_entry
-from fpgen.training.objective import Batch
+from fpgen.tensorfile import load_tensors
+from fpgen.training.cache import CachedClip
 from fpgen.transformer import Conditioning
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Sections of one layout: their ground-truth windows, packed contexts and conditioning."""
+
+    latents: torch.Tensor  # (B, 16, window, h, w)
+    context: PackedContext
+    cond: Conditioning
 
 
 @dataclass(frozen=True)
@@ -94,9 +104,10 @@ def build_batch(
     clips: list[CachedClip],
     window: int,
     order: Order,
-    load: Callable[[object], dict[str, torch.Tensor]] = load_entry,
+    load: Callable[[Path], dict[str, torch.Tensor]] | None = None,
 ) -> Batch:
     """The ground-truth windows and packed contexts of ``refs`` (all of one layout), with their conditioning."""
+    load = load or cache_entry
     targets, contexts, texts, images = [], [], [], []
     for ref in refs:
         clip = clips[ref.clip]
@@ -114,3 +125,25 @@ def build_batch(
         torch.cat([c.clean_4x for c in contexts]),
     )
     return Batch(torch.cat(targets), context, collate_conditioning(texts, images))
+
+
+def cache_entry(path: Path) -> dict[str, torch.Tensor]:
+    return load_tensors(path)[0]
+
+
+class TrainingSamples:
+    """The training clips' sections in the seeded order: ``samples(n)`` is micro-batch ``n``'s epoch and batch."""
+
+    def __init__(self, clips: list[CachedClip], batch_size: int, window: int, order: Order, seed: int):
+        self.clips, self.window, self.order = clips, window, order
+        self.refs = sample_refs(clips, window, order)
+        self.batch_order = BatchOrder([layout_key(clips, r) for r in self.refs], batch_size, seed)
+
+    def __call__(self, n: int) -> tuple[int, Batch]:
+        epoch, indices = self.batch_order(n)
+        return epoch, build_batch([self.refs[i] for i in indices], self.clips, self.window, self.order)
+
+
+def evaluation_batches(clips: list[CachedClip], window: int, order: Order) -> list[Batch]:
+    """Every section of the held-out clips, one a batch."""
+    return [build_batch([ref], clips, window, order) for ref in sample_refs(clips, window, order)]

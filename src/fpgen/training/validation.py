@@ -11,7 +11,8 @@ from fpgen.buckets import load_image, resize_and_center_crop
 from fpgen.devices import Placement
 from fpgen.loading import Models
 from fpgen.pipeline import JobInputs, Settings
-from fpgen.training.cache import CachedStart, cached_prompt, load_entry
+from fpgen.tensorfile import load_tensors
+from fpgen.training.cache import CachedStart, cached_prompt
 from fpgen.training.config import TrainConfig
 
 
@@ -22,8 +23,8 @@ def validation_video(
     from fpgen.api import generate_video
 
     picture = resize_and_center_crop(load_image(config.validation_image), *start.size)
-    image = load_entry(start.image)
-    inputs = JobInputs(picture, image["start_latent"], image["image_embeds"], cached_prompt(load_entry(start.text)), None)
+    image, _ = load_tensors(start.image)
+    inputs = JobInputs(picture, image["start_latent"], image["image_embeds"], cached_prompt(load_tensors(start.text)[0]), None)
     mode = ModeChoice("exact", "the model being trained")
     models = Models(files.paths, files.spec.order, placement, mode, compile=False).provide(transformer=transformer, vae=vae)
     settings = Settings(

@@ -72,7 +72,7 @@ def train_worker(args) -> None:
     from fpgen.training.config import TrainConfig
     from fpgen.training.memory import enable_checkpointing
     from fpgen.training.objective import Batch, FlowMatchingLoss
-    from fpgen.training.trainer import accumulate_gradients
+    from fpgen.training.loop import accumulate_gradients
 
     accelerator = Accelerator(cpu=args.tiny, mixed_precision="bf16")
     device, cuda = accelerator.device, accelerator.device.type == "cuda"

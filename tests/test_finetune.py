@@ -319,8 +319,8 @@ def test_no_usable_clip_is_one_error(offline_cache, tmp_path):
 
 def test_cache_is_reused_and_invalidated(offline_cache, monkeypatch, tmp_path):
     """The second pass encodes nothing and loads no encoder; a new caption re-runs only the text encoders."""
-    from fpgen.api import find_model
-    from fpgen.devices import choose_placement
+    from fpgen.hub import find_model
+    from fpgen.runtime import RuntimePlan, choose_device
     from fpgen.training import cache
     from fpgen.training.data import discover_clips
 
@@ -338,13 +338,13 @@ def test_cache_is_reused_and_invalidated(offline_cache, monkeypatch, tmp_path):
 
     monkeypatch.setattr(cache, "encode_latents", counted("vae", cache.encode_latents))
     monkeypatch.setattr(cache, "encode_prompt", counted("text", cache.encode_prompt))
-    paths, placement = find_model("framepack").paths, choose_placement("cpu")
+    files, runtime = find_model("framepack"), RuntimePlan(*choose_device("cpu"))
     built = []
 
     def build(**settings):
         before = dict(calls)
         options = {"size": (64, 64), "resolution": 640, "window": 3, "max_sections": None} | settings
-        cached, _, report = cache.build_cache(discover_clips(data), cache.CacheSettings(**options), paths, placement, data / ".fpgen-cache")
+        cached, _, report = cache.build_cache(discover_clips(data), cache.CacheSettings(**options), files, runtime, data / ".fpgen-cache")
         assert [c.sections for c in cached] == [options["max_sections"] or 2] * 3
         built.append(cached)
         return report, {k: calls[k] - before[k] for k in calls}
@@ -355,10 +355,10 @@ def test_cache_is_reused_and_invalidated(offline_cache, monkeypatch, tmp_path):
 
     # The start latent and the image embeddings are what generation computes from the clip's first frame.
     import fpgen
-    from fpgen.pipeline import prepare_inputs
+    from enginejob import prepare
 
     first_frame = read_mp4(data / "clip0.mp4")[0][0]
-    inputs = prepare_inputs(fpgen.load_models("framepack", device="cpu"), first_frame, fpgen.Settings(prompt="caption 0", size=(64, 64)))
+    _, inputs = prepare(fpgen.load_models("framepack", device="cpu"), first_frame, fpgen.Settings(prompt="caption 0", size=(64, 64)))
     cached, _ = load_tensors(built[0][0].video)
     assert torch.equal(cached["start_latent"], inputs.start_latent) and torch.equal(cached["image_embeds"], inputs.image_embeds)
     assert not torch.allclose(cached["latents"][:, :, :1], inputs.start_latent, atol=1e-3)  # the clip's own first latent is not

@@ -96,23 +96,31 @@ class Components:
     def paths(self) -> dict[str, Path]:
         return self.files.paths
 
+    @property
+    def _resident(self):
+        return "cpu" if self.runtime.offload_encoders else self.runtime.device
+
     def load_encoders(self) -> Components:
+        return self.load_text_encoders().load_image_encoder().load_vae()
+
+    def load_text_encoders(self) -> Components:
         device, dtype = self.runtime.device, self.runtime.encoder_dtype
-        resident = "cpu" if self.runtime.offload_encoders else device
         self.tokenizer, self.tokenizer_2 = load_tokenizers(self.paths)
-        self.feature_extractor = siglip_processor_class().from_pretrained(self.paths["feature_extractor"])
         if self.runtime.mode == "low-vram":
             self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, "cpu")
             stream_module_layers(self.text_encoder, device)
         else:
-            self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, resident)
-        self.text_encoder_2 = load_encoder("text_encoder_2", self.paths["text_encoder_2"], dtype, resident)
-        self.image_encoder = load_encoder("image_encoder", self.paths["image_encoder"], dtype, resident)
-        self.load_vae()
+            self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, self._resident)
+        self.text_encoder_2 = load_encoder("text_encoder_2", self.paths["text_encoder_2"], dtype, self._resident)
+        return self
+
+    def load_image_encoder(self) -> Components:
+        self.feature_extractor = siglip_processor_class().from_pretrained(self.paths["feature_extractor"])
+        self.image_encoder = load_encoder("image_encoder", self.paths["image_encoder"], self.runtime.encoder_dtype, self._resident)
         return self
 
     def load_vae(self) -> Components:
-        self.vae = load_vae(self.paths["vae"], self.runtime.encoder_dtype, "cpu" if self.runtime.offload_encoders else self.runtime.device)
+        self.vae = load_vae(self.paths["vae"], self.runtime.encoder_dtype, self._resident)
         if self.runtime.offload_encoders:
             self.vae.enable_tiling()
         return self

@@ -21,7 +21,9 @@ from safetensors import safe_open
 
 from fpgen.buckets import load_image, pick_bucket, resize_and_center_crop
 from fpgen.conditioning import PROMPT_PAD_LENGTH, PromptEmbedding, encode_image, encode_latents, encode_prompt
-from fpgen.devices import Placement
+from fpgen.hub import ModelFiles
+from fpgen.loading import Components
+from fpgen.runtime import RuntimePlan
 from fpgen.pixels import to_pixels
 from fpgen.tensorfile import save_tensors
 from fpgen.training.data import Clip, UnreadableClip, clip_size, read_clip
@@ -95,34 +97,22 @@ def _sections_of(path: Path) -> int:
 
 
 class _Encoders:
-    """Loads encoders the first time they are needed, so a warm cache loads none."""
+    """The encoders of ``Components``, each group loaded the first time it is needed, so a warm cache loads none."""
 
-    def __init__(self, paths: dict[str, Path], placement: Placement, report: CacheReport):
-        self.paths, self.placement, self.report = paths, placement, report
-        self.loaded: dict[str, object] = {}
+    def __init__(self, files: ModelFiles, runtime: RuntimePlan, report: CacheReport):
+        self.components, self.report = Components(files, runtime), report
+        self.loaders = {"vae": self.components.load_vae, "image_encoder": self.components.load_image_encoder, "text_encoders": self.components.load_text_encoders}
 
     def get(self, name: str):
-        if name not in self.loaded:
-            from fpgen.loading import load_encoder, load_tokenizers, load_vae, siglip_processor_class
-
-            device, dtype = self.placement.device, self.placement.encoder_dtype
-            if name == "vae":
-                self.loaded[name] = load_vae(self.paths["vae"], dtype, device)
-            elif name == "image_encoder":
-                self.loaded[name] = (
-                    siglip_processor_class().from_pretrained(self.paths["feature_extractor"]),
-                    load_encoder("image_encoder", self.paths["image_encoder"], dtype, device),
-                )
-            else:
-                tokenizer, tokenizer_2 = load_tokenizers(self.paths)
-                self.loaded[name] = (
-                    tokenizer,
-                    load_encoder("text_encoder", self.paths["text_encoder"], dtype, device),
-                    tokenizer_2,
-                    load_encoder("text_encoder_2", self.paths["text_encoder_2"], dtype, device),
-                )
+        models = self.components
+        if getattr(models, "text_encoder" if name == "text_encoders" else name) is None:
+            self.loaders[name]()
             self.report.loaded.append(name)
-        return self.loaded[name]
+        return {
+            "vae": lambda: models.vae,
+            "image_encoder": lambda: (models.feature_extractor, models.image_encoder),
+            "text_encoders": lambda: (models.tokenizer, models.text_encoder, models.tokenizer_2, models.text_encoder_2),
+        }[name]()
 
     def encode_prompt(self, text: str) -> dict[str, torch.Tensor]:
         embedding = encode_prompt(text, *self.get("text_encoders"))
@@ -130,7 +120,7 @@ class _Encoders:
 
     def _latents(self, frames: np.ndarray, tiled: bool) -> torch.Tensor:
         vae = self.get("vae")
-        if tiled and self.placement.is_cuda:
+        if tiled and self.components.runtime.is_cuda:
             vae.enable_tiling()  # whole clips at full size do not fit in one piece
         else:
             vae.disable_tiling()  # a single picture is encoded whole, as generation does
@@ -171,8 +161,8 @@ def _video_entry(clip: Clip, settings: CacheSettings, encoders: _Encoders, cache
 def build_cache(
     clips: list[Clip],
     settings: CacheSettings,
-    paths: dict[str, Path],
-    placement: Placement,
+    files: ModelFiles,
+    runtime: RuntimePlan,
     cache_dir: Path,
     validation: tuple[Path, str] | None = None,
     on_progress: Progress | None = None,
@@ -180,9 +170,9 @@ def build_cache(
     """Make sure every clip (and the validation picture and prompt) is cached; encode only what is missing."""
     progress = on_progress or (lambda what, done, total: None)
     report = CacheReport()
-    encoders = _Encoders(paths, placement, report)
-    video_id = _digest({name: weights_id(paths[name]) for name in VIDEO_ENCODERS})
-    text_id = _digest({name: weights_id(paths[name]) for name in TEXT_ENCODERS})
+    encoders = _Encoders(files, runtime, report)
+    video_id = _digest({name: weights_id(files.paths[name]) for name in VIDEO_ENCODERS})
+    text_id = _digest({name: weights_id(files.paths[name]) for name in TEXT_ENCODERS})
 
     cached = []
     for number, clip in enumerate(clips):

@@ -43,7 +43,6 @@ class TrainResult:
 
 def train(config: TrainConfig, resume: bool = False, on_event: Listener | None = None) -> TrainResult:
     """Train as ``config`` says; returns where the result is. Raises ``Interrupted`` after Ctrl-C or SIGTERM."""
-    setup.require_training_packages()
     config.validate()
     check_output(config, resume)
     started_at, output = time.perf_counter(), Path(config.output)
@@ -180,26 +179,24 @@ def validate(validator: Validator | None, trainee: setup.Trainee, log: RunLog) -
 class Validator:
     """The validation videos of a run (the main process makes them): the VAE, loaded once, and the cached inputs."""
 
-    vae: torch.nn.Module
+    components: object  # fpgen.loading.Components with the VAE loaded; the transformer is the one being trained
     start: CachedStart
     config: TrainConfig
-    files: object  # the base model's files
-    placement: object
     autocast: Callable  # a context: bf16 autocast where the weights are not in the compute dtype
 
     @classmethod
     def load(cls, config: TrainConfig, files, placement, start: CachedStart, accelerator) -> Validator:
-        from fpgen.loading import load_vae
+        from fpgen.loading import Components
 
-        vae = load_vae(files.paths["vae"], placement.encoder_dtype, accelerator.device)
+        components = Components(files, placement).load_vae()
         # A LoRA on a bf16 base generates as `fpgen generate` does; float32 weights (--full) and an fp8 base need autocast.
-        return cls(vae, start, config, files, placement, accelerator.autocast if config.full or config.fp8_base else nullcontext)
+        return cls(components, start, config, accelerator.autocast if config.full or config.fp8_base else nullcontext)
 
     def video(self, transformer: torch.nn.Module, step: int) -> Path:
         from fpgen.training.validation import validation_video
 
         transformer.eval()
         with torch.no_grad(), self.autocast():
-            path = validation_video(transformer, self.vae, self.start, self.config, self.files, self.placement, Path(self.config.output) / "validation" / f"step-{step:07d}.mp4")
+            path = validation_video(self.components.use_transformer(transformer), self.start, self.config, Path(self.config.output) / "validation" / f"step-{step:07d}.mp4")
         transformer.train()
         return path

@@ -1,7 +1,7 @@
 """The flow-matching objective FramePack samples with, as a module accelerate can wrap.
 
 x_t = (1 - t) * x0 + t * noise, and the network, fed the timestep t*1000 and the distilled guidance
-exactly as at inference (``fpgen.transformer.network_scalars``), predicts the velocity noise - x0 of
+exactly as at inference (``fpgen.denoiser.network_scalars``), predicts the velocity noise - x0 of
 the section's window. Timesteps are logit-normal, sigmoid(N(0, 1)), then shifted towards noise by
 t' = shift*t / (1 + (shift-1)*t); shift 3 is musubi-tuner's public FramePack recipe (inference
 uses 7, the cap of FramePack's resolution rule).
@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from fpgen.packing import PackedContext, context_to
 from fpgen.training.samples import Batch
-from fpgen.transformer import Conditioning, network_scalars, packed_forward
+from fpgen.denoiser import network_scalars
+from fpgen.transformer import BlockStack, Conditioning, packed_forward
 
 EVAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # before the shift; the evaluation loss averages over them
 
@@ -39,6 +40,7 @@ class FlowMatchingLoss(torch.nn.Module):
         super().__init__()
         self.transformer = transformer
         self.guidance = guidance
+        object.__setattr__(self, "blocks", BlockStack(transformer))  # borrows the blocks; not registered a second time
 
     def forward(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: Conditioning, context: PackedContext) -> torch.Tensor:
         device = self.transformer.x_embedder.proj.weight.device
@@ -47,7 +49,7 @@ class FlowMatchingLoss(torch.nn.Module):
         expand = t.view(-1, *([1] * (x0.ndim - 1)))
         noisy = (1 - expand) * x0 + expand * noise
         timestep, guidance = network_scalars(t, self.guidance, dtype)
-        velocity = packed_forward(self.transformer, noisy, timestep, guidance, cond.to(device, dtype), context_to(context, device))
+        velocity = packed_forward(self.transformer, noisy, timestep, guidance, cond.to(device, dtype), context_to(context, device), self.blocks)
         return F.mse_loss(velocity.float(), noise - x0)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -19,6 +18,8 @@ import torch
 from fpgen.errors import InputError
 from fpgen.lora import Lora
 from fpgen.training import adapters, memory
+from fpgen.hub import ModelFiles, find_model
+from fpgen.runtime import RuntimePlan, choose_device
 from fpgen.training.cache import CacheReport, CacheSettings, CachedClip, CachedStart, build_cache
 from fpgen.training.checkpoint import StepCounter, is_fsdp
 from fpgen.training.config import TrainConfig
@@ -28,15 +29,7 @@ from fpgen.training.objective import FlowMatchingLoss
 from fpgen.training.samples import seeded
 
 
-def require_training_packages() -> None:
-    if find_spec("peft") is None or find_spec("accelerate") is None:
-        raise InputError("fpgen finetune needs peft and accelerate, which are not installed", "pip install 'fpgen[train]'")
-
-
-def model_files(config: TrainConfig):
-    """The base model's files (the one place training asks the generation API for them)."""
-    from fpgen.api import find_model
-
+def model_files(config: TrainConfig) -> ModelFiles:
     return find_model(config.model, config.model_dir)
 
 
@@ -71,12 +64,10 @@ def make_accelerator(config: TrainConfig, cuda: bool, mixed_precision: str):
     return accelerator, tracker is not None
 
 
-def placement(config: TrainConfig, accelerator, cuda: bool, mixed_precision: str):
+def placement(config: TrainConfig, accelerator, cuda: bool, mixed_precision: str) -> RuntimePlan:
     """Full finetunes keep float32 master weights; a LoRA's frozen base is stored in the compute dtype."""
-    from fpgen.devices import Placement
-
     transformer_dtype = torch.bfloat16 if (mixed_precision == "bf16" and not config.full) else torch.float32
-    return Placement(accelerator.device, transformer_dtype, torch.float16 if cuda else torch.float32)
+    return RuntimePlan(accelerator.device, transformer_dtype, torch.float16 if cuda else torch.float32, reason="training")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -87,7 +78,7 @@ def cache_data(config: TrainConfig, clips: list[Clip], files, placement, on_even
     validation = (Path(config.validation_image), config.validation_prompt) if config.validation_image else None
     settings = CacheSettings(config.size, config.resolution, config.window, config.max_sections)
     progress = lambda what, done, total: on_event(CacheProgress(what, done, total))  # noqa: E731
-    cached, start, report = build_cache(clips, settings, files.paths, placement, cache_folder(config), validation, progress)
+    cached, start, report = build_cache(clips, settings, files, placement, cache_folder(config), validation, progress)
     if report.unreadable:
         on_event(ClipsSkipped(tuple(report.unreadable)))
     if not cached:
@@ -104,11 +95,9 @@ def cache_folder(config: TrainConfig) -> Path:
 
 def cache_only(config: TrainConfig, on_event: Listener | None = None) -> tuple[list[CachedClip], CacheReport]:
     """``--cache-only``: fill the cache and stop (one process; the encoders run on --device)."""
-    from fpgen.devices import choose_placement
-
     config.validate()
-    chosen = choose_placement(config.device)
-    cached, _, report = cache_data(config, discover_clips(config.data), model_files(config), chosen, on_event or ignore)
+    device, transformer_dtype, encoder_dtype = choose_device(config.device)
+    cached, _, report = cache_data(config, discover_clips(config.data), model_files(config), RuntimePlan(device, transformer_dtype, encoder_dtype), on_event or ignore)
     return cached, report
 
 

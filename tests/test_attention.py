@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import HUB
 
 from fpgen import attention
-from fpgen.attention import attention_for, fa3_attend, pick_attention, sdpa_attend, use_attention
+from fpgen.attention import attention_for, fa3_attend, fa3_fp8_attend, pick_attention, sdpa_attend, use_attention
 from fpgen.loading import load_transformer
 from fpgen.packing import pack_section
 from fpgen.plan import plan_sections
@@ -23,6 +23,7 @@ from fpgen.transformer import Conditioning, packed_forward
     ("capability", "installed", "training", "expected", "reason"),
     [
         ((9, 0), True, False, "fa3", "Hopper"),
+        ((9, 0), True, True, "sdpa", "no backward"),
         ((9, 0), False, False, "sdpa", "pip install 'fpgen\\[hopper\\]'"),
         ((9, 0), True, True, "sdpa", "no backward"),
         ((8, 9), True, False, "sdpa", "sm89"),
@@ -34,6 +35,7 @@ def test_backend_choice(capability, installed, training, expected, reason):
     name, why = pick_attention(capability, installed, training)
     assert name == expected
     assert re.search(reason, why)
+    assert pick_attention(capability, installed, training, fast=True)[0] == ("fa3-fp8" if expected == "fa3" else "sdpa")
 
 
 def test_backend_choice_reads_the_gpu_and_the_installed_modules(monkeypatch):
@@ -97,3 +99,31 @@ def test_a_masked_batch_goes_to_sdpa():
     mask = torch.ones((2, 1, 1, 7), dtype=torch.bool)
     mask[1, ..., 5:] = False
     assert torch.equal(fa3_attend(q, k, v, mask), sdpa_attend(q, k, v, mask))  # no FA3 module needed for a masked call
+
+
+def dequantising_fa3(calls):
+    """Stands in for FA3's FP8 forward on the CPU: attention of the FP8 inputs times their (B, H) descales."""
+
+    def flash_attn_func(q, k, v, q_descale, k_descale, v_descale):
+        calls.append((q.dtype, q_descale.shape))
+        q, k, v = (x.float() * s[:, None, :, None] for x, s in ((q, q_descale), (k, k_descale), (v, v_descale)))
+        return sdpa_attend(q, k, v, None).to(torch.bfloat16)
+
+    return types.SimpleNamespace(flash_attn_func=flash_attn_func)
+
+
+def test_fp8_attention_centres_k_and_v_exactly(monkeypatch):
+    """With K and V far off-centre (as DiT activations are), centring keeps FP8's error near its rounding."""
+    calls = []
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", dequantising_fa3(calls))
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn((2, 64, 3, 32), generator=generator) for _ in range(3))
+    k, v = k + 8 * torch.randn((1, 1, 3, 32), generator=generator), v + 8 * torch.randn((1, 1, 3, 32), generator=generator)
+    exact = sdpa_attend(q, k, v, None)
+    out = fa3_fp8_attend(q, k, v, None).float()
+    error = ((out - exact).norm() / exact.norm()).item()
+    (q8, qs), (k8, ks), (v8, vs) = (attention.to_float8_heads(x) for x in (q, k, v))
+    plain = dequantising_fa3([]).flash_attn_func(q8, k8, v8, qs, ks, vs)  # FP8 without centring
+    plain_error = ((plain.float() - exact).norm() / exact.norm()).item()
+    assert calls == [(torch.float8_e4m3fn, (2, 3))]
+    assert error < 0.03 and error < plain_error / 3

@@ -2,7 +2,8 @@
 
 On Hopper, FA3 (the ``tokenspeed-fa3`` wheel, module ``flash_attn_interface``; ``pip install
 'fpgen[hopper]'``) computes FramePack's attention 1.1-1.2x faster than the cuDNN kernel SDPA picks,
-with the same error (benchmarks/RESULTS.md). The wheel has no backward pass, so training keeps SDPA.
+with the same error (benchmarks/RESULTS.md); the fast mode uses its FP8 forward. The wheel has no
+backward pass, so training keeps SDPA.
 
 diffusers reaches FA3 only through a distribution it checks by name (``flash_attn_3``), so fpgen
 swaps the blocks' attention processors for its own, which do what diffusers' HunyuanVideo processor
@@ -17,14 +18,16 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from fpgen.acceleration import FP8_MAX
+
 FA3_MODULE = "flash_attn_interface"
 HOPPER = (9, 0)
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def pick_attention(capability: tuple[int, int] | None, fa3_installed: bool, training: bool) -> tuple[str, str]:
-    """The attention backend ("fa3" or "sdpa") and why, for the mode line.
+def pick_attention(capability: tuple[int, int] | None, fa3_installed: bool, training: bool, fast: bool = False) -> tuple[str, str]:
+    """The attention backend ("fa3", "fa3-fp8" in the fast mode, or "sdpa") and why, for the mode line.
 
     ``capability`` is the CUDA device's compute capability, None off CUDA.
     """
@@ -36,6 +39,8 @@ def pick_attention(capability: tuple[int, int] | None, fa3_installed: bool, trai
         return "sdpa", f"FlashAttention-3 runs on Hopper (sm90) only, this GPU is sm{capability[0]}{capability[1]}"
     if not fa3_installed:
         return "sdpa", "FlashAttention-3 is not installed (pip install 'fpgen[hopper]')"
+    if fast:
+        return "fa3-fp8", "FlashAttention-3 in FP8 (fast mode) on Hopper"
     return "fa3", "FlashAttention-3 on Hopper"
 
 
@@ -43,10 +48,10 @@ def fa3_installed() -> bool:
     return importlib.util.find_spec(FA3_MODULE) is not None
 
 
-def attention_for(device: torch.device, training: bool = False) -> tuple[str, str]:
+def attention_for(device: torch.device, training: bool = False, fast: bool = False) -> tuple[str, str]:
     """``pick_attention`` for this device and this Python environment."""
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    return pick_attention(capability, fa3_installed(), training)
+    return pick_attention(capability, fa3_installed(), training, fast)
 
 
 def sdpa_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -64,7 +69,33 @@ def fa3_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask
     return flash_attn_func(query, key, value)
 
 
-ATTEND: dict[str, Attend] = {"sdpa": sdpa_attend, "fa3": fa3_attend}
+def to_float8_heads(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S, H, D) -> e4m3 copy scaled per (batch, head), and the float32 (B, H) descales FA3 takes."""
+    descale = x.abs().amax(dim=(1, 3)).float().clamp(min=1e-6) / FP8_MAX
+    return (x.float() / descale[:, None, :, None]).to(torch.float8_e4m3fn), descale
+
+
+def fa3_fp8_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """FA3's FP8 forward with K and V centred per head first, which keeps FP8's range for what varies.
+
+    Both shifts are exact algebra: subtracting K's token mean adds the same constant to every score
+    of a query row (softmax ignores it), and V's token mean comes back out of the attention unchanged
+    because each row of the softmax sums to 1, so it is added back after. On DiT-like inputs this
+    took FP8's error from 9.5% to 1.5% (research/kernels.md 3c). A padded batch goes to SDPA.
+    """
+    if mask is not None:
+        return sdpa_attend(query, key, value, mask)
+    from flash_attn_interface import flash_attn_func
+
+    value_mean = value.float().mean(dim=1, keepdim=True)
+    q8, q_descale = to_float8_heads(query)
+    k8, k_descale = to_float8_heads(key.float() - key.float().mean(dim=1, keepdim=True))
+    v8, v_descale = to_float8_heads(value.float() - value_mean)
+    out = flash_attn_func(q8, k8, v8, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
+    return (out.float() + value_mean).to(query.dtype)
+
+
+ATTEND: dict[str, Attend] = {"sdpa": sdpa_attend, "fa3": fa3_attend, "fa3-fp8": fa3_fp8_attend}
 
 
 class FramePackAttention:

@@ -309,6 +309,7 @@ def fast_job(args, results: dict):
     if args.exact_latents and args.exact_latents.exists():
         fast["result"]["latents_rel_l2_vs_exact"] = rel_l2(fast["latents"], load_file(str(args.exact_latents))["latents"])
     results["fast"] = {**fast["result"], "vae_tiles_reused": tiles.hits, "vae_tiles_decoded": tiles.misses}
+    save_file({"latents": fast["latents"].contiguous()}, str(args.out.with_name("fast_latents.safetensors")))
     del models
 
 
@@ -495,6 +496,8 @@ def summary(args, results: dict):
         for part in path.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         results[key] = value
+    if results["fast_latents_rel_l2"] is None and args.exact_latents and args.fast_latents:  # the runs' latents files, compared here
+        results["fast_latents_rel_l2"] = rel_l2(load_file(str(args.fast_latents))["latents"], load_file(str(args.exact_latents))["latents"])
     results["sources"] = {run: str(path) for run, path in zip(runs, args.raw)}
 
 
@@ -511,6 +514,7 @@ def main():
     parser.add_argument("--size", default=None, help="HxW instead of the 640 bucket (smoke runs)")
     parser.add_argument("--out", type=Path, default=Path("job.json"))
     parser.add_argument("--pid", type=int, default=None, help="the process whose host memory --part host-memory samples")
+    parser.add_argument("--fast-latents", type=Path, default=None, help="--part summary: the fast job's latents from --part lowvram-fast")
     parser.add_argument("--raw", type=Path, nargs=2, default=None, help="--part summary: the resident and the lowvram-fast results")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

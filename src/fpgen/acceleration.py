@@ -1,10 +1,10 @@
 """Speed and memory modes on CUDA, and the choice between them.
 
 - exact (default on CUDA): the official bf16 maths, made faster without changing it: each block
-  compiled with torch.compile, rounding as eager PyTorch does (attention stays PyTorch's SDPA, which
-  picks cuDNN's kernel on Hopper: the fastest measured, see benchmarks/RESULTS.md).
-- fast: exact plus FP8 matmuls in the blocks (Hopper and newer) and TeaCache; results move away
-  from the official ones (benchmarks/RESULTS.md reports by how much).
+  compiled with torch.compile, rounding as eager PyTorch does; attention through FlashAttention-3
+  on Hopper when installed, else PyTorch's SDPA (``fpgen.attention``).
+- fast: exact plus FP8 matmuls in the blocks (Ada, Hopper and newer), FP8 attention on Hopper and
+  TeaCache; results move away from the official ones (benchmarks/RESULTS.md reports by how much).
 - low-vram: the transformer's blocks and the Llama text encoder streamed from pinned host memory,
   VAE tiling; chosen by itself when the card cannot hold the transformer.
 """

@@ -43,6 +43,7 @@ def test_blending_does_not_touch_the_stored_tiles():
     """diffusers blends tiles in place; decoding the same span twice must still give the same frames."""
     vae = load_vae(VAE, torch.float32)
     cache = reuse_vae_tiles(vae)
+    assert reuse_vae_tiles(vae) is cache  # attaching twice keeps one cache
     latents = torch.randn((1, 16, 18, 2, 2), generator=torch.Generator().manual_seed(1))
     first = decode_latents(vae, latents)
     again = decode_latents(vae, latents)

@@ -68,7 +68,9 @@ class TileCache:
 
 
 def reuse_vae_tiles(vae, store: torch.device | None = None) -> TileCache:
-    """Attach a ``TileCache`` to ``vae`` (an ``AutoencoderKLHunyuanVideo``); returns it (its counts show the reuse)."""
+    """Attach a ``TileCache`` to ``vae`` (an ``AutoencoderKLHunyuanVideo``) once; returns it (its counts show the reuse)."""
+    if isinstance(vae.decoder.forward, TileCache):
+        return vae.decoder.forward
     cache = TileCache(vae.decoder.forward, store)
     vae.decoder.forward = cache
     decode = vae._decode

@@ -1,14 +1,17 @@
 """Whole 5-second jobs at the 640 bucket with full-size random models: baseline, exact, fast, low-vram.
 
-    python benchmarks/bench_job.py --part resident --out results/job_resident.json   # load time, exact, baseline, fast
+    python benchmarks/bench_job.py --part resident --out results/job_resident.json   # load, steps, exact job, warm start, baseline job, VAE
+    python benchmarks/bench_job.py --part lowvram-fast --exact-latents exact_latents.safetensors --out results/job_fast.json  # fast, low-vram
+    python benchmarks/bench_job.py --part summary --raw job_resident.json job_fast.json --out results/h200-DATE.json  # the issue's keys
     python benchmarks/bench_job.py --part lowvram --out results/job_lowvram.json     # low-vram under a 6 GiB cap
     python benchmarks/bench_job.py --part lowvram-exact --out results/job_ratio.json # low-vram, then exact, both cold
 
 The models are written once as a ``--model-dir`` folder and loaded through fpgen's own loader, so
 the load time is the real one. A job is ``fpgen.generate_video`` on a square picture (bucket
 640x608), 5 s (4 sections, 145 frames), 25 steps, MP4 included, model loading excluded. The
-baseline is the official arithmetic as the official demo runs it on an H100: eager, PyTorch's
-default SDPA, no compile, the untuned VAE.
+baseline is the official arithmetic as the official demo runs it: eager, PyTorch's default SDPA,
+no compile, the VAE as diffusers decodes. The exact and fast modes get what loading attaches
+(``speed_up``): FlashAttention-3 (FP8 in the fast mode) where it is installed on Hopper, VAE tile reuse.
 """
 
 from __future__ import annotations
@@ -30,16 +33,19 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fullsize  # noqa: E402
-from bench_step import fpgen_call, official_call, section_inputs, timed  # noqa: E402
+from bench_step import fpgen_call, official_call, section_inputs, sync, timed  # noqa: E402
 
-from fpgen.acceleration import ModeChoice, compile_blocks, float8_linears  # noqa: E402
+from fpgen.acceleration import ModeChoice  # noqa: E402
 from fpgen.api import generate_video  # noqa: E402
+from fpgen.attention import attention_for, use_attention  # noqa: E402
 from fpgen.devices import choose_placement  # noqa: E402
 from fpgen.hub import locate_model  # noqa: E402
 from fpgen.loading import Models  # noqa: E402
 from fpgen.offload import release_cached_memory  # noqa: E402
 from fpgen.pipeline import SectionDone, Settings, StepDone  # noqa: E402
+from fpgen.plan import plan_sections  # noqa: E402
 from fpgen.registry import MODELS  # noqa: E402
+from fpgen.vae_reuse import TileCache, reuse_vae_tiles  # noqa: E402
 
 GIB = 2**30
 ASSETS = Path(__file__).resolve().parents[1] / ".bench" / "assets"
@@ -135,26 +141,39 @@ def uncompile(transformer):
         block._compiled_call_impl = None
 
 
-def step_check(models: Models, results: dict, name: str, baseline=None):
-    """One step at the job's shapes: the official call (diffusers' forward, eager) once, then the mode's call."""
+def official_step(models: Models, results: dict):
+    """The baseline step at the job's shapes: diffusers' forward, eager, SDPA (before any speed-up is attached)."""
     transformer, device = models.transformer, models.placement.device
-    x, cond, context = section_inputs(False, device, 128) if device.type == "cuda" else section_inputs(True, device, 20)
+    x, cond, context = step_inputs(device)
+    blocks = (*transformer.transformer_blocks, *transformer.single_transformer_blocks)
+    compiled = [block._compiled_call_impl for block in blocks]
+    uncompile(transformer)
+    with torch.no_grad():
+        seconds, baseline = timed(lambda: official_call(transformer, x, torch.tensor([0.8], device=device), cond, context))
+    results["baseline_step"] = {"s_per_step": seconds}
+    for block, impl in zip(blocks, compiled):
+        block._compiled_call_impl = impl
+    return baseline
+
+
+def step_inputs(device):
+    return section_inputs(False, device, 128) if device.type == "cuda" else section_inputs(True, device, 20)
+
+
+def mode_step(models: Models, results: dict, name: str, baseline=None):
+    """One step at the job's shapes in the models' mode: the first call (the compile) and the median of 3."""
+    transformer, device = models.transformer, models.placement.device
+    x, cond, context = step_inputs(device)
     sigma = torch.tensor([0.8], device=device)
     with torch.no_grad():
-        if baseline is None:
-            compiled = [block._compiled_call_impl for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks)]
-            uncompile(transformer)
-            seconds, baseline = timed(lambda: official_call(transformer, x, sigma, cond, context))
-            results["baseline_step"] = {"s_per_step": seconds}
-            for block, impl in zip((*transformer.transformer_blocks, *transformer.single_transformer_blocks), compiled):
-                block._compiled_call_impl = impl
         started = time.perf_counter()
         fpgen_call(transformer, x, sigma, cond, context, blocks=models.blocks)
         first = time.perf_counter() - started
         seconds, out = timed(lambda: fpgen_call(transformer, x, sigma, cond, context, blocks=models.blocks), warmup=1, reps=3)
-    results[f"{name}_step"] = {"s_per_step": seconds, "first_call_s": first, "rel_l2_vs_baseline": rel_l2(out, baseline)}
+    results[f"{name}_step"] = {"s_per_step": seconds, "first_call_s": first}
+    if baseline is not None:
+        results[f"{name}_step"]["rel_l2_vs_baseline"] = rel_l2(out, baseline)
     print(name, "step", json.dumps(results[f"{name}_step"]), flush=True)
-    return baseline
 
 
 def profile_step(models: Models, results: dict, name: str, top: int = 14):
@@ -162,7 +181,7 @@ def profile_step(models: Models, results: dict, name: str, top: int = 14):
     from torch.profiler import ProfilerActivity, profile
 
     transformer, device = models.transformer, models.placement.device
-    x, cond, context = section_inputs(False, device, 128)
+    x, cond, context = step_inputs(device)
     sigma = torch.tensor([0.8], device=device)
     with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         fpgen_call(transformer, x, sigma, cond, context, blocks=models.blocks)
@@ -197,41 +216,100 @@ def load_framepack(args, mode: str) -> Models:
     return Models(paths, "inverted", placement, ModeChoice(mode if placement.is_cuda else "exact", "benchmark")).load_all()
 
 
+def speed_up(models: Models, results: dict, fast: bool = False, store=None) -> TileCache:
+    """What loading does in the mode (wired here until the loader calls it): the attention kernel, VAE tile reuse."""
+    backend, reason = attention_for(models.placement.device, fast=fast)
+    use_attention(models.transformer, backend)
+    results["fast_attention" if fast else "attention"] = {"backend": backend, "reason": reason}
+    return reuse_vae_tiles(models.vae, store)
+
+
 def resident(args, results: dict):
+    """Load, the baseline and exact steps, the exact job, a warm start, the baseline job, the VAE alone."""
     settings = job_settings(args)
     model_dir(args.models, args.tiny)  # written before the load is timed
     started = time.perf_counter()
     models = load_framepack(args, "exact")
     results["load_s"] = time.perf_counter() - started
-    baseline_step = step_check(models, results, "exact")
+    baseline_step = official_step(models, results)
+    tiles = speed_up(models, results)
+    mode_step(models, results, "exact", baseline_step)
     if torch.cuda.is_available():
         profile_step(models, results, "exact")
     exact = run_job(models, settings, args.work / "exact.mp4", "exact")
-    results["exact"] = exact["result"]
+    results["exact"] = {**exact["result"], "vae_tiles_reused": tiles.hits, "vae_tiles_decoded": tiles.misses}
     save_file({"latents": exact["latents"].contiguous()}, str(args.out.with_name("exact_latents.safetensors")))
+    results["warm_start"] = child_result(args, "warm-start", "WARM ")
 
-    transformer = models.transformer
-    uncompile(transformer)
+    uncompile(models.transformer)  # the official way: eager, SDPA, the VAE as diffusers decodes
+    use_attention(models.transformer, "sdpa")
+    models.release("vae")
     baseline = run_job(models, settings, args.work / "baseline.mp4", "baseline")
     results["baseline"] = baseline["result"]
     results["exact"]["latents_rel_l2_vs_baseline"] = rel_l2(exact["latents"], baseline["latents"])
+    results["vae"] = vae_sections(models.vae, exact["latents"], settings.window)
 
-    if torch.cuda.is_available():
-        try:
-            float8_linears(transformer)
-            compile_blocks(transformer, match_eager_rounding=False)
-            step_check(models, results, "fast", baseline_step)
-        except Exception as error:
-            results["fast_step"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+
+def vae_sections(vae, latents: torch.Tensor, window: int) -> dict:
+    """Every section's decode of a job, as diffusers decodes it and with tile reuse: seconds and the largest difference."""
+    from fpgen.decode import decode_latents, decode_span
+
+    plan = plan_sections((latents.shape[2] - 1) // window, window, "inverted")
+    spans = [decode_span(plan, section) for section in plan.sections]
+
+    def decode_all():
+        sync()
+        started = time.perf_counter()
+        frames = [decode_latents(vae, latents[:, :, begin:end]) for begin, end in spans]
+        sync()
+        return (time.perf_counter() - started) / len(spans), frames
+
+    reference_s, reference = decode_all()
+    tiles = reuse_vae_tiles(vae)
+    seconds, reused = decode_all()
+    return {
+        "s_per_section": seconds, "reference_s_per_section": reference_s, "sections": len(spans),
+        "rel_l2_vs_reference": max(rel_l2(a, b) for a, b in zip(reused, reference)),
+        "identical": all(torch.equal(a, b) for a, b in zip(reused, reference)), "tiles_reused": tiles.hits, "tiles_decoded": tiles.misses,
+    }  # fmt: skip
+
+
+def warm_start_child(args):
+    """A new process, compile cache warm: seconds from the transformer's weights loaded to its first step done."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    paths = locate_model(MODELS["framepack"], args.models)
+    models = Models(paths, "inverted", choose_placement(device.type, "bfloat16"), ModeChoice("exact", "benchmark"))
+    started = time.perf_counter()
+    transformer = models.transformer
+    loaded = time.perf_counter()
+    use_attention(transformer, attention_for(device)[0])
+    x, cond, context = step_inputs(device)
+    with torch.no_grad():
+        fpgen_call(transformer, x, torch.tensor([0.8], device=device), cond, context, blocks=models.blocks)
+    sync()
+    print("WARM " + json.dumps({"warm_start_s": time.perf_counter() - loaded, "transformer_load_s": loaded - started}), flush=True)
+
+
+def child_result(args, part: str, marker: str, env: dict | None = None) -> dict:
+    """Run ``--part part`` in a fresh process; its result is the JSON on its last line starting with ``marker``."""
+    command = [sys.executable, __file__, "--part", part, "--models", str(args.models), "--work", str(args.work), "--cap-gib", str(args.cap_gib),
+               "--seconds", str(args.seconds), "--steps", str(args.steps)] + (["--size", args.size] if args.size else [])  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    print(proc.stdout[-4000:], proc.stderr[-4000:], flush=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
+    return json.loads(lines[-1][len(marker) :]) if lines else {"error": proc.stderr[-600:]}
 
 
 def fast_job(args, results: dict):
-    """The fast mode as a user gets it: fpgen's own loader in fast mode, TeaCache on."""
+    """The fast mode as a user gets it: fpgen's own loader in fast mode, FP8 attention, TeaCache on."""
     models = load_framepack(args, "fast")
+    tiles = speed_up(models, results, fast=True)
+    mode_step(models, results, "fast")
     fast = run_job(models, replace(job_settings(args), teacache=True), args.work / "fast.mp4", "fast")
     if args.exact_latents and args.exact_latents.exists():
         fast["result"]["latents_rel_l2_vs_exact"] = rel_l2(fast["latents"], load_file(str(args.exact_latents))["latents"])
-    results["fast"] = fast["result"]
+    results["fast"] = {**fast["result"], "vae_tiles_reused": tiles.hits, "vae_tiles_decoded": tiles.misses}
+    save_file({"latents": fast["latents"].contiguous()}, str(args.out.with_name("fast_latents.safetensors")))
     del models
 
 
@@ -282,13 +360,16 @@ def host_memory_peaks(pid: int, models: Path, out: Path, every_s: float = 0.5) -
 
 
 def time_transformer_load(models: Models) -> list[float]:
-    """Seconds spent loading the transformer, appended each time ``models`` loads it."""
+    """Seconds spent loading the transformer, appended each time ``models`` loads it; the loaded
+    transformer gets the device's attention kernel and the VAE reuses tiles (kept on the host)."""
     seconds, load = [], models._load_transformer
+    reuse_vae_tiles(models.vae, torch.device("cpu"))
 
     def timed_load():
         started = time.perf_counter()
         model = load()
         seconds.append(time.perf_counter() - started)
+        use_attention(model, attention_for(models.placement.device)[0])
         return model
 
     models._load_transformer = timed_load
@@ -319,6 +400,7 @@ def lowvram_child(args):
         del models
         release_cached_memory(placement.device)
         models = Models(paths, "inverted", placement, mode, compile=False).load_all()
+        transformer_load = time_transformer_load(models)
         job = run_job(models, settings, args.work / "lowvram.mp4", "lowvram")["result"]
         job["compiled_error"] = f"{type(error).__name__}: {str(error)[:300]}"
     job["load_s_before_job"] = load_s
@@ -334,7 +416,7 @@ def lowvram_child(args):
     print("LOWVRAM " + json.dumps(job), flush=True)
 
 
-def vae_compile(args, results: dict, started: float, budget_s: float = 440.0):
+def vae_compile(args, results: dict, started: float, budget_s: float = 300.0):
     """The VAE decode of one section (18 latents), eager against torch.compile'd decoder, if time allows."""
     from fpgen.decode import decode_latents
 
@@ -357,14 +439,9 @@ def lowvram(args, results: dict):
     model_dir(args.models, args.tiny)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    command = [sys.executable, __file__, "--part", "lowvram-child", "--models", str(args.models), "--work", str(args.work), "--cap-gib", str(args.cap_gib),
-               "--seconds", str(args.seconds), "--steps", str(args.steps)] + (["--size", args.size] if args.size else [])  # fmt: skip
     cache = args.work / "inductor-lowvram"  # compiles cold, as the exact job of the same run does
     shutil.rmtree(cache, ignore_errors=True)
-    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)})
-    print(proc.stdout[-4000:], proc.stderr[-4000:], flush=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("LOWVRAM ")]
-    results["lowvram"] = json.loads(lines[-1][len("LOWVRAM ") :]) if lines else {"error": proc.stderr[-600:]}
+    results["lowvram"] = child_result(args, "lowvram-child", "LOWVRAM ", {"TORCHINDUCTOR_CACHE_DIR": str(cache)})
 
 
 def lowvram_and_exact(args, results: dict):
@@ -373,6 +450,7 @@ def lowvram_and_exact(args, results: dict):
     started = time.perf_counter()
     models = load_framepack(args, "exact")
     results["exact_load_s"] = time.perf_counter() - started
+    speed_up(models, results)
     results["exact"] = run_job(models, job_settings(args), args.work / "exact.mp4", "exact")["result"]
     if "s_per_frame_without_loading" in results["lowvram"]:
         results["lowvram_over_exact"] = results["lowvram"]["s_per_frame_without_loading"] / results["exact"]["s_per_frame"]
@@ -380,15 +458,52 @@ def lowvram_and_exact(args, results: dict):
 
 def lowvram_and_fast(args, results: dict):
     started = time.perf_counter()
-    lowvram(args, results)
+    model_dir(args.models, args.tiny)
     fast_job(args, results)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    lowvram(args, results)
     vae_compile(args, results, started)
+
+
+SUMMARY = {  # the issue's key: (the run, the path in its JSON)
+    "baseline_s_per_step": ("resident", "baseline_step.s_per_step"),
+    "exact_s_per_step": ("resident", "exact_step.s_per_step"),
+    "exact_rel_l2": ("resident", "exact_step.rel_l2_vs_baseline"),
+    "baseline_s_per_frame": ("resident", "baseline.s_per_frame"),
+    "exact_s_per_frame": ("resident", "exact.s_per_frame"),
+    "exact_latents_rel_l2_vs_baseline": ("resident", "exact.latents_rel_l2_vs_baseline"),
+    "fast_s_per_step": ("lowvram-fast", "fast_step.s_per_step"),
+    "fast_s_per_frame": ("lowvram-fast", "fast.s_per_frame"),
+    "fast_latents_rel_l2": ("lowvram-fast", "fast.latents_rel_l2_vs_exact"),
+    "fast_passes_computed": ("lowvram-fast", "fast.transformer_passes"),
+    "vae_s_per_section": ("resident", "vae.s_per_section"),
+    "vae_reference_s_per_section": ("resident", "vae.reference_s_per_section"),
+    "vae_rel_l2_vs_reference": ("resident", "vae.rel_l2_vs_reference"),
+    "warm_start_s": ("resident", "warm_start.warm_start_s"),
+    "lowvram_s_per_frame": ("lowvram-fast", "lowvram.s_per_frame_without_loading"),
+    "lowvram_peak_reserved_gib": ("lowvram-fast", "lowvram.peak_reserved_gib"),
+    "attention": ("resident", "attention.backend"),
+    "fast_attention": ("lowvram-fast", "fast_attention.backend"),
+}
+
+
+def summary(args, results: dict):
+    """The issue's keys, read from a ``--part resident`` and a ``--part lowvram-fast`` run (``--raw``, in that order)."""
+    runs = dict(zip(("resident", "lowvram-fast"), (json.loads(path.read_text()) for path in args.raw)))
+    results["device"] = runs["resident"]["device"]
+    for key, (run, path) in SUMMARY.items():
+        value = runs[run]
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        results[key] = value
+    if results["fast_latents_rel_l2"] is None and args.exact_latents and args.fast_latents:  # the runs' latents files, compared here
+        results["fast_latents_rel_l2"] = rel_l2(load_file(str(args.fast_latents))["latents"], load_file(str(args.exact_latents))["latents"])
+    results["sources"] = {run: str(path) for run, path in zip(runs, args.raw)}
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-exact", "lowvram-fast", "lowvram-child", "host-memory"], required=True)
+    parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-exact", "lowvram-fast", "summary", "lowvram-child", "warm-start", "host-memory"], required=True)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--models", type=Path, default=default_models_dir())
     parser.add_argument("--exact-latents", type=Path, default=None, help="the exact job's latents from --part resident")
@@ -399,10 +514,16 @@ def main():
     parser.add_argument("--size", default=None, help="HxW instead of the 640 bucket (smoke runs)")
     parser.add_argument("--out", type=Path, default=Path("job.json"))
     parser.add_argument("--pid", type=int, default=None, help="the process whose host memory --part host-memory samples")
+    parser.add_argument("--fast-latents", type=Path, default=None, help="--part summary: the fast job's latents from --part lowvram-fast")
+    parser.add_argument("--raw", type=Path, nargs=2, default=None, help="--part summary: the resident and the lowvram-fast results")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.part == "lowvram-child":
         return lowvram_child(args)
+    if args.part == "warm-start":
+        return warm_start_child(args)
+    if args.part == "summary":
+        return summary(args, Results(args.out))
     if args.part == "host-memory":
         return host_memory_peaks(args.pid, args.models, args.out)
     results = Results(args.out, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__, models_dir=str(args.models))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fpgen.acceleration import Float8Linear, choose_mode, float8_linears, inductor_options, to_float8_rows
+from fpgen import acceleration
+from fpgen.acceleration import Float8Linear, choose_mode, compile_blocks, compile_cache_key, float8_linears, inductor_options, to_float8_rows
 from fpgen.devices import Placement
 from fpgen.errors import InputError
 
@@ -83,6 +84,35 @@ def test_inductor_options_only_name_known_settings():
     options = inductor_options(True)
     assert options and all(key in config._config for key in options)
     assert inductor_options(False) == {}
+
+
+def test_compile_cache_key_changes_with_what_changes_the_kernels():
+    base = ("2.11.0+cu130", "NVIDIA H200", torch.bfloat16, "eager-rounding")
+    key = compile_cache_key(*base)
+    assert key == compile_cache_key(*base) and key == "2.11.0_cu130-NVIDIA_H200-bfloat16-eager_rounding"
+    others = [("2.13.0+cu130", *base[1:]), (base[0], "NVIDIA H100 80GB HBM3", *base[2:]), (*base[:2], torch.float16, base[3]), (*base[:3], "fused")]
+    assert len({key, *(compile_cache_key(*other) for other in others)}) == 5
+    assert "/" not in compile_cache_key("2.11", "GPU/with slash", torch.float32, "fused")
+
+
+def test_compile_cache_folder_follows_the_model_and_keeps_the_users(tmp_path, monkeypatch):
+    from conftest import HUB
+
+    from fpgen.loading import load_transformer
+
+    monkeypatch.setattr(acceleration, "COMPILE_CACHE", tmp_path / "inductor")
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what inductor leaves there once it has looked
+    model = load_transformer(HUB / "lllyasviel/FramePackI2V_HY", torch.float32)
+    compile_blocks(model)  # compiling itself waits for the first call
+    exact = acceleration.os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    assert exact == str(tmp_path / "inductor" / compile_cache_key(torch.__version__, "cpu", torch.float32, "eager-rounding"))
+    compile_blocks(model, match_eager_rounding=False)
+    assert acceleration.os.environ["TORCHINDUCTOR_CACHE_DIR"] == exact.replace("eager_rounding", "fused")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compile_blocks(model)
+    assert acceleration.os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
 def test_streaming_loader_reads_every_weight_once(monkeypatch):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from fpgen.acceleration import compile_blocks, float8_linears
+from fpgen.attention import use_attention
 from fpgen.conditioning import check_prompt_template
 from fpgen.hub import ModelFiles
 from fpgen.lora import Lora, LoraChoice, apply_loras
@@ -27,6 +28,7 @@ from fpgen.offload import StreamedBlockStack, load_transformer_for_streaming, on
 from fpgen.runtime import RuntimePlan
 from fpgen.teacache import TeaCacheHook
 from fpgen.transformer import BlockStack, use_float32_head
+from fpgen.vae_reuse import reuse_vae_tiles
 
 
 
@@ -123,6 +125,7 @@ class Components:
         self.vae = load_vae(self.paths["vae"], self.runtime.encoder_dtype, self._resident)
         if self.runtime.offload_encoders:
             self.vae.enable_tiling()
+        reuse_vae_tiles(self.vae, store=torch.device("cpu") if self.runtime.offload_encoders else None)
         return self
 
     def load_transformer(self) -> Components:
@@ -133,6 +136,8 @@ class Components:
         else:
             model = load_transformer(self.paths["transformer"], self.runtime.transformer_dtype, device if mode == "exact" else "cpu")
         apply_loras(model, self.loras)
+        if self.runtime.is_cuda:
+            use_attention(model, self.runtime.attention)  # before compiling: the processor is traced into the graph
         if self.runtime.is_cuda and mode == "fast":  # the blocks arrive on the GPU converted to FP8, one at a time; the rest moves as it is
             for name, child in model.named_children():
                 if name not in ("transformer_blocks", "single_transformer_blocks"):

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from fpgen.attention import attention_for
 from fpgen.errors import InputError
 from fpgen.spec import RuntimeRequest
 
@@ -42,6 +43,8 @@ class RuntimePlan:
     reason: str = "CPU"
     offload_encoders: bool = False  # encoders visit the GPU per call and the VAE decodes in tiles
     compile: bool = False
+    attention: str = "sdpa"  # the blocks' attention backend (fpgen.attention)
+    attention_reason: str = "not on CUDA"
 
     @property
     def is_cuda(self) -> bool:
@@ -49,7 +52,10 @@ class RuntimePlan:
 
     def describe(self) -> str:
         visiting = ", encoders visit the GPU per call" if self.offload_encoders and self.mode != "low-vram" else ""
-        return f"mode: {self.mode} ({self.reason}{visiting}) on {self.device}, transformer {str(self.transformer_dtype).removeprefix('torch.')}"
+        return (
+            f"mode: {self.mode} ({self.reason}{visiting}) on {self.device}, transformer {str(self.transformer_dtype).removeprefix('torch.')}, "
+            f"attention: {self.attention} ({self.attention_reason})"
+        )
 
 
 def choose_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype, torch.dtype]:
@@ -107,4 +113,5 @@ def plan_runtime(request: RuntimeRequest, transformer: Path | None = None) -> Ru
     else:
         mode, reason = "exact", f"{budget:.0f} GiB of GPU memory holds every model"
     offload = mode == "low-vram" or budget < ALL_RESIDENT_GIB
-    return RuntimePlan(device, transformer_dtype, encoder_dtype, mode, reason, offload, request.compile)
+    attention, why = attention_for(device, fast=mode == "fast")
+    return RuntimePlan(device, transformer_dtype, encoder_dtype, mode, reason, offload, request.compile, attention, why)

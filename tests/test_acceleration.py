@@ -2,47 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from fpgen import acceleration
-from fpgen.acceleration import Float8Linear, choose_mode, compile_blocks, compile_cache_key, float8_linears, inductor_options, to_float8_rows
-from fpgen.devices import Placement
-from fpgen.errors import InputError
-
-TRANSFORMER_BYTES = 25_748_629_632  # the released transformer in bf16
-CPU = Placement(torch.device("cpu"), torch.float32, torch.float32)
-CUDA = Placement(torch.device("cuda"), torch.bfloat16, torch.float16)  # never touched: budgets are given
-
-
-def test_cpu_refuses_gpu_only_options():
-    assert choose_mode(CPU, 0).mode == "exact"
-    for kwargs in ({"fast": True}, {"low_vram": True}, {"vram_budget_gib": 8}):
-        with pytest.raises(InputError, match="need a CUDA GPU"):
-            choose_mode(CPU, 0, **kwargs)
-
-
-@pytest.mark.parametrize(
-    ("budget", "fast", "low_vram", "expected"),
-    [
-        (80, False, False, "exact"),
-        (80, True, False, "fast"),
-        (80, False, True, "low-vram"),
-        (24, False, False, "low-vram"),  # a 4090 cannot hold the bf16 transformer
-        (24, True, False, "fast"),  # but holds it in FP8
-        (8, True, False, "low-vram"),
-        (6, False, False, "low-vram"),
-    ],
-)
-def test_mode_follows_the_budget(budget, fast, low_vram, expected):
-    choice = choose_mode(CUDA, TRANSFORMER_BYTES, fast=fast, low_vram=low_vram, vram_budget_gib=budget)
-    assert choice.mode == expected and choice.reason
-
-
-def test_negative_budget_is_refused():
-    with pytest.raises(InputError, match="--vram-budget"):
-        choose_mode(CUDA, TRANSFORMER_BYTES, vram_budget_gib=-1)
-
+from fpgen.acceleration import Float8Linear, compile_blocks, compile_cache_key, float8_linears, inductor_options, to_float8_rows
 
 def test_float8_rows_round_trip():
     x = torch.randn(32, 64) * torch.logspace(-2, 2, 32).unsqueeze(1)  # rows of very different scales
@@ -156,32 +119,3 @@ def test_streamed_blocks_keep_host_weights_apart_from_the_parameters(monkeypatch
     assert all(torch.equal(host[name], before[name]) for name in host)  # the host weights did not move
     streamed._point(block, host)
     assert all(torch.equal(params[name], before[name]) for name in host)
-
-
-def test_low_vram_frees_the_llama_before_the_transformer_loads(offline_cache, monkeypatch):
-    """The two largest models never share host memory: the Llama (tied into reference cycles by its
-    streaming hooks, here by a stand-in) must be gone when the transformer starts loading."""
-    import gc
-    import weakref
-
-    import numpy as np
-
-    import fpgen.loading as loading
-    from fpgen.acceleration import ModeChoice
-    from fpgen.devices import choose_placement
-    from fpgen.hub import locate_model
-    from fpgen.pipeline import Settings, prepare_inputs
-    from fpgen.registry import MODELS
-
-    llama, alive_at_transformer_load = [], []
-    monkeypatch.setattr(loading, "stream_module_layers", lambda model, device: (model.__dict__.setdefault("_hooks", [model]), llama.append(weakref.ref(model))))
-    load_transformer = loading.Models._load_transformer
-    monkeypatch.setattr(loading.Models, "_load_transformer", lambda self: (alive_at_transformer_load.append(llama[0]() is not None), load_transformer(self))[1])
-    models = loading.Models(locate_model(MODELS["framepack"]), "inverted", choose_placement("cpu", "float32"), ModeChoice("low-vram", "test"), compile=False)
-    gc.disable()  # only the release's own collection may free the cycle, as when no automatic one happens to run
-    try:
-        prepare_inputs(models, np.full((64, 64, 3), 128, np.uint8), Settings(prompt="a cat", seconds=1, steps=1, size=(64, 64)))
-        models.transformer
-    finally:
-        gc.enable()
-    assert len(llama) == 1 and alive_at_transformer_load == [False]

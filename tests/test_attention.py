@@ -16,7 +16,7 @@ from fpgen.attention import attention_for, fa3_attend, fa3_fp8_attend, pick_atte
 from fpgen.loading import load_transformer
 from fpgen.packing import pack_section
 from fpgen.plan import plan_sections
-from fpgen.transformer import Conditioning, packed_forward
+from fpgen.transformer import BlockStack, Conditioning, packed_forward
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def inputs(batch: int):
 def forward(model, batch: int) -> torch.Tensor:
     latents, cond, context = inputs(batch)
     with torch.no_grad():
-        return packed_forward(model, latents, torch.full((batch,), 700.0), torch.full((batch,), 1000.0), cond, context)
+        return packed_forward(model, latents, torch.full((batch,), 700.0), torch.full((batch,), 1000.0), cond, context, BlockStack(model))
 
 
 @pytest.mark.parametrize("batch", [1, 2])

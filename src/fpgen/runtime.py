@@ -92,6 +92,18 @@ def transformer_parameter_bytes(path: Path, dtype: torch.dtype) -> int:
     return count * torch.empty((), dtype=dtype).element_size()
 
 
+def choose_mode(budget_gib: float, transformer_bytes: int, request: RuntimeRequest) -> tuple[Mode, str]:
+    """What was asked for, or low-vram when the transformer and its workspace do not fit in ``budget_gib``."""
+    needed = transformer_bytes / GIB * (0.5 if request.fast else 1.0) + WORKSPACE_GIB
+    if request.low_vram:
+        return "low-vram", "asked for with --low-vram"
+    if budget_gib < needed:
+        return "low-vram", f"{budget_gib:.0f} GiB of GPU memory is less than the {needed:.0f} GiB a resident transformer needs"
+    if request.fast:
+        return "fast", "asked for with --fast"
+    return "exact", f"{budget_gib:.0f} GiB of GPU memory holds every model"
+
+
 def plan_runtime(request: RuntimeRequest, transformer: Path | None = None) -> RuntimePlan:
     """The one runtime decision: what was asked for, or low-vram when the transformer and its workspace do not fit."""
     device, transformer_dtype, encoder_dtype = choose_device(request.device, request.dtype)
@@ -103,15 +115,7 @@ def plan_runtime(request: RuntimeRequest, transformer: Path | None = None) -> Ru
         raise InputError(f"--vram-budget must be positive (got {request.vram_budget})", "e.g. --vram-budget 6")
     budget = request.vram_budget or gpu_memory_gib(device)
     size = transformer_parameter_bytes(transformer, transformer_dtype) if transformer is not None else 0
-    needed = size / GIB * (0.5 if request.fast else 1.0) + WORKSPACE_GIB
-    if request.low_vram:
-        mode, reason = "low-vram", "asked for with --low-vram"
-    elif budget < needed:
-        mode, reason = "low-vram", f"{budget:.0f} GiB of GPU memory is less than the {needed:.0f} GiB a resident transformer needs"
-    elif request.fast:
-        mode, reason = "fast", "asked for with --fast"
-    else:
-        mode, reason = "exact", f"{budget:.0f} GiB of GPU memory holds every model"
+    mode, reason = choose_mode(budget, size, request)
     offload = mode == "low-vram" or budget < ALL_RESIDENT_GIB
     attention, why = attention_for(device, fast=mode == "fast")
     return RuntimePlan(device, transformer_dtype, encoder_dtype, mode, reason, offload, request.compile, attention, why)

@@ -338,13 +338,13 @@ def test_cache_is_reused_and_invalidated(offline_cache, monkeypatch, tmp_path):
 
     monkeypatch.setattr(cache, "encode_latents", counted("vae", cache.encode_latents))
     monkeypatch.setattr(cache, "encode_prompt", counted("text", cache.encode_prompt))
-    files, runtime = find_model("framepack"), RuntimePlan(*choose_device("cpu"))
+    model, runtime = find_model("framepack"), RuntimePlan(*choose_device("cpu"))
     built = []
 
     def build(**settings):
         before = dict(calls)
         options = {"size": (64, 64), "resolution": 640, "window": 3, "max_sections": None} | settings
-        cached, _, report = cache.build_cache(discover_clips(data), cache.CacheSettings(**options), files, runtime, data / ".fpgen-cache")
+        cached, _, report = cache.build_cache(discover_clips(data), cache.CacheSettings(**options), model, runtime, data / ".fpgen-cache")
         assert [c.sections for c in cached] == [options["max_sections"] or 2] * 3
         built.append(cached)
         return report, {k: calls[k] - before[k] for k in calls}

@@ -24,6 +24,7 @@ IMAGE = str(GOLDEN / "input.png")
 DEFAULTS = ["--steps", "1", "--size", "16x16", "--seconds", "1.2", "--device", "cpu"]  # every line's defaults, from the command line
 
 
+@pytest.mark.slow
 def test_jsonl_batch_mixed_jobs(hf_cache, tmp_path):
     (tmp_path / "exists.mp4").write_bytes(b"mine")
     lines = [
@@ -58,6 +59,7 @@ def test_jsonl_batch_mixed_jobs(hf_cache, tmp_path):
     assert "loading" not in again.stderr  # nothing to make, no model loaded
 
 
+@pytest.mark.slow
 def test_csv_batch_with_overwrite(hf_cache, tmp_path):
     (tmp_path / "pictures").mkdir()
     (tmp_path / "pictures" / "face.png").write_bytes((GOLDEN / "input.png").read_bytes())
@@ -76,6 +78,7 @@ def test_csv_batch_with_overwrite(hf_cache, tmp_path):
     assert (info["job"]["prompt"], info["job"]["seed"], info["job"]["steps"]) == ("a man, walking", 8, 1)
 
 
+@pytest.mark.slow
 def test_two_cpu_workers(hf_cache, tmp_path):
     """``--device cpu --gpus 2`` runs the multi-GPU path with CPU workers: each job once, by either worker, as one process makes it."""
     env = fpgen_env(hf_cache, OMP_NUM_THREADS="1")  # the same threads in both runs, for identical results

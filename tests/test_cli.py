@@ -40,6 +40,13 @@ def test_version_and_help(cli, monkeypatch):
     assert "[default: the rank, scale 1]" in help_row(cli("finetune", "--help").stdout, "--alpha")
 
 
+def test_download_and_models_help_show_examples(cli):
+    for command, options in (("download", ("--revision", "--local-dir", "--dry-run", "--json")), ("models", ("--model-dir", "--json"))):
+        proc = cli(command, "--help")
+        assert proc.returncode == 0 and "Examples" in proc.stdout
+        assert all(option in proc.stdout for option in options), proc.stdout
+
+
 def test_commands_are_listed_in_order(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     first_words = [line.strip("│ ").split(" ")[0] for line in cli("--help").stdout.splitlines() if line.startswith("│ ")]

@@ -7,8 +7,8 @@ imports the main script in each), so every worker waits at that line as well.
 """
 
 import os
-import signal
 import sys
+import time
 
 from fpgen.cli import main, report
 
@@ -19,8 +19,8 @@ report_line = report.Reporter.info
 def report_then_wait(self, message: str) -> None:
     report_line(self, message)
     if message.startswith(WAIT_AFTER):
-        while True:  # until a signal's handler raises (SIGINT, or SIGTERM, which fpgen turns into KeyboardInterrupt)
-            signal.pause()
+        while True:  # until a signal's handler raises (SIGINT, or SIGTERM, which fpgen turns into KeyboardInterrupt);
+            time.sleep(1)  # in slices, not signal.pause(): a signal landing just before pause() would leave it waiting for another
 
 
 report.Reporter.info = report_then_wait

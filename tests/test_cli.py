@@ -11,6 +11,7 @@ import pytest
 from conftest import GOLDEN, fpgen_env, fpgen_waiting, run_fpgen
 from helpers import assert_one_line_error, read_until
 
+import fpgen
 from fpgen.errors import ExitCode
 
 IMAGE = GOLDEN / "input.png"
@@ -26,7 +27,7 @@ def help_row(text: str, option: str) -> str:
 def test_version_and_help(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # no wrapping: one row per option
     version = cli("--version")
-    assert version.returncode == 0 and version.stdout == "fpgen 0.1.0\n"
+    assert version.returncode == 0 and version.stdout == f"fpgen {fpgen.__version__}\n"
     shown = cli("generate", "--help")
     assert shown.returncode == 0
     for option in ("--prompt", "--seconds", "--teacache", "--size", "--save-latents", "Examples"):

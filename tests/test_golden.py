@@ -98,6 +98,7 @@ def luma_psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255.0**2 / mse)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_cli_reproduces_golden(name, hf_cache, tmp_path):
     case, golden = CASES[name], load_file(GOLDEN / f"{name}.safetensors")

@@ -89,3 +89,12 @@ def test_an_unforeseen_error_is_one_line_asking_for_a_report(cli, monkeypatch):
     monkeypatch.setenv("FPGEN_DEBUG", "1")
     with pytest.raises(RuntimeError, match="the disk melted"):
         cli("info", "a.mp4")
+
+
+def test_a_json_batch_summary_stays_the_only_document(cli, tmp_path):
+    """A batch's summary on stdout already names each failure: its exit code adds no second JSON document."""
+    (tmp_path / "jobs.jsonl").write_text('{"image": "missing.png", "output": "a.mp4"}\n')
+    proc = cli("generate", "--jobs", "jobs.jsonl", "--json")
+    assert_one_line_error(proc, ExitCode.FAILED, "1 of 1 job(s) failed")
+    summary = json.loads(proc.stdout)
+    assert summary["failed"] == 1 and summary["jobs"][0]["exit_code"] == ExitCode.USAGE

@@ -59,10 +59,20 @@ def main() -> None:
 
 
 def run(argv: list[str]) -> int:
-    """Run ``fpgen ARGV`` and return its exit code. Every way a command ends is turned into its code here, once:
-    a failure is one line on stderr (and ``{"error", "exit_code"}`` on stdout with --json), never a traceback."""
+    """Run ``fpgen ARGV`` and return its exit code. A failure is one line on stderr, never a traceback, and with
+    --json also ``{"error", "exit_code"}`` on stdout, unless the run printed its own document there (a batch's summary)."""
     argv = [str(arg) for arg in argv]
-    as_json = "--json" in argv
+    printed = _documents_printed()
+    message, code = _outcome(argv)
+    if message is not None:
+        print(f"error: {message}", file=sys.stderr)
+        if "--json" in argv and _documents_printed() == printed:
+            print(json.dumps({"error": message, "exit_code": code}))
+    return code
+
+
+def _outcome(argv: list[str]) -> tuple[str | None, int]:
+    """Run the command; its error message (None when it succeeded) and exit code. Every way a command ends is mapped here, once."""
     try:
         with _sigterm_interrupts(), _library_bars_off() if QUIET_FLAGS & set(argv) else nullcontext():
             code = _command().main(args=argv, prog_name="fpgen", standalone_mode=False)
@@ -71,28 +81,26 @@ def run(argv: list[str]) -> int:
     except typer.TyperException as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # `fpgen` or `fpgen lora` alone: the help is the answer
             error.show()
-            return error.exit_code
+            return None, error.exit_code
         command = error.ctx.command_path if getattr(error, "ctx", None) else "fpgen"
-        return _fail(f"{error.format_message().rstrip('.')}; see {command} --help", error.exit_code, as_json)
+        return f"{error.format_message().rstrip('.')}; see {command} --help", error.exit_code
     except FpgenError as error:
-        return _fail(str(error), error.exit_code, as_json)
+        return str(error), error.exit_code
     except typer.Abort:
-        return _fail("aborted", ExitCode.INTERRUPTED, as_json)
+        return "aborted", ExitCode.INTERRUPTED
     except Exception as error:
         if os.environ.get("FPGEN_DEBUG"):
             raise
         first_line = (str(error).splitlines() or [""])[0]
-        return _fail(f"unexpected {type(error).__name__}: {first_line} (set FPGEN_DEBUG=1 for the traceback, and please report it)", ExitCode.FAILED, as_json)
+        return f"unexpected {type(error).__name__}: {first_line} (set FPGEN_DEBUG=1 for the traceback, and please report it)", ExitCode.FAILED
     if code == ExitCode.INTERRUPTED:
-        return _fail(f"interrupted; {_kept_when_interrupted(argv)}", ExitCode.INTERRUPTED, as_json)
-    return code if isinstance(code, int) else ExitCode.OK
+        return f"interrupted; {_kept_when_interrupted(argv)}", ExitCode.INTERRUPTED
+    return None, code if isinstance(code, int) else ExitCode.OK
 
 
-def _fail(message: str, code: int, as_json: bool) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    if as_json:
-        print(json.dumps({"error": message, "exit_code": code}))
-    return code
+def _documents_printed() -> int:
+    report = sys.modules.get("fpgen.cli.report")  # every command that prints a document imports it (not imported: none printed)
+    return report.Reporter.documents_printed if report else 0
 
 
 def _kept_when_interrupted(argv: list[str]) -> str:

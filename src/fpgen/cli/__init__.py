@@ -99,7 +99,7 @@ def _outcome(argv: list[str]) -> tuple[str | None, int]:
 
 
 def _documents_printed() -> int:
-    report = sys.modules.get("fpgen.cli.report")  # every command that prints a document imports it (not imported: none printed)
+    report = sys.modules.get("fpgen.cli.report")  # the reporter prints every document a command can still fail after (not imported: none)
     return report.Reporter.documents_printed if report else 0
 
 

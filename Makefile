@@ -1,4 +1,4 @@
-# fpgen: `make install` then `make test`.
+# fpgen: `make install` then `make test` (the whole suite) or `make test-fast` (all but the tests marked slow).
 #
 # TORCH is the torch requirement installed before the package. torch==2.13.0 is a CUDA build from
 # PyPI on a Linux GPU box and the CPU build on machines that provide one locally; to choose a CUDA
@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 
-.PHONY: install test clean
+.PHONY: install test test-fast clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ install:
 
 test:
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast:
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

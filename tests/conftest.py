@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from helpers import GOLDEN, HUB, Ran, offline_hub
 from hubcache import build_hf_cache
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
-HUB = GOLDEN / "hub"
+import fpgen.cli
+
 CASES = {case["name"]: case for case in json.loads((GOLDEN / "cases.json").read_text())["cases"]}
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -30,13 +32,27 @@ def hf_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def offline_cache(hf_cache, monkeypatch) -> Path:
+def offline_cache(hf_cache) -> Path:
     """Point huggingface_hub (in this process) at the golden cache, offline."""
-    import huggingface_hub.constants as constants
+    with offline_hub(hf_cache):
+        yield hf_cache
 
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return hf_cache
+
+@pytest.fixture
+def cli(offline_cache, capsys, monkeypatch, tmp_path):
+    """``cli(*args)``: `fpgen ARGS` run in this process (in tmp_path, the golden models offline); returns a ``Ran``.
+
+    The same entry as the console script, without a new interpreter importing torch for every case.
+    """
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args) -> Ran:
+        capsys.readouterr()
+        code = fpgen.cli.run([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return Ran(code, captured.out, captured.err)
+
+    return run
 
 
 def fpgen_env(cache: Path | None, **extra: str) -> dict[str, str]:
@@ -56,23 +72,26 @@ def run_fpgen(*args: str, cache: Path | None = None, cwd: Path | None = None, en
     )  # fmt: skip
 
 
+def fpgen_waiting(*args, wait_after: str, env: dict, cwd: Path) -> subprocess.Popen:
+    """The real `fpgen ARGS` in a child process that, after reporting a line starting with ``wait_after``, waits for a signal (stop_probe.py)."""
+    probe = Path(__file__).with_name("stop_probe.py")
+    return subprocess.Popen(
+        [sys.executable, str(probe), *map(str, args)], cwd=cwd, env=env | {"FPGEN_WAIT_AFTER": wait_after},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tiny_models(hf_cache):
     """``get(name)``: the tiny models (float32, CPU), loaded once per test session and shared by the tests that use the API."""
-    import huggingface_hub.constants as constants
-
     import fpgen
 
     loaded = {}
 
     def get(name: str = "framepack"):
         if name not in loaded:
-            saved = constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE
-            constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(hf_cache), True
-            try:
+            with offline_hub(hf_cache):
                 loaded[name] = fpgen.load_models(name, device="cpu", dtype="float32")
-            finally:
-                constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = saved
         return loaded[name]
 
     return get

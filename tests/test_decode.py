@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import fake_decode, official_soft_append
 
 from fpgen.decode import cross_fade, decode_span, stitch
-from fpgen.geometry import latent_to_frame, latents_to_frames, overlap_frames
+from fpgen.geometry import latent_to_frame, overlap_frames
 from fpgen.plan import plan_sections
-
-
-def official_soft_append(history, current, overlap):
-    """The official soft_append_bcthw, written out for comparison."""
-    weights = torch.linspace(1, 0, overlap, dtype=history.dtype).view(1, 1, -1, 1, 1)
-    blended = weights * history[:, :, -overlap:] + (1 - weights) * current[:, :, :overlap]
-    return torch.cat([history[:, :, :-overlap], blended, current[:, :, overlap:]], dim=2)
-
-
-def fake_decode(span, window, seed):
-    begin, end = span
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn((1, 3, latents_to_frames(end - begin), 2, 2), generator=generator)
 
 
 @pytest.mark.parametrize("order", ["inverted", "forward"])

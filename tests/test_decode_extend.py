@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_decode import fake_decode, official_soft_append
+from helpers import fake_decode, official_soft_append
 
 from fpgen.decode import Pending, decode_span, stitch
 from fpgen.geometry import latent_to_frame, overlap_frames

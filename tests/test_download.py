@@ -3,6 +3,7 @@ then `fpgen generate` on what it fetched, with no Hub to talk to."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -11,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import GOLDEN, HUB, fpgen_env, run_fpgen
+from helpers import assert_one_line_error
 from hubcache import fake_commit
 from hubserver import FakeHub
-from test_cli_errors import assert_one_line_error
 
 from fpgen.errors import ExitCode
 
@@ -22,9 +23,12 @@ DECOYS = ("transformer/", "scheduler/", "image_embedder/", "model_index.json")
 TOKEN = "hf_fpgenTestToken0123456789abcdef"
 GENERATE = ("--size", "80x112", "--seconds", "1", "--steps", "2", "--device", "cpu")
 
+pytestmark = pytest.mark.slow  # every test runs `fpgen` processes against a Hub served from this process
 
+
+@functools.cache
 def golden_files(*repos: str) -> dict[str, bytes]:
-    """'owner/name/path' -> content of every file of ``repos`` that FramePack uses (all but the decoys)."""
+    """'owner/name/path' -> content of every file of ``repos`` that FramePack uses (all but the decoys); read on first use."""
     files = {}
     for repo in repos:
         for file in sorted(p for p in (HUB / repo).rglob("*") if p.is_file()):
@@ -34,8 +38,9 @@ def golden_files(*repos: str) -> dict[str, bytes]:
     return files
 
 
-NEEDED = golden_files(*FRAMEPACK_REPOS)
-SHARED = golden_files(*FRAMEPACK_REPOS[1:])
+def needed() -> dict[str, bytes]:
+    """The files of the default model (framepack)."""
+    return golden_files(*FRAMEPACK_REPOS)
 
 
 def hub_env(home: Path, endpoint: str, cache: Path, **extra: str) -> dict[str, str]:
@@ -67,13 +72,13 @@ def downloaded(tmp_path_factory):
 def test_download_fetches_exactly_the_files_the_model_needs(downloaded):
     assert downloaded.proc.returncode == 0, downloaded.proc.stderr
     plan = json.loads(downloaded.proc.stdout)
-    assert {f"{f['repo']}/{f['path']}" for f in plan["files"]} == set(NEEDED)
-    assert plan["total_bytes"] == plan["download_bytes"] == sum(map(len, NEEDED.values()))
+    assert {f"{f['repo']}/{f['path']}" for f in plan["files"]} == set(needed())
+    assert plan["total_bytes"] == plan["download_bytes"] == sum(map(len, needed().values()))
     # Each needed file was sent whole, exactly once; nothing else was asked for, not even its metadata.
-    assert downloaded.hub.content_bytes() == {name: len(data) for name, data in NEEDED.items()}
+    assert downloaded.hub.content_bytes() == {name: len(data) for name, data in needed().items()}
     asked = [served.path for served in downloaded.hub.log]
     assert not [path for path in asked if any(decoy in path for decoy in DECOYS) or "FramePack_F1" in path]
-    for name, data in NEEDED.items():
+    for name, data in needed().items():
         assert cached(downloaded.cache, name).read_bytes() == data, name
 
 
@@ -90,10 +95,10 @@ def test_models_lists_presence_and_size_on_disk(downloaded):
     proc = run_fpgen("models", "--json", env=downloaded.env)
     assert proc.returncode == 0, proc.stderr
     listing = {row["name"]: row for row in json.loads(proc.stdout)["models"]}
-    assert listing["framepack"]["complete"] and listing["framepack"]["size_bytes"] == sum(map(len, NEEDED.values()))
+    assert listing["framepack"]["complete"] and listing["framepack"]["size_bytes"] == sum(map(len, needed().values()))
     f1 = listing["framepack-f1"]
     assert not f1["complete"] and f1["missing"] == ["lllyasviel/FramePack_F1_I2V_HY_20250503"]
-    assert f1["size_bytes"] == sum(map(len, SHARED.values())) and f1["download_command"] == "fpgen download framepack-f1"
+    assert f1["size_bytes"] == sum(map(len, golden_files(*FRAMEPACK_REPOS[1:]).values())) and f1["download_command"] == "fpgen download framepack-f1"
     assert json.loads(proc.stdout)["total_bytes"] == listing["framepack"]["size_bytes"]
 
 
@@ -148,8 +153,8 @@ def test_interrupted_download_goes_on_where_it_stopped(tmp_path):
         second = download(env, "-q")
         again = set(hub.content_bytes(since))
     assert second.returncode == 0, second.stderr
-    assert before and vae in again and not before & again and before | again == set(NEEDED)
-    for name, data in NEEDED.items():
+    assert before and vae in again and not before & again and before | again == set(needed())
+    for name, data in needed().items():
         assert cached(tmp_path / "hf", name).read_bytes() == data, name
 
 
@@ -216,7 +221,7 @@ def test_local_dir_then_generate_with_model_dir_and_no_cache(tmp_path):
         proc = download(hub_env(tmp_path / "home", hub.url, empty_cache), "--local-dir", folder, "-q")
         endpoint = hub.url
     assert proc.returncode == 0, proc.stderr
-    for name, data in NEEDED.items():
+    for name, data in needed().items():
         assert (folder / name).read_bytes() == data, name
     assert not [p for p in folder.rglob("*") if p.is_file() and any(d in p.as_posix() for d in DECOYS)]
 
@@ -237,10 +242,3 @@ def test_dry_run_with_revision_plans_and_downloads_nothing(tmp_path):
     assert plan["dry_run"] and plan["download_bytes"] == plan["total_bytes"] == sum(map(len, expected.values()))
     assert {(f["repo"], f["revision"], f["commit"]) for f in plan["files"] if "F1" in f["repo"]} == {("lllyasviel/FramePack_F1_I2V_HY_20250503", commit, commit)}
     assert not (tmp_path / "hf").exists() or not list((tmp_path / "hf").glob("*/blobs/*"))
-
-
-def test_download_and_models_help_show_examples():
-    for command, options in (("download", ("--revision", "--local-dir", "--dry-run", "--json")), ("models", ("--model-dir", "--json"))):
-        proc = run_fpgen(command, "--help")
-        assert proc.returncode == 0 and "Examples" in proc.stdout
-        assert all(option in proc.stdout for option in options), proc.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -21,17 +23,22 @@ from fpgen.video import read_mp4
 from enginejob import prepare
 
 SIZE = (32, 32)
-START = load_image(GOLDEN / "input.png")
-END = np.ascontiguousarray(np.flip(START, axis=1)[:, :, ::-1])  # mirrored, colours swapped: another picture
+
+
+@functools.cache
+def pictures() -> tuple[np.ndarray, np.ndarray]:
+    """The start picture and an end picture (it mirrored, colours swapped: another picture), read on first use."""
+    start = load_image(GOLDEN / "input.png")
+    return start, np.ascontiguousarray(np.flip(start, axis=1)[:, :, ::-1])
 
 
 def latent_of(models, picture):
     return encode_latents(models.vae, picture_to_pixels(resize_and_center_crop(picture, *SIZE)))
 
 
-def run(models, settings, end=None):
+def run(models, settings, start, end=None):
     started, pieces = [], []
-    job, inputs = prepare(models, START, settings, end)
+    job, inputs = prepare(models, start, settings, end)
     result = generate_frames(models, inputs, job.plan, job.settings, lambda f, s: pieces.append((s, f)), lambda e: started.append(e) if isinstance(e, SectionStarted) else None)
     result.frames = torch.cat([f for _, f in sorted(pieces, key=lambda p: p[0])], dim=2)
     return result, started
@@ -39,8 +46,9 @@ def run(models, settings, end=None):
 
 def report_distance(model: str, models, with_end, without) -> None:
     """How close the video's end gets to the end picture, with and without it (printed: run pytest -s to see)."""
-    end_latent = latent_of(models, END)
-    target = torch.from_numpy(resize_and_center_crop(END, *SIZE)).double()
+    end_picture = pictures()[1]
+    end_latent = latent_of(models, end_picture)
+    target = torch.from_numpy(resize_and_center_crop(end_picture, *SIZE)).double()
     round_trip = ((decode_latents(models.vae, end_latent)[0, :, 0].permute(1, 2, 0).double().clamp(-1, 1) + 1) * 127.5 - target).abs().mean().item()
     print(f"{model}: the tiny VAE's own round trip of the end picture is {round_trip:.1f}/255 from it (the floor for any pixel distance here)")
     for name, result in (("without", without), ("with", with_end)):
@@ -50,11 +58,11 @@ def report_distance(model: str, models, with_end, without) -> None:
 
 
 def test_end_image_original_model(tiny_models):
-    models = tiny_models("framepack")
+    models, (start, end_picture) = tiny_models("framepack"), pictures()
     settings = Settings(prompt="she turns", seconds=2.4, steps=1, size=SIZE)
-    result, started = run(models, settings, END)
-    report_distance("framepack", models, result, run(models, settings)[0])
-    end = latent_of(models, END)
+    result, started = run(models, settings, start, end_picture)
+    report_distance("framepack", models, result, run(models, settings, start)[0])
+    end = latent_of(models, end_picture)
     first, *later = started
     assert first.section.slot == 1  # the end of the video, made first
     assert torch.equal(first.context.clean[:, :, 1:2], end)  # its nearest future frame (the 1x slot) is the end picture
@@ -67,11 +75,11 @@ def test_end_image_original_model(tiny_models):
 
 
 def test_end_image_f1(tiny_models):
-    models = tiny_models("framepack-f1")
+    models, (start, end_picture) = tiny_models("framepack-f1"), pictures()
     settings = Settings(prompt="she turns", seconds=2.4, steps=1, size=SIZE)
-    end = latent_of(models, END)
-    with_end, started = run(models, settings, END)
-    without, _ = run(models, settings)
+    end = latent_of(models, end_picture)
+    with_end, started = run(models, settings, start, end_picture)
+    without, _ = run(models, settings, start)
     report_distance("framepack-f1", models, with_end, without)
     *earlier, last = started
     assert last.section.slot == 1
@@ -88,7 +96,7 @@ def made(tiny_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("extend")
     videos = {}
     for model in ("framepack", "framepack-f1"):
-        videos[model] = generate_video(tiny_models(model), START, folder / f"{model}.mp4", Settings(prompt="a man walks", seconds=2.4, steps=1, size=SIZE)).output
+        videos[model] = generate_video(tiny_models(model), pictures()[0], folder / f"{model}.mp4", Settings(prompt="a man walks", seconds=2.4, steps=1, size=SIZE)).output
     return videos
 
 

@@ -18,7 +18,7 @@ from conftest import HUB, fpgen_env, run_fpgen
 from PIL import Image
 from safetensors.torch import load_file
 from synthetic import BLACK, COLOURS, WHITE, make_clip, make_dataset
-from test_cli_errors import assert_one_line_error
+from helpers import assert_one_line_error
 
 from fpgen.errors import ExitCode
 from fpgen.tensorfile import load_tensors

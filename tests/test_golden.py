@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CASES, GOLDEN, rel_l2, run_fpgen
+from helpers import offline_hub
 from safetensors.torch import load_file
 
 import fpgen
@@ -39,10 +40,6 @@ def model_name(case: dict) -> str:
 @pytest.fixture(scope="module")
 def loaded(hf_cache):
     """Models per (model, dtype), loaded once from the offline HF cache."""
-    import huggingface_hub.constants as constants
-
-    saved = constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE
-    constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(hf_cache), True
     cache = {}
 
     def get(case):
@@ -51,8 +48,8 @@ def loaded(hf_cache):
             cache[key] = fpgen.load_models(key[0], device="cpu", dtype=key[1])
         return cache[key]
 
-    yield get
-    constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = saved
+    with offline_hub(hf_cache):
+        yield get
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -104,6 +101,7 @@ def luma_psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255.0**2 / mse)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_cli_reproduces_golden(name, hf_cache, tmp_path):
     case, golden = CASES[name], load_file(GOLDEN / f"{name}.safetensors")

@@ -9,6 +9,7 @@ import sys
 import weakref
 from pathlib import Path
 
+import pytest
 from conftest import GOLDEN, fpgen_env, run_fpgen
 
 from fpgen.buckets import load_image
@@ -32,6 +33,7 @@ def generate(seconds: float, output: Path, cache, *extra: str) -> tuple[int, lis
     return next(r["peak_kb"] for r in records if "peak_kb" in r), [r["section_rss_kb"] for r in records if "section_rss_kb" in r]
 
 
+@pytest.mark.slow
 def test_a_minute_of_video_in_constant_memory(hf_cache, tmp_path):
     short, _ = generate(10, tmp_path / "short.mp4", hf_cache)
     long, sections = generate(60, tmp_path / "long.mp4", hf_cache, "--preview")

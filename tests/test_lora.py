@@ -6,20 +6,18 @@ import json
 
 import pytest
 import torch
-from conftest import GOLDEN, HUB, run_fpgen
+from conftest import GOLDEN
+from helpers import TRANSFORMER, assert_one_line_error, tiny_transformer_with_lora
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_cli_errors import assert_one_line_error
 
 from fpgen.errors import ExitCode, InputError
 from fpgen.loading import load_transformer
 from fpgen.lora import LoraChoice, apply_loras, merge_lora, module_from_musubi, musubi_name, read_lora, write_lora, write_musubi
 from fpgen.packing import pack_section
 from fpgen.plan import plan_sections
-from fpgen.training.adapters import add_lora, lora_of
+from fpgen.training.adapters import lora_of
 from fpgen.transformer import BlockStack, Conditioning, packed_forward
-
-TRANSFORMER = HUB / "lllyasviel" / "FramePackI2V_HY"
 
 
 def tiny():
@@ -28,14 +26,7 @@ def tiny():
 
 def trained_lora(rank: int = 4, alpha: float = 2.0):
     """A LoRA as the trainer saves it, with random (non-zero) weights standing in for training."""
-    model = tiny()
-    add_lora(model, rank, alpha, None, seed=0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return lora_of(model, alpha, info=json.dumps({"base_model": "framepack"}))
+    return lora_of(tiny_transformer_with_lora(rank, alpha), alpha, info=json.dumps({"base_model": "framepack"}))
 
 
 def forward(model) -> torch.Tensor:
@@ -67,11 +58,11 @@ def test_every_block_linear_has_a_musubi_name_and_back():
     assert module_from_musubi("lora_unet_double_blocks_0_img_attn_qkv") is None
 
 
-def test_round_trip_through_musubi_is_identical(tmp_path):
+def test_round_trip_through_musubi_is_identical(cli, tmp_path):
     ours = write_lora(tmp_path / "lora.safetensors", trained_lora())
     musubi, back = tmp_path / "musubi.safetensors", tmp_path / "back.safetensors"
-    assert run_fpgen("lora", "convert", ours, musubi, "--to", "musubi").returncode == 0
-    proc = run_fpgen("lora", "convert", musubi, back, "--to", "diffusers", "--json")
+    assert cli("lora", "convert", ours, musubi, "--to", "musubi").returncode == 0
+    proc = cli("lora", "convert", musubi, back, "--to", "diffusers", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["source_layout"] == "musubi"
     assert_same_file(back, ours)  # tensors (with their dtypes), alphas and metadata
@@ -83,15 +74,11 @@ def test_round_trip_through_musubi_is_identical(tmp_path):
     assert not any("norm" in k for k in keys)  # the default targets leave the modulation layers alone, as musubi does
     original, layout = read_lora(ours)
     assert layout == "diffusers" and len(original.modules) == 2 * 12 + 2 * 5
-    again = run_fpgen("lora", "convert", ours, musubi, "--to", "musubi")
-    assert_one_line_error(again, ExitCode.USAGE, "already exists", "--overwrite")
+    assert_one_line_error(cli("lora", "convert", ours, musubi, "--to", "musubi"), ExitCode.USAGE, "already exists", "--overwrite")
 
 
-def test_lora_info(tmp_path, capsys):
-    from fpgen.cli.lora import info
-
-    info(write_musubi(tmp_path / "m.safetensors", trained_lora(rank=4, alpha=2.0)), json_output=True)
-    shown = json.loads(capsys.readouterr().out)
+def test_lora_info(cli, tmp_path):
+    shown = json.loads(cli("lora", "info", write_musubi(tmp_path / "m.safetensors", trained_lora(rank=4, alpha=2.0)), "--json").stdout)
     assert (shown["layout"], shown["modules"], shown["rank"], shown["alpha"], shown["trained"]) == ("musubi", 34, 4, 2.0, {"base_model": "framepack"})
 
 
@@ -150,12 +137,12 @@ def test_foreign_keys_are_errors_that_name_them(tmp_path):
         apply_loras(tiny(), [(read_lora(wide)[0], LoraChoice(wide))])
 
 
-def test_generate_refuses_a_foreign_lora_in_one_line(hf_cache, tmp_path):
+def test_generate_refuses_a_foreign_lora_in_one_line(cli, tmp_path):
     hunyuan = _foreign(tmp_path, "hv.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 32), "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(96, 4)})
-    proc = run_fpgen("generate", GOLDEN / "input.png", "--lora", f"{hunyuan}:0.8", "-o", tmp_path / "out.mp4", cache=hf_cache, cwd=tmp_path)
+    proc = cli("generate", GOLDEN / "input.png", "--lora", f"{hunyuan}:0.8", "-o", "out.mp4")
     assert_one_line_error(proc, ExitCode.USAGE, "hv.safetensors", "lora_unet_double_blocks_0_img_attn_qkv", "musubi-tuner")
     assert not (tmp_path / "out.mp4").exists()
-    missing = run_fpgen("generate", GOLDEN / "input.png", "--lora", tmp_path / "nope.safetensors", "-o", tmp_path / "out.mp4", cache=hf_cache, cwd=tmp_path)
+    missing = cli("generate", GOLDEN / "input.png", "--lora", "nope.safetensors", "-o", "out.mp4")
     assert_one_line_error(missing, ExitCode.USAGE, "LoRA not found", "nope.safetensors")
 
 

@@ -29,6 +29,7 @@ def fpgen_process(*args, cache, cwd):
     return subprocess.Popen([sys.executable, "-m", "fpgen", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=fpgen_env(cache))
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_to_the_identical_video(hf_cache, tiny_models, tmp_path):
     job = fpgen_process("generate", IMAGE, *JOB, "-o", "cut.mp4", "--save-latents", "cut.safetensors", "--preview", cache=hf_cache, cwd=tmp_path)
     sections = tmp_path / "cut.mp4.job" / "sections"

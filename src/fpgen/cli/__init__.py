@@ -1,14 +1,23 @@
-"""The ``fpgen`` command: parses, calls the engine, reports. Exit codes are listed in ``fpgen.errors.ExitCode``."""
+"""The ``fpgen`` command: parses, calls the engine, reports. Exit codes are listed in ``fpgen.errors.ExitCode``.
+
+``run(argv)`` is the whole command in this process (the tests call it); ``main()`` is the console script.
+Nothing here imports torch or diffusers: ``--help`` and bad command lines answer at once.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import typer
+from rich.markup import escape
 
 from fpgen._version import __version__
 from fpgen.errors import ExitCode, FpgenError
+from fpgen.signals import sigterm_as_interrupt
 
 app = typer.Typer(
     name="fpgen",
@@ -18,6 +27,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+# What each command leaves when Ctrl-C or SIGTERM stops it outside its own stop handling (loading, encoding, finishing);
+# the stops a command handles itself (a job's sections, training steps) say what they kept in their own error.
+KEPT_WHEN_INTERRUPTED = {
+    "generate": "finished videos are kept, none is left half-written, and a job that had started stays in <output>.job/ for fpgen generate --resume",
+    "download": "the files downloaded so far are kept; the same command goes on where it stopped",
+    "finetune": "the cache written so far and any checkpoint saved are kept; the same command goes on (with --resume once training had started)",
+}
+NOTHING_HALF_WRITTEN = "no file was left half-written"
+QUIET_FLAGS = {"-q", "--quiet", "--json"}
 
 
 def _version(value: bool) -> None:
@@ -33,41 +52,108 @@ def _root(
     """FramePack image-to-video from the command line."""
 
 
-COMMAND_ORDER = ("generate", "download", "models", "info", "finetune")
-
-
-def _register() -> None:
-    """Import every command module of this package; each registers its commands on ``app`` (listed in COMMAND_ORDER first)."""
-    import importlib
-    import pkgutil
-
-    found = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name != "report"}
-    for name in [n for n in COMMAND_ORDER if n in found] + sorted(found - set(COMMAND_ORDER)):
-        importlib.import_module(f"fpgen.cli.{name}")
-
-
-def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
 def main() -> None:
-    """Entry point: user errors become one line on stderr and a meaningful exit code, never a traceback."""
-    _register()
+    """The console script."""
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(argv: list[str]) -> int:
+    """Run ``fpgen ARGV`` and return its exit code. A failure is one line on stderr, never a traceback, and with
+    --json also ``{"error", "exit_code"}`` on stdout, unless the run printed its own document there (a batch's summary)."""
+    argv = [str(arg) for arg in argv]
+    printed = _documents_printed()
+    message, code = _outcome(argv)
+    if message is not None:
+        print(f"error: {message}", file=sys.stderr)
+        if "--json" in argv and _documents_printed() == printed:
+            print(json.dumps({"error": message, "exit_code": code}))
+    return code
+
+
+def _outcome(argv: list[str]) -> tuple[str | None, int]:
+    """Run the command; its error message (None when it succeeded) and exit code. Every way a command ends is mapped here, once."""
     try:
-        app(standalone_mode=False)
-    except FpgenError as error:
-        _fail(str(error), error.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted", ExitCode.INTERRUPTED)
-    except typer.Exit as done:
-        raise SystemExit(done.exit_code) from None
-    except typer.Abort:
-        _fail("aborted", ExitCode.INTERRUPTED)
-    except Exception as error:
-        if hasattr(error, "show") and hasattr(error, "exit_code"):  # click's usage errors (typer vendors click)
+        with sigterm_as_interrupt(), _library_bars_off() if QUIET_FLAGS & set(argv) else nullcontext():
+            code = _command().main(args=argv, prog_name="fpgen", standalone_mode=False)
+    except KeyboardInterrupt:  # outside Typer's reach (it turns the ones it sees into exit code 130)
+        code = ExitCode.INTERRUPTED
+    except typer.TyperException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # `fpgen` or `fpgen lora` alone: the help is the answer
             error.show()
-            raise SystemExit(error.exit_code) from None
+            return None, error.exit_code
+        command = error.ctx.command_path if getattr(error, "ctx", None) else "fpgen"
+        return f"{error.format_message().rstrip('.')}; see {command} --help", error.exit_code
+    except FpgenError as error:
+        return str(error), error.exit_code
+    except typer.Abort:
+        return "aborted", ExitCode.INTERRUPTED
+    except Exception as error:
         if os.environ.get("FPGEN_DEBUG"):
             raise
-        _fail(f"unexpected {type(error).__name__}: {error} (set FPGEN_DEBUG=1 for the traceback, and please report it)", ExitCode.FAILED)
+        first_line = (str(error).splitlines() or [""])[0]
+        return f"unexpected {type(error).__name__}: {first_line} (set FPGEN_DEBUG=1 for the traceback, and please report it)", ExitCode.FAILED
+    if code == ExitCode.INTERRUPTED:
+        return f"interrupted; {_kept_when_interrupted(argv)}", ExitCode.INTERRUPTED
+    return None, code if isinstance(code, int) else ExitCode.OK
+
+
+def _documents_printed() -> int:
+    report = sys.modules.get("fpgen.cli.report")  # the reporter prints every document a command can still fail after (not imported: none)
+    return report.Reporter.documents_printed if report else 0
+
+
+def _kept_when_interrupted(argv: list[str]) -> str:
+    command = next((arg for arg in argv if not arg.startswith("-")), None)  # the root takes no option values
+    return KEPT_WHEN_INTERRUPTED.get(command, NOTHING_HALF_WRITTEN)
+
+
+@contextmanager
+def _library_bars_off() -> Iterator[None]:
+    """-q and --json mean no progress output: also none of huggingface_hub's, transformers' or diffusers' loading bars.
+
+    The environment reaches the libraries when they load (in this process and in batch workers, which inherit it):
+    huggingface_hub reads its switch, transformers follows huggingface_hub, and diffusers' bars are tqdm's, which
+    reads TQDM_DISABLE. The ones already loaded (a caller's process) are switched off by their own functions.
+    """
+    from unittest import mock
+
+    switches = {"huggingface_hub.utils": "disable_progress_bars", "transformers.utils.logging": "disable_progress_bar", "diffusers.utils.logging": "disable_progress_bar"}
+    for module, switch in switches.items():
+        if module in sys.modules:
+            getattr(sys.modules[module], switch)()
+    with mock.patch.dict(os.environ, {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}):
+        yield
+
+
+def _command():
+    """``app`` as a click command whose help is plain text: rich markup would eat a literal ``[default: ...]`` in a
+    help string, and a flag gets no value placeholder (Typer shows ``<bool>`` as if it took one)."""
+    command = typer.main.get_command(app)
+    for ctx in _contexts(command):
+        ctx.command.help, ctx.command.epilog = _plain(ctx.command.help), _plain(ctx.command.epilog)
+        for param in filter(None, [*ctx.command.params, ctx.command.get_help_option(ctx)]):
+            param.help = _plain(getattr(param, "help", None))
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+    return command
+
+
+def _contexts(command, parent=None) -> Iterator[typer.Context]:
+    """A context for ``command`` and each of its subcommands, settings inherited as when they run (-h among them)."""
+    ctx = typer.Context(command, parent=parent, info_name=command.name, **command.context_settings)
+    yield ctx
+    for sub in getattr(command, "commands", {}).values():
+        yield from _contexts(sub, ctx)
+
+
+def _plain(text: str | None) -> str | None:
+    return escape(text) if text else text
+
+
+# Each command module registers its commands on ``app`` when imported; --help lists them in this order.
+from fpgen.cli import generate  # noqa: E402, F401
+from fpgen.cli import download  # noqa: E402, F401
+from fpgen.cli import models  # noqa: E402, F401
+from fpgen.cli import info  # noqa: E402, F401
+from fpgen.cli import finetune  # noqa: E402, F401
+from fpgen.cli import lora  # noqa: E402, F401

@@ -17,7 +17,6 @@ import typer
 
 from fpgen.cli import app
 from fpgen.errors import InputError
-from fpgen.signals import stop_on_sigterm
 from fpgen.terminal import printable
 
 EXAMPLES = """
@@ -120,7 +119,6 @@ def generate(
     """
     from fpgen.cli.report import Reporter
 
-    stop_on_sigterm()
     values = dict(ctx.params)
     given = {name for name in values if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     report = Reporter(json_output, quiet)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # the pipeline imports torch, which commands like `fpgen down
 
 
 class Reporter:
+    documents_printed = 0  # JSON documents on stdout, by any reporter of this process: the CLI adds an error document only to a run that printed none
+
     def __init__(self, json_mode: bool = False, quiet: bool = False, results: bool = True, prefix: str = ""):
         self.json_mode, self.quiet, self.results, self.prefix = json_mode, quiet, results, prefix
         self.console = Console(stderr=True, highlight=False)
@@ -49,7 +51,15 @@ class Reporter:
     def result(self, data: dict, line: str) -> None:
         if not self.results:
             return
-        print(json.dumps(data, default=str) if self.json_mode else line)
+        if self.json_mode:
+            self._print_document(data)
+        else:
+            print(line)
+
+    @staticmethod
+    def _print_document(data: dict) -> None:
+        print(json.dumps(data, default=str))
+        Reporter.documents_printed += 1
 
     def job_progress(self, sections: int, steps: int, window: int) -> JobProgress:
         return JobProgress(self, sections, steps, window)
@@ -58,7 +68,7 @@ class Reporter:
         counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "resumed", "skipped", "failed", "interrupted", "not run")}
         workers = Counter(o.worker for o in outcomes if o.worker)  # jobs per worker process (empty in a one-process batch)
         if self.json_mode:
-            print(json.dumps({"jobs": [o.as_dict() for o in outcomes], **counts, "workers": dict(sorted(workers.items()))}, default=str))
+            self._print_document({"jobs": [o.as_dict() for o in outcomes], **counts, "workers": dict(sorted(workers.items()))})
             return
         table = Table(title="fpgen batch", title_justify="left")
         columns = ("line", "status", "output", "frames", "time", "error") + (("worker",) if workers else ())

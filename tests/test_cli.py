@@ -99,6 +99,10 @@ def test_a_signal_while_models_load_exits_130(signum, hf_cache, tmp_path):
         (["--version"], ExitCode.OK),
         (["generate", "x.png", "--frobnicate"], ExitCode.USAGE),
         (["generate", "x.png", "--seconds", "five"], ExitCode.USAGE),
+        (["generate", "missing.png"], ExitCode.USAGE),
+        (["generate", str(IMAGE), "--seconds", "0"], ExitCode.USAGE),
+        (["generate", str(IMAGE), "--crf", "99"], ExitCode.USAGE),
+        (["generate", str(IMAGE), "--steps", "0"], ExitCode.USAGE),
     ],
 )
 def test_help_and_bad_arguments_never_import_torch(argv, code):

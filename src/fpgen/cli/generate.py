@@ -42,6 +42,8 @@ Examples:
 
   fpgen generate --jobs jobs.jsonl --device cpu --gpus 2   (two CPU workers)
 
+  fpgen generate face.png -p "A dog runs" --seconds 10 --gpus 2   (one video, made faster by two GPUs)
+
   fpgen generate face.png -p "A dog runs" --fast          # FP8 + TeaCache on a Hopper GPU
 
   fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
@@ -100,7 +102,8 @@ def generate(
     jobs: Path | None = typer.Option(None, "--jobs", help="Run every job of a JSON Lines or CSV file (fields are option names); options given here are defaults for every job.", rich_help_panel=LONG),
     gpus: str = typer.Option(
         "1", "--gpus", metavar="N|all", help="With --jobs: N worker processes, one per GPU (each sees only its own), each loading its models once and taking "
-        "the next job when done; Ctrl-C stops them all, resumable. With --device cpu: N CPU workers, the same way.", rich_help_panel=LONG,
+        "the next job when done; Ctrl-C stops them all, resumable. With --device cpu: N CPU workers, the same way. "
+        "Without --jobs: one video made by N GPUs together, each transformer pass split by sequence (each GPU holds all the models).", rich_help_panel=LONG,
     ),  # fmt: skip
     trust_jobs: bool = typer.Option(
         False, "--trust-jobs", help="With --jobs: let the file's lines write outside the file's folder and overwrite what their 'overwrite' field names "
@@ -126,8 +129,6 @@ def generate(
     modes = [flag for flag, name in (("--resume", "resume"), ("--from", "from_video"), ("--jobs", "jobs")) if values[name] is not None]
     if len(modes) > 1:
         raise InputError(f"{' and '.join(modes)} cannot be combined", "use one of them")
-    if "gpus" in given and jobs is None:
-        raise InputError("--gpus spreads the jobs of a --jobs file over GPUs", "pass --jobs FILE, or leave out --gpus")
     if resume is not None:
         _resume(values, given, report)
     elif jobs is not None:
@@ -174,7 +175,14 @@ def _single(values: dict, given: set, report) -> None:
     if options.get("image") is None and options.get("extend") is None:
         raise InputError("missing IMAGE", "pass a start picture (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
     job = resolve(_spec(options), values["overwrite"], values["preview"])
-    _run(_load(job, report), job, report)
+    if values["gpus"] == "1":
+        return _run(_load(job, report), job, report)
+    from fpgen.parallel import process_count, run_split
+
+    count = process_count(values["gpus"], values["device"])
+    report.info(f"loading {job.model.spec.name} in {count} processes (one video, each transformer pass split by sequence) ...")
+    report.info(job.runtime.describe())
+    run_split(job, count, partial(_run, report=report))
 
 
 def _recorded(values: dict, given: set, report) -> dict:
@@ -254,6 +262,8 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
     from fpgen.workers import plan_workers, run_parallel
 
     path = values["jobs"]
+    if values["gpus"] != "1":
+        plan_workers(values["gpus"], values["device"])  # a wrong --gpus shows before the file is read
     params = {p.name: p for p in ctx.command.params}
     lines = read_jobs_file(path)
     jobs = []

@@ -51,7 +51,7 @@ Examples:
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 """
 
-RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "gpus", "trust_jobs", "prompts_file")
+RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "gpus", "shard", "trust_jobs", "prompts_file")
 LONG = "Long jobs"
 
 
@@ -105,6 +105,10 @@ def generate(
         "the next job when done; Ctrl-C stops them all, resumable. With --device cpu: N CPU workers, the same way. "
         "Without --jobs: one video made by N GPUs together, each transformer pass split by sequence (each GPU holds all the models).", rich_help_panel=LONG,
     ),  # fmt: skip
+    shard: str | None = typer.Option(
+        None, "--shard", metavar="K/N", help="With --jobs: run share K (from 0) of N of the file, for N hosts (SLURM arrays, Kubernetes indexed jobs); "
+        "under torchrun each process takes share RANK/WORLD_SIZE by itself. Running a share again skips the outputs it made.", rich_help_panel=LONG,
+    ),  # fmt: skip
     trust_jobs: bool = typer.Option(
         False, "--trust-jobs", help="With --jobs: let the file's lines write outside the file's folder and overwrite what their 'overwrite' field names "
         "(a jobs file is untrusted input otherwise).", rich_help_panel=LONG,
@@ -129,6 +133,8 @@ def generate(
     modes = [flag for flag, name in (("--resume", "resume"), ("--from", "from_video"), ("--jobs", "jobs")) if values[name] is not None]
     if len(modes) > 1:
         raise InputError(f"{' and '.join(modes)} cannot be combined", "use one of them")
+    if shard is not None and jobs is None:
+        raise InputError("--shard takes a share of a --jobs file", "pass --jobs FILE, or leave out --shard")
     if resume is not None:
         _resume(values, given, report)
     elif jobs is not None:
@@ -256,7 +262,7 @@ def _resume(values: dict, given: set, report) -> None:
 
 
 def _batch(ctx: typer.Context, values: dict, report) -> None:
-    from fpgen.batch import BatchJob, check_outputs, read_jobs_file, run_batch
+    from fpgen.batch import BatchJob, check_outputs, my_share, parse_shard, read_jobs_file, run_batch
     from fpgen.config import PATH_OPTIONS, resolve
     from fpgen.errors import FpgenError, Interrupted
     from fpgen.workers import plan_workers, run_parallel
@@ -264,8 +270,9 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
     path = values["jobs"]
     if values["gpus"] != "1":
         plan_workers(values["gpus"], values["device"])  # a wrong --gpus shows before the file is read
+    shard = parse_shard(values["shard"])
     params = {p.name: p for p in ctx.command.params}
-    lines = read_jobs_file(path)
+    lines = my_share(read_jobs_file(path), shard)
     jobs = []
     for number, fields in lines:
         try:
@@ -288,7 +295,8 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
     jobs = check_outputs(jobs)
     runnable = sum(job.spec is not None for job in jobs)
     workers = plan_workers(values["gpus"], values["device"], runnable) if values["gpus"] != "1" else []
-    report.info(f"{len(jobs)} job(s) in {path}" + (f", {len(workers)} workers: {', '.join(w.label for w in workers)}" if workers else ""))
+    share = f" (share {shard[0]}/{shard[1]})" if shard else ""
+    report.info(f"{len(jobs)} job(s) in {path}{share}" + (f", {len(workers)} workers: {', '.join(w.label for w in workers)}" if workers else ""))
     runner = partial(_batch_runner, values)  # picklable: the workers build their own
     outcomes = run_parallel(jobs, workers, runner) if workers else run_batch(jobs, *runner(None))
     report.batch_summary(outcomes)
@@ -337,7 +345,7 @@ def _typed_fields(ctx: typer.Context, params: dict, fields: dict) -> dict:
     """A batch line's fields converted by the options' own types (CSV gives text, JSON gives numbers and booleans)."""
     if "__error__" in fields:
         raise InputError(fields["__error__"], "fix the line")
-    allowed = set(params) - {"resume", "from_video", "jobs", "gpus", "trust_jobs", "json_output", "quiet"}
+    allowed = set(params) - {"resume", "from_video", "jobs", "gpus", "shard", "trust_jobs", "json_output", "quiet"}
     typed = {}
     for key, value in fields.items():
         name = key.lstrip("-").replace("-", "_")

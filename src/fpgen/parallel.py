@@ -101,7 +101,7 @@ def on_rank(job, rank: int):
 def join_group(rank: int, world: int, port: int, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"  # diffusers gathers the pieces' lengths on the CPU then: no GPU sync per attention
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=TIMEOUT)
 
 

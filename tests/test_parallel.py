@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import GOLDEN, fpgen_env, run_fpgen
 
+from fpgen.api import generate_video
+from fpgen.config import Settings
+from fpgen.errors import Interrupted
+from fpgen.events import SectionDone
 from fpgen.tensorfile import load_tensors
 
 DRIVER = Path(__file__).with_name("split_driver.py")
@@ -56,3 +60,21 @@ def test_generate_gpus_2_splits_one_video(hf_cache, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["two.json", "two.mp4", "two.safetensors"]
     alone, split = (load_tensors(tmp_path / name)[0]["latents"] for name in ("one.safetensors", "two/two.safetensors"))
     assert (split - alone).abs().max().item() < 1e-5
+
+
+def test_a_job_stopped_on_one_device_finishes_split_over_two(hf_cache, tiny_models, tmp_path):
+    """`--resume --gpus 2`: both processes continue from the saved sections; the video's latents are the uninterrupted ones."""
+    models, settings = tiny_models("framepack"), Settings(prompt="a man walks", seconds=2.4, steps=2, size=(32, 32))
+    reference = generate_video(models, GOLDEN / "input.png", tmp_path / "full.mp4", settings, device="cpu")
+
+    def stop_after_the_first_section(event):
+        if isinstance(event, SectionDone):
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="1/2 sections done"):
+        generate_video(models, GOLDEN / "input.png", tmp_path / "cut.mp4", settings, stop_after_the_first_section, device="cpu", save_latents=tmp_path / "cut.safetensors")
+    resumed = run_fpgen("generate", "--resume", "cut.mp4", "--gpus", "2", "--json", cache=hf_cache, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout)["resumed_sections"] == 1
+    latents = load_tensors(tmp_path / "cut.safetensors")[0]["latents"]
+    assert (latents - reference.result.latents).abs().max().item() < 1e-5

@@ -181,14 +181,19 @@ def _single(values: dict, given: set, report) -> None:
     if options.get("image") is None and options.get("extend") is None:
         raise InputError("missing IMAGE", "pass a start picture (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
     job = resolve(_spec(options), values["overwrite"], values["preview"])
-    if values["gpus"] == "1":
+    _load_and_run(job, values["gpus"], report)
+
+
+def _load_and_run(job, gpus: str, report):
+    """The job on one device, or with ``--gpus N`` its transformer passes split over N processes (``fpgen.parallel``)."""
+    if gpus == "1":
         return _run(_load(job, report), job, report)
     from fpgen.parallel import process_count, run_split
 
-    count = process_count(values["gpus"], values["device"])
+    count = process_count(gpus, job.spec.device)
     report.info(f"loading {job.model.spec.name} in {count} processes (one video, each transformer pass split by sequence) ...")
     report.info(job.runtime.describe())
-    run_split(job, count, partial(_run, report=report))
+    return run_split(job, count, partial(_run, report=report))
 
 
 def _recorded(values: dict, given: set, report) -> dict:
@@ -250,7 +255,7 @@ def _run(components, job, report):
 
 
 def _resume(values: dict, given: set, report) -> None:
-    extra = sorted(given - {"resume", "json_output", "quiet", "preview"})
+    extra = sorted(given - {"resume", "json_output", "quiet", "preview", "gpus"})
     if extra:
         flags = ", ".join("IMAGE" if name == "image" else "--" + name.replace("_", "-") for name in extra)
         raise InputError(f"--resume continues a job with its saved settings; leave out {flags}", "to change settings start a new job (e.g. --from the finished video)")
@@ -258,7 +263,7 @@ def _resume(values: dict, given: set, report) -> None:
 
     job = resolve_resume(values["resume"], values["preview"])
     report.info(f"resuming {job.folder.path} ({len(job.saved.finished)} section(s) done)")
-    _run(_load(job, report), job, report)
+    _load_and_run(job, values["gpus"], report)
 
 
 def _batch(ctx: typer.Context, values: dict, report) -> None:

@@ -60,17 +60,11 @@ def subprocess_env(**extra) -> dict:
     return {**os.environ, **NO_MULTICAST, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
 
 
-class Results(dict):
-    """Written to disk after every stage, so a run cut off by its time limit keeps what it measured."""
-
-    def __init__(self, path: Path, **initial):
-        super().__init__(initial)
-        self.path = path
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self, indent=1))
+def record(results: dict, path: Path, **items) -> None:
+    """Add ``items`` and write everything so far: a run cut off by its time limit keeps what it measured."""
+    results.update(items)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
 
 
 def start_picture(size: int = 768):
@@ -345,7 +339,7 @@ def cp_worker(args) -> None:
     if dist.get_rank() == 0:
         alone, result["one_gpu_s_per_step"] = timed_steps(step, args.warmup, args.steps)
     dist.barrier()
-    split_sequence(blocks)
+    split_sequence(blocks, device)
     split, result["split_s_per_step"] = timed_steps(step, args.warmup, args.steps)
     if device.type == "cuda":
         try:
@@ -485,7 +479,8 @@ def main() -> None:
         raise SystemExit("needs two GPUs (or --tiny for the CPU smoke test)")
     name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.splitlines()[0] if gpus else ""
     device = f"{gpus} x {name}" if gpus else f"cpu ({os.cpu_count()} cores)"  # (nvidia-smi: this process leaves CUDA alone)
-    results = Results(args.out, device=device, gpus=2, torch=torch.__version__, models="tiny" if args.tiny else "full size, random weights",
+    results = {}
+    record(results, args.out, device=device, gpus=2, torch=torch.__version__, models="tiny" if args.tiny else "full size, random weights",
                       train_settings={"size": args.train_size, "window": args.window, "lora_rank": args.rank, "batch_per_gpu": 1, "prompt_tokens": args.prompt_tokens,
                                       "timed_steps": args.steps, "warmup_steps": args.warmup, "precision": "bf16 autocast, bf16 base", "gradient_checkpointing": True},
                       cp_settings={"size": args.train_size, "window": args.window, "pass": "one transformer pass (one step, distilled guidance), bf16", "compiled": args.gen_compile},
@@ -522,17 +517,12 @@ def main() -> None:
         else:
             print(f"{kind} on {n} {'GPU' if gpus else 'process'}(es)...", flush=True)
             outcome = run_stage[kind](n, seconds)
-        if kind in ("train", "generate"):
-            results[kind] = {**results[kind], str(n): outcome}
-        else:
-            results[kind] = outcome
+        record(results, args.out, **{kind: {**results[kind], str(n): outcome} if kind in ("train", "generate") else outcome})
         print(f"{kind} {n}: {json.dumps(outcome)[:1500]}", flush=True)
     wait_for_models()
     log = (args.work / "write-models.log").read_text()
-    results["models_written"] = next((line for line in reversed(log.splitlines()) if line.startswith("wrote ")), log[-500:])  # "wrote DIR in S s"
-    results.update(headline(results))
-    results["summary"] = summary_table(results).splitlines()
-    results["total_s"] = round(time.perf_counter() - started, 1)
+    record(results, args.out, models_written=next((line for line in reversed(log.splitlines()) if line.startswith("wrote ")), log[-500:]))  # "wrote DIR in S s"
+    record(results, args.out, **headline(results), summary=summary_table(results).splitlines(), total_s=round(time.perf_counter() - started, 1))
     print(f"\n{device}\n{summary_table(results)}\n{json.dumps(headline(results), indent=1)}")
 
 

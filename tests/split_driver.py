@@ -31,7 +31,7 @@ def main(out: Path) -> None:
     models = fpgen.load_models("framepack", device="cpu", dtype="float32")
     if world > 1:
         dist.init_process_group("gloo")
-        split_sequence(models.blocks)
+        split_sequence(models.blocks, models.runtime.device)
     seen = []
     models.transformer.transformer_blocks[0].register_forward_pre_hook(lambda block, args: seen.append(args[0].shape[1]))
     result = make_frames(models, GOLDEN / "input.png", SETTINGS)

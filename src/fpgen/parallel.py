@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from fpgen.errors import InputError
+from fpgen.workers import ignoring, plan_workers
 
 TIMEOUT = timedelta(minutes=10)  # a process that died leaves the others waiting this long at most
 
@@ -52,7 +53,7 @@ def gather_pieces(piece: torch.Tensor, length: int, dim: int, world: int, group=
 class SequenceSplit:
     """Runs the blocks on this process's share of the tokens and all-gathers the image tokens after them.
 
-    Attach with ``split_sequence(blocks)``; it wraps ``blocks.run_blocks``.
+    Attach with ``split_sequence(blocks, device)``; it wraps ``blocks.run_blocks``.
     """
 
     def __init__(self, mesh):
@@ -69,12 +70,11 @@ class SequenceSplit:
         return gather_pieces(out, hidden.shape[1], 1, self.world, self.group)
 
 
-def split_sequence(blocks) -> None:
-    """Split ``blocks``' passes over the processes of the default group (``torch.distributed`` initialised)."""
+def split_sequence(blocks, device: torch.device) -> None:
+    """Split ``blocks``' passes (computed on ``device``) over the processes of the default group (``torch.distributed`` initialised)."""
     from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
 
     world, rank = dist.get_world_size(), dist.get_rank()
-    device = blocks.transformer_blocks[0].attn.to_q.weight.device
     mesh = dist.device_mesh.init_device_mesh(device.type, (1, world), mesh_dim_names=("ring", "ulysses"))
     config = ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=world, ulysses_anything=True))
     config.setup(rank, world, device, mesh=mesh)
@@ -85,8 +85,6 @@ def split_sequence(blocks) -> None:
 
 def process_count(gpus: str, device: str) -> int:
     """``--gpus`` for one video: the processes to split it over (GPUs, or with ``--device cpu`` gloo processes)."""
-    from fpgen.workers import plan_workers
-
     return len(plan_workers(gpus, device))
 
 
@@ -110,7 +108,7 @@ def load_split(job):
     from fpgen.loading import Components
 
     components = Components(job.model, job.runtime, job.loras).load()
-    split_sequence(components.blocks)
+    split_sequence(components.blocks, job.runtime.device)
     return components
 
 
@@ -134,7 +132,6 @@ def _helper(rank: int, world: int, port: int, job) -> None:
     diffusers.utils.logging.disable_progress_bar()  # the first process reports
     transformers.utils.logging.disable_progress_bar()
     job = on_rank(job, rank)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the first process decides; it ends the helpers when it stops
     join_group(rank, world, port, job.runtime.device)
     try:
         follow(job)
@@ -157,8 +154,9 @@ def run_split(job, world: int, run: Callable):
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     port, spawn = free_port(), get_context("spawn")
     helpers = [spawn.Process(target=_helper, args=(rank, world, port, job), name=f"fpgen rank {rank}") for rank in range(1, world)]
-    for helper in helpers:
-        helper.start()
+    with ignoring(signal.SIGINT):  # Ctrl-C reaches the first process alone, which ends the helpers
+        for helper in helpers:
+            helper.start()
     job = on_rank(job, 0)
     try:
         join_group(0, world, port, job.runtime.device)

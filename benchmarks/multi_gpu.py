@@ -1,6 +1,7 @@
 """Two (or more) GPUs, in one command: DDP LoRA training, `--jobs --gpus N`, and one video split over two GPUs.
 
     cd .wt/multigpu && PYTHONPATH=src python3 benchmarks/multi_gpu.py --out benchmarks/results/h200x2-2026-11-30.json   # GPU box
+    python3 benchmarks/multi_gpu.py --stages cp_step,cp_job --gen-compile --out cp-compiled.json                        # the split passes compiled
     python benchmarks/multi_gpu.py --tiny --out multi.json          # CPU smoke run: tiny models, gloo, CPU workers
 
 Stages, each run only if its estimate fits what is left of ``--budget-s`` ("skipped: time" otherwise):
@@ -414,6 +415,9 @@ def summary_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+STAGES = [("train", 1), ("cp_step", 2), ("train", 2), ("generate", 1), ("generate", 2), ("cp_job", 2)]  # most wanted first
+
+
 def headline(results: dict) -> dict:
     """The issue's keys, from the stages' figures (None where a stage did not run)."""
     train, gen, step, job = results["train"], results["generate"], results.get("cp_step", {}), results.get("cp_job", {})
@@ -438,6 +442,7 @@ def parse_args():
     parser.add_argument("--budget-s", type=float, default=560.0, help="stop starting stages that would end after this (the device allows 600 s a command)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fpgen-multi"))
     parser.add_argument("--models", type=Path, default=None, help="the --model-dir folder [default: /dev/shm when it fits]")
+    parser.add_argument("--stages", default="train,cp_step,generate,cp_job", help="the kinds of stage to run, e.g. cp_step,cp_job with --gen-compile")
     train_args = parser.add_argument_group("train and cp_step")
     train_args.add_argument("--train-size", default=None, help="HxW [default: 640x608, the 640 bucket of a square picture; --tiny 64x64]")
     train_args.add_argument("--window", type=int, default=9)
@@ -488,7 +493,8 @@ def main() -> None:
                                          "mode": "cpu" if args.tiny else "exact" + ("" if args.gen_compile else ", not compiled"), "s_per_frame": "wall time of the whole command / frames"},
                       train={}, generate={})  # fmt: skip
 
-    writer = start_model_writer(args, gpus)
+    wanted = set(args.stages.split(","))
+    writer = start_model_writer(args, gpus) if wanted & {"generate", "cp_job"} else None
 
     def left() -> float:
         """Seconds left for stages: the budget less 25 s to stop one that overruns and write the results."""
@@ -496,7 +502,7 @@ def main() -> None:
 
     def wait_for_models() -> None:
         """Until the writer is done, or the budget: then it is stopped (and the generation stages fail)."""
-        if writer.poll() is None:
+        if writer is not None and writer.poll() is None:
             print("waiting for the model folder to be written", flush=True)
             try:
                 writer.wait(timeout=max(1.0, left()))
@@ -506,7 +512,7 @@ def main() -> None:
 
     estimates = {"train": 60.0, "cp_step": 60.0, "generate": 60.0, "cp_job": 60.0} if args.tiny else {"train": 100.0, "cp_step": 90.0, "generate": 150.0, "cp_job": 110.0}
     run_stage = {"train": lambda n, t: train(n, args, t), "cp_step": lambda n, t: cp_step(args, t), "generate": lambda n, t: generate(n, args, args.models, t), "cp_job": lambda n, t: cp_job(args, args.models, t)}
-    for kind, n in [("train", 1), ("cp_step", 2), ("train", 2), ("generate", 1), ("generate", 2), ("cp_job", 2)]:  # most wanted first
+    for kind, n in [(kind, n) for kind, n in STAGES if kind in wanted]:
         if (kind, n) != ("train", 1):  # every other stage uses the writer's GPU or its models
             wait_for_models()
         seconds = left()
@@ -519,9 +525,10 @@ def main() -> None:
             outcome = run_stage[kind](n, seconds)
         record(results, args.out, **{kind: {**results[kind], str(n): outcome} if kind in ("train", "generate") else outcome})
         print(f"{kind} {n}: {json.dumps(outcome)[:1500]}", flush=True)
-    wait_for_models()
-    log = (args.work / "write-models.log").read_text()
-    record(results, args.out, models_written=next((line for line in reversed(log.splitlines()) if line.startswith("wrote ")), log[-500:]))  # "wrote DIR in S s"
+    if writer is not None:
+        wait_for_models()
+        log = (args.work / "write-models.log").read_text()
+        record(results, args.out, models_written=next((line for line in reversed(log.splitlines()) if line.startswith("wrote ")), log[-500:]))  # "wrote DIR in S s"
     record(results, args.out, **headline(results), summary=summary_table(results).splitlines(), total_s=round(time.perf_counter() - started, 1))
     print(f"\n{device}\n{summary_table(results)}\n{json.dumps(headline(results), indent=1)}")
 

@@ -1,28 +1,31 @@
-"""Scaling over several GPUs, in one command: LoRA training with DDP and `fpgen generate --jobs --gpus N`.
+"""Two (or more) GPUs, in one command: DDP LoRA training, `--jobs --gpus N`, and one video split over two GPUs.
 
-    bash benchmarks/on_device.sh python3 benchmarks/multi_gpu.py --out $OUT/multi.json   # GPU box (carry .whl and .bench)
-    python benchmarks/multi_gpu.py --tiny --out multi.json                               # CPU smoke run: tiny models, gloo, CPU workers
+    cd .wt/multigpu && PYTHONPATH=src python3 benchmarks/multi_gpu.py --out benchmarks/results/h200x2-2026-11-30.json   # GPU box
+    python3 benchmarks/multi_gpu.py --stages cp_step,cp_job --gen-compile --out cp-compiled.json                        # the split passes compiled
+    python benchmarks/multi_gpu.py --tiny --out multi.json          # CPU smoke run: tiny models, gloo, CPU workers
 
-For N in 1, 2 and all the GPUs (deduplicated; ``--counts``):
+Stages, each run only if its estimate fits what is left of ``--budget-s`` ("skipped: time" otherwise):
 
-- train: ``torchrun --nproc_per_node N`` of this script's ``--train-worker``: each rank builds the
-  full-size transformer on its GPU with the same random weights (``train_step.build_model``), adds
-  fpgen's LoRA (rank 32, default targets) and gradient checkpointing, and steps exactly as
-  ``fpgen finetune`` does: accelerate's ``prepare`` (DDP across ranks), ``accumulate_gradients``,
-  clipping, AdamW, the loss all-reduce; batch 1 per GPU, a 640-bucket section at window 9
-  (``train_step.make_batch``). It reports s/step (median of the timed steps on rank 0),
-  samples/s = N / (s/step), and each rank's peak memory allocated and reserved by PyTorch.
-- generate: ``python -m fpgen generate --jobs FILE --gpus N`` on the full-size random models written
-  as a ``--model-dir`` folder (``bench_job.model_dir``), with ``--jobs-per-gpu`` jobs per GPU (so each
-  run takes about as long; s/frame is comparable across N). A job is short (``--gen-seconds``: one
-  section; ``--gen-steps`` steps, fewer than the default 25) to fit the 10-minute limit. It reports
-  the wall time of the whole command (worker start, model loading and compiling included), the
-  frames made, s/frame = wall / frames, each job's time, the jobs per worker, and each GPU's peak
-  memory.used as nvidia-smi reports it (CUDA contexts included), sampled every 0.5 s.
+- train (1 GPU, then 2): ``torchrun --nproc_per_node N`` of this script's ``--train-worker``: each
+  rank builds the full-size transformer on its GPU with the same random weights
+  (``train_step.build_model``), adds fpgen's LoRA (rank 32) and gradient checkpointing, and steps
+  as ``fpgen finetune`` does (accelerate's DDP, ``accumulate_gradients``, clipping, AdamW); batch 1
+  per GPU, a 640-bucket section at window 9. samples/s = N / (median s/step of rank 0).
+- cp_step (2 GPUs): ``torchrun`` of ``--cp-worker``: one transformer pass (one sampling step,
+  distilled guidance) of the same section on one GPU alone, then split over both by sequence
+  (``fpgen.parallel``, the path of ``fpgen generate IMAGE --gpus 2``); median s/step of each, the rel
+  L2 between the two outputs, and a CUDA profile of one split step (NCCL kernel time vs the rest).
+- generate (1 GPU, then 2): ``python -m fpgen generate --jobs FILE --gpus N`` on full-size random
+  models written as a ``--model-dir`` folder, ``--jobs-per-gpu`` jobs per GPU of ``--gen-seconds``
+  at ``--gen-steps`` steps; s/frame = wall time of the command / frames, and the pace of the jobs
+  after each worker's first (model loading excluded).
+- cp_job (2 GPUs): ``python -m fpgen generate IMAGE --gpus 2``, the same job as one line of the
+  jobs file; its s/frame (model loading excluded) against the 1-GPU jobs after the first.
 
-Stages run in the order 1 GPU, all GPUs, then 2 (train before generate), each only if its estimated
-time fits what is left of ``--budget-s`` ("skipped: time" otherwise); the model folder is written on
-the last GPU while the 1-GPU training runs. Results go to ``--out`` after every stage.
+The model folder is written on the last GPU while the 1-GPU training runs. NCCL_NVLS_ENABLE=0,
+TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 are set in this process and every
+process it starts (torchrun's ranks and fpgen's helpers inherit them). Results go to ``--out``
+after every stage; the issue's keys are filled in from the stages at the end.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -47,16 +51,57 @@ sys.path[:0] = [str(BENCHMARKS), str(SRC)]
 
 GIB = 2**30
 PROMPT = "A person walks through a sunny park, waving at the camera."
+ASSETS = BENCHMARKS / "assets"  # the tiny golden tokenizers and SigLIP processor config (see fullsize.write_model_dir)
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}  # NVLink multicast can take the host's GPUs out of service
 
 
 def subprocess_env(**extra) -> dict:
-    """This process's environment with fpgen's src/ and benchmarks/ importable (torchrun workers, fpgen's CLI).
-
-    NVLink multicast stays off unless the environment says otherwise (the GPU box asks for that).
-    """
+    """This process's environment with fpgen's src/ and benchmarks/ importable (torchrun workers, fpgen's CLI), multicast off."""
     path = os.pathsep.join(filter(None, [str(SRC), str(BENCHMARKS), os.environ.get("PYTHONPATH")]))
-    no_multicast = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-    return {**no_multicast, **os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
+    return {**os.environ, **NO_MULTICAST, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def record(results: dict, path: Path, **items) -> None:
+    """Add ``items`` and write everything so far: a run cut off by its time limit keeps what it measured."""
+    results.update(items)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+
+
+def start_picture(size: int = 768):
+    """A smooth square test picture (bucket 640x608)."""
+    import numpy as np
+
+    y, x = np.mgrid[0:size, 0:size] / size
+    return (np.stack([x, y, 0.5 + 0.5 * np.sin(6 * x * y)], axis=-1) * 255).astype(np.uint8)
+
+
+def write_models(root: Path, tiny: bool) -> None:
+    """The --model-dir folder of random models (full size, or tiny), written once."""
+    import fullsize
+
+    if not (root / "lllyasviel/FramePackI2V_HY/config.json").exists():
+        started = time.perf_counter()
+        fullsize.write_model_dir(root, ASSETS, "cuda" if torch.cuda.is_available() and not tiny else "cpu", tiny)
+        print(f"wrote {root} in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def default_models_dir() -> Path:
+    """tmpfs when it can hold the ~43 GB of weights (files then load as from a warm HF cache), else /tmp."""
+    shm = Path("/dev/shm")
+    return shm / "fpgen-bench-models" if shm.is_dir() and shutil.disk_usage(shm).free > 50 * GIB else Path("/tmp/fpgen-bench-models")
+
+
+def join_ranks(tiny: bool) -> torch.device:
+    """Join torchrun's process group (NCCL on this rank's GPU, gloo on the CPU); this rank's device."""
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available() and not tiny
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(minutes=15))  # as fpgen.parallel.join_group
+    return device
 
 
 # ---------------------------------------------------------------------------------------------- train (one rank)
@@ -189,17 +234,10 @@ def train(n: int, args, timeout: float) -> dict:
 
 
 def generate(n: int, args, models: Path, timeout: float) -> dict:
-    from bench_job import picture
-    from PIL import Image
-
-    folder = args.work / f"generate-{n}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    Image.fromarray(picture()).save(folder / "start.png")
+    folder = fresh_folder(args.work / f"generate-{n}")
     lines = [{"image": str(folder / "start.png"), "prompt": PROMPT, "output": str(folder / f"job-{k}.mp4"), "seed": k} for k in range(args.jobs_per_gpu * n)]
     (folder / "jobs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    command = [sys.executable, "-m", "fpgen", "generate", "--jobs", str(folder / "jobs.jsonl"), "--gpus", str(n), "--model-dir", str(models), "--json",
-               "--seconds", str(args.gen_seconds), "--steps", str(args.gen_steps)] + (["--size", args.gen_size] if args.gen_size else []) + (["--device", "cpu"] if args.tiny else [])  # fmt: skip
+    command = [*fpgen_generate(args, models), "--jobs", str(folder / "jobs.jsonl"), "--gpus", str(n)]
     with GpuMemory() as memory:
         proc, wall, stderr = run_command(command, timeout)
     summary = next((json.loads(line) for line in reversed(proc.stdout.splitlines()) if line.startswith('{"jobs"')), None) if proc else None
@@ -222,17 +260,141 @@ def generate(n: int, args, models: Path, timeout: float) -> dict:
     return result
 
 
+def fresh_folder(folder: Path) -> Path:
+    """An empty folder holding the start picture."""
+    from PIL import Image
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    Image.fromarray(start_picture()).save(folder / "start.png")
+    return folder
+
+
+def fpgen_generate(args, models: Path) -> list[str]:
+    """`fpgen generate` with the settings every generation stage shares."""
+    return [sys.executable, "-m", "fpgen", "generate", "--model-dir", str(models), "--json", "--seconds", str(args.gen_seconds), "--steps", str(args.gen_steps),
+            *(["--size", args.gen_size] if args.gen_size else []), *(["--device", "cpu"] if args.tiny else []), *([] if args.gen_compile else ["--no-compile"])]  # fmt: skip
+
+
+def cp_job(args, models: Path, timeout: float) -> dict:
+    """`fpgen generate IMAGE --gpus 2`: the jobs' job as one video over two GPUs; s/frame from its own time (model loading excluded)."""
+    folder = fresh_folder(args.work / "cp-job")
+    command = [*fpgen_generate(args, models), str(folder / "start.png"), "-p", PROMPT, "--seed", "1", "--gpus", "2", "-o", str(folder / "cp.mp4")]
+    with GpuMemory() as memory:
+        proc, wall, stderr = run_command(command, timeout)
+    if proc is None or proc.returncode:
+        return failure(proc, wall, stderr)
+    result = json.loads(proc.stdout.splitlines()[-1])
+    return {"frames": result["frames"], "elapsed_s": result["elapsed_s"], "s_per_frame": round(result["elapsed_s"] / result["frames"], 4), "wall_s": round(wall, 1),
+            "nvidia_smi_peak_used_gib": memory.gib(2)}  # fmt: skip
+
+
+def cp_inputs(config: dict, height: int, width: int, window: int, prompt_tokens: int, device, dtype):
+    """A noisy window, its packed history (the last section made: every slot used) and conditioning, random, with the real shapes."""
+    from fpgen.denoiser import network_scalars
+    from fpgen.packing import context_to, pack_section
+    from fpgen.plan import plan_sections
+    from fpgen.transformer import Conditioning
+
+    generator = torch.Generator("cpu").manual_seed(1)
+    plan = plan_sections(2, window, "inverted")
+    context = pack_section("inverted", torch.randn((1, 16, plan.num_latents, height // 8, width // 8), generator=generator), plan.sections[-1], window)
+    siglip_tokens = (config["image_size"] // config["patch_size"]) ** 2
+    cond = Conditioning(
+        torch.randn((1, prompt_tokens, config["text_embed_dim"]), generator=generator), torch.ones((1, prompt_tokens), dtype=torch.bool),
+        torch.randn((1, config["pooled_projection_dim"]), generator=generator), torch.randn((1, siglip_tokens, config["image_proj_dim"]), generator=generator),
+    )  # fmt: skip
+    x = torch.randn((1, 16, window, height // 8, width // 8), generator=generator).to(device, dtype)
+    timestep, guidance = network_scalars(torch.tensor([0.7], device=device), 10.0, dtype)
+    return x, timestep, guidance, cond.to(device, dtype), context_to(context, device)
+
+
+def cp_worker(args) -> None:
+    """One rank of the context-parallel step: the same pass on rank 0 alone, then split over every rank; rank 0 writes ``--result``."""
+    import fullsize
+    import torch.distributed as dist
+
+    from fpgen.acceleration import compile_blocks
+    from fpgen.parallel import split_sequence
+    from fpgen.transformer import BlockStack, packed_forward, use_float32_head
+
+    device = join_ranks(args.tiny)
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    height, width = (int(v) for v in args.train_size.split("x"))
+    model = fullsize.transformer(device, dtype, tiny=args.tiny)  # seeded: every rank holds the same weights
+    use_float32_head(model)
+    if device.type == "cuda" and args.gen_compile:
+        compile_blocks(model)
+    blocks = BlockStack(model)
+    config = {**(fullsize.TINY_TRANSFORMER if args.tiny else fullsize.TRANSFORMER), **(fullsize.TINY_SIGLIP if args.tiny else fullsize.SIGLIP)}
+    x, timestep, guidance, cond, context = cp_inputs(config, height, width, args.window, args.prompt_tokens, device, dtype)
+
+    def step() -> torch.Tensor:
+        with torch.no_grad():
+            out = packed_forward(model, x, timestep, guidance, cond, context, blocks)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
+
+    result = {}
+    if dist.get_rank() == 0:
+        alone, result["one_gpu_s_per_step"] = timed_steps(step, args.warmup, args.steps)
+    dist.barrier()
+    split_sequence(blocks, device)
+    split, result["split_s_per_step"] = timed_steps(step, args.warmup, args.steps)
+    if device.type == "cuda":
+        try:
+            result["split_step_profile"] = cuda_profile(step)
+        except Exception as error:  # the profiler's event fields move between torch releases: the timings stand without it
+            result["split_step_profile"] = {"error": f"{type(error).__name__}: {error}"[:300]}
+    if dist.get_rank() == 0:
+        result.update(processes=dist.get_world_size(), rel_l2=((split.double() - alone.double()).norm() / alone.double().norm()).item())
+        Path(args.result).write_text(json.dumps(result))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def timed_steps(step, warmup: int, steps: int) -> tuple[torch.Tensor, float]:
+    """The last output of ``step`` and its median time over ``steps`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        out = step()
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        out = step()
+        times.append(time.perf_counter() - started)
+    return out, round(statistics.median(times), 4)
+
+
+def cuda_profile(step) -> dict:
+    """One step's CUDA kernel time: NCCL (the all-to-alls and the gather) against everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.self_device_time_total for e in events) / 1e6
+    nccl = sum(e.self_device_time_total for e in events if "nccl" in e.key.lower()) / 1e6
+    return {"cuda_kernel_s": round(total, 4), "nccl_kernel_s": round(nccl, 4), "nccl_share": round(nccl / total, 3) if total else None}
+
+
+def cp_step(args, timeout: float) -> dict:
+    result_file = args.work / "cp-step.json"
+    result_file.unlink(missing_ok=True)
+    forwarded = ["--train-size", args.train_size, "--window", str(args.window), "--prompt-tokens", str(args.prompt_tokens), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                 *(["--tiny"] if args.tiny else []), *(["--gen-compile"] if args.gen_compile else [])]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, "--cp-worker", "--result", str(result_file), *forwarded]
+    proc, wall, stderr = run_command(command, timeout, **({"OMP_NUM_THREADS": "1"} if args.tiny else {}))
+    if proc is None or proc.returncode or not result_file.exists():
+        return failure(proc, wall, stderr)
+    return {**json.loads(result_file.read_text()), "wall_s": round(wall, 1)}
+
+
 def start_model_writer(args, gpus: int) -> subprocess.Popen:
     """Write the full-size random models as a --model-dir folder in a process of its own, on the last GPU."""
     log = open(args.work / "write-models.log", "w")
     command = [sys.executable, __file__, "--write-models", str(args.models)] + (["--tiny"] if args.tiny else [])
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(**({"CUDA_VISIBLE_DEVICES": str(gpus - 1)} if gpus else {})))
-
-
-def counts_in_order(spec: str, most: int) -> list[int]:
-    """The GPU counts to measure, deduplicated: 1 and the most first (the figures that matter if time runs out), then the others."""
-    counts = sorted({most if item == "max" else int(item) for item in spec.split(",")} & set(range(1, most + 1)))
-    return sorted(counts, key=lambda n: (n != 1, n != most, n))
 
 
 def summary_table(results: dict) -> str:
@@ -253,58 +415,86 @@ def summary_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
+STAGES = [("train", 1), ("cp_step", 2), ("train", 2), ("generate", 1), ("generate", 2), ("cp_job", 2)]  # most wanted first
+
+
+def headline(results: dict) -> dict:
+    """The issue's keys, from the stages' figures (None where a stage did not run)."""
+    train, gen, step, job = results["train"], results["generate"], results.get("cp_step", {}), results.get("cp_job", {})
+    return {
+        "train_lora_samples_per_s": {n: stage.get("samples_per_s") for n, stage in train.items()},
+        "jobs_s_per_frame": {n: stage.get("s_per_frame") for n, stage in gen.items()},
+        "jobs_warm_s_per_frame_per_gpu": {n: stage.get("later_jobs_s_per_frame_per_gpu") for n, stage in gen.items()},
+        "one_gpu_exact_s_per_step": step.get("one_gpu_s_per_step"),
+        "cp_exact_s_per_step": step.get("split_s_per_step"),
+        "cp_rel_l2_vs_one_gpu": step.get("rel_l2"),
+        "cp_job_s_per_frame": job.get("s_per_frame"),
+        "one_gpu_job_s_per_frame": gen.get("1", {}).get("later_jobs_s_per_frame_per_gpu"),
+        "train_full_fsdp_s_per_step": "not measured by this script (FSDP2 full finetuning runs through fpgen finetune)",
+        "train_full_fsdp_peak_gib_per_gpu": "not measured by this script",
+    }
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("multi.json"))
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: gloo ranks and CPU workers (a smoke test of this script)")
-    parser.add_argument("--counts", default="1,2,max", help="GPU counts; max = every GPU (--tiny: --cpu-workers)")
-    parser.add_argument("--cpu-workers", type=int, default=2, help="--tiny: the most processes")
-    parser.add_argument("--budget-s", type=float, default=530.0, help="stop starting stages that would end after this (the device allows 600 s a command)")
+    parser.add_argument("--budget-s", type=float, default=560.0, help="stop starting stages that would end after this (the device allows 600 s a command)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fpgen-multi"))
-    parser.add_argument("--models", type=Path, default=None, help="the --model-dir folder [default: bench_job's, in /dev/shm when it fits]")
-    train_args = parser.add_argument_group("train")
+    parser.add_argument("--models", type=Path, default=None, help="the --model-dir folder [default: /dev/shm when it fits]")
+    parser.add_argument("--stages", default="train,cp_step,generate,cp_job", help="the kinds of stage to run, e.g. cp_step,cp_job with --gen-compile")
+    train_args = parser.add_argument_group("train and cp_step")
     train_args.add_argument("--train-size", default=None, help="HxW [default: 640x608, the 640 bucket of a square picture; --tiny 64x64]")
     train_args.add_argument("--window", type=int, default=9)
     train_args.add_argument("--rank", type=int, default=32)
     train_args.add_argument("--prompt-tokens", type=int, default=128)
     train_args.add_argument("--steps", type=int, default=3, help="timed steps")
     train_args.add_argument("--warmup", type=int, default=1, help="untimed steps")
-    gen_args = parser.add_argument_group("generate")
+    gen_args = parser.add_argument_group("generate and cp_job")
     gen_args.add_argument("--jobs-per-gpu", type=int, default=2)
     gen_args.add_argument("--gen-seconds", type=float, default=1.0, help="each job's --seconds (1: one section, 37 frames)")
     gen_args.add_argument("--gen-steps", type=int, default=10, help="each job's --steps")
     gen_args.add_argument("--gen-size", default=None, help="each job's --size [default: the 640 bucket, 640x608; --tiny 64x64]")
+    gen_args.add_argument("--gen-compile", action="store_true", help="compile the blocks (jobs and cp_step); off by default: compiling twice per stage does not fit 10 minutes")
     parser.add_argument("--train-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cp-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--write-models", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.train_size = args.train_size or ("64x64" if args.tiny else "640x608")
     args.gen_size = args.gen_size or ("64x64" if args.tiny else None)
+    return args
+
+
+def main() -> None:
+    os.environ.update(NO_MULTICAST)
+    args = parse_args()
     if args.train_worker:
         return train_worker(args)
-    from bench_job import Results, default_models_dir, model_dir
-
+    if args.cp_worker:
+        return cp_worker(args)
     if args.write_models:
-        return model_dir(args.write_models, args.tiny)
+        return write_models(args.write_models, args.tiny)
 
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     args.models = args.models or (args.work / "models" if args.tiny else default_models_dir())
     gpus = 0 if args.tiny else torch.cuda.device_count()
-    most = args.cpu_workers if args.tiny else gpus
-    if most < 1:
-        raise SystemExit("no GPU: run with --tiny for the CPU smoke test")
-    counts = counts_in_order(args.counts, most)
+    if not args.tiny and gpus < 2:
+        raise SystemExit("needs two GPUs (or --tiny for the CPU smoke test)")
     name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.splitlines()[0] if gpus else ""
     device = f"{gpus} x {name}" if gpus else f"cpu ({os.cpu_count()} cores)"  # (nvidia-smi: this process leaves CUDA alone)
-    results = Results(args.out, device=device, torch=torch.__version__, models="tiny" if args.tiny else "full size, random weights", counts=counts,
+    results = {}
+    record(results, args.out, device=device, gpus=2, torch=torch.__version__, models="tiny" if args.tiny else "full size, random weights",
                       train_settings={"size": args.train_size, "window": args.window, "lora_rank": args.rank, "batch_per_gpu": 1, "prompt_tokens": args.prompt_tokens,
                                       "timed_steps": args.steps, "warmup_steps": args.warmup, "precision": "bf16 autocast, bf16 base", "gradient_checkpointing": True},
+                      cp_settings={"size": args.train_size, "window": args.window, "pass": "one transformer pass (one step, distilled guidance), bf16", "compiled": args.gen_compile},
                       generate_settings={"jobs_per_gpu": args.jobs_per_gpu, "seconds": args.gen_seconds, "steps": args.gen_steps, "size": args.gen_size or "640 bucket (640x608)",
-                                         "mode": "cpu" if args.tiny else "the default (exact, compiled)", "s_per_frame": "wall time of the whole command / frames"},
+                                         "mode": "cpu" if args.tiny else "exact" + ("" if args.gen_compile else ", not compiled"), "s_per_frame": "wall time of the whole command / frames"},
                       train={}, generate={})  # fmt: skip
 
-    writer = start_model_writer(args, gpus)
+    wanted = set(args.stages.split(","))
+    writer = start_model_writer(args, gpus) if wanted & {"generate", "cp_job"} else None
 
     def left() -> float:
         """Seconds left for stages: the budget less 25 s to stop one that overruns and write the results."""
@@ -312,7 +502,7 @@ def main() -> None:
 
     def wait_for_models() -> None:
         """Until the writer is done, or the budget: then it is stopped (and the generation stages fail)."""
-        if writer.poll() is None:
+        if writer is not None and writer.poll() is None:
             print("waiting for the model folder to be written", flush=True)
             try:
                 writer.wait(timeout=max(1.0, left()))
@@ -320,34 +510,27 @@ def main() -> None:
                 writer.kill()
                 writer.wait()
 
-    if gpus == 1:  # no spare GPU to write the models on while training runs
-        wait_for_models()
-    estimates = {"train": 60.0, "generate": 60.0} if args.tiny else {"train": 120.0, "generate": 170.0}
-    stages = [(kind, n) for group in (counts[:2], counts[2:]) for kind in ("train", "generate") for n in group]
-    for kind, n in stages:
-        if not (kind == "train" and n == 1):  # every other stage uses the writer's GPU or its models
+    estimates = {"train": 60.0, "cp_step": 60.0, "generate": 60.0, "cp_job": 60.0} if args.tiny else {"train": 100.0, "cp_step": 90.0, "generate": 150.0, "cp_job": 110.0}
+    run_stage = {"train": lambda n, t: train(n, args, t), "cp_step": lambda n, t: cp_step(args, t), "generate": lambda n, t: generate(n, args, args.models, t), "cp_job": lambda n, t: cp_job(args, args.models, t)}
+    for kind, n in [(kind, n) for kind, n in STAGES if kind in wanted]:
+        if (kind, n) != ("train", 1):  # every other stage uses the writer's GPU or its models
             wait_for_models()
-        if kind == "generate" and writer.returncode:
-            error = {"error": f"writing the models failed (exit code {writer.returncode})", "log_tail": (args.work / "write-models.log").read_text()[-2000:]}
-            results[kind] = {**results[kind], str(n): error}
-            continue
         seconds = left()
-        if seconds < estimates[kind]:
+        if kind in ("generate", "cp_job") and writer.returncode:
+            outcome = {"error": f"writing the models failed (exit code {writer.returncode})", "log_tail": (args.work / "write-models.log").read_text()[-2000:]}
+        elif seconds < estimates[kind]:
             outcome = {"skipped": "time", "left_s": round(seconds), "estimate_s": round(estimates[kind])}
         else:
-            print(f"{kind} on {n} {'GPU' if gpus else 'process'}(s)...", flush=True)
-            outcome = train(n, args, seconds) if kind == "train" else generate(n, args, args.models, seconds)
-            if "wall_s" in outcome:
-                estimates[kind] = max(estimates[kind] * 0.5, outcome["wall_s"] * 1.2)  # the next stage of this kind: a bit more than this one took
-        results[kind] = {**results[kind], str(n): outcome}
+            print(f"{kind} on {n} {'GPU' if gpus else 'process'}(es)...", flush=True)
+            outcome = run_stage[kind](n, seconds)
+        record(results, args.out, **{kind: {**results[kind], str(n): outcome} if kind in ("train", "generate") else outcome})
         print(f"{kind} {n}: {json.dumps(outcome)[:1500]}", flush=True)
-    wait_for_models()
-    log = (args.work / "write-models.log").read_text()
-    results["models_written"] = next((line for line in reversed(log.splitlines()) if line.startswith("wrote ")), log[-500:])  # "wrote DIR in S s"
-    results["summary"] = summary_table(results).splitlines()
-    results["total_s"] = round(time.perf_counter() - started, 1)
-    print(f"\n{device}; train: LoRA rank {args.rank}, {args.train_size} window {args.window}, batch 1 per GPU, DDP; generate: {args.jobs_per_gpu} jobs per GPU of "
-          f"{args.gen_seconds} s at {args.gen_size or '640x608'}, {args.gen_steps} steps; x = speed-up over 1\n{summary_table(results)}")  # fmt: skip
+    if writer is not None:
+        wait_for_models()
+        log = (args.work / "write-models.log").read_text()
+        record(results, args.out, models_written=next((line for line in reversed(log.splitlines()) if line.startswith("wrote ")), log[-500:]))  # "wrote DIR in S s"
+    record(results, args.out, **headline(results), summary=summary_table(results).splitlines(), total_s=round(time.perf_counter() - started, 1))
+    print(f"\n{device}\n{summary_table(results)}\n{json.dumps(headline(results), indent=1)}")
 
 
 if __name__ == "__main__":

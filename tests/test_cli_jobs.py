@@ -33,7 +33,7 @@ def described_clip(path, job: dict):
         ([IMAGE, "--prompt", "a", "--prompts-file", "p.txt"], ["--prompt and --prompts-file cannot be combined"]),
         (["--from", "missing.mp4"], ["video not found"]),
         (["--jobs", "missing.jsonl"], ["cannot read jobs file"]),
-        ([IMAGE, "--gpus", "2"], ["--gpus spreads the jobs of a --jobs file"]),
+        ([IMAGE, "--gpus", "2"], ["--gpus 2", "GPU(s) here"]),
         (["--jobs", "j.jsonl", "--gpus", "0"], ["--gpus", "GPU(s) here"]),
         (["--jobs", "j.jsonl", "--gpus", "99"], ["--gpus 99", "GPU(s) here"]),
         (["--jobs", "j.jsonl", "--device", "cpu", "--gpus", "all"], ["number of CPU workers"]),

@@ -4,6 +4,10 @@ A jobs file is JSON Lines (one object per line) or CSV (a header row of option n
 fields are ``fpgen generate`` options by name (``seed``, ``end-image`` or ``end_image``, ...). Jobs
 run grouped by the models they need, so each model is loaded once; a job whose output exists is
 skipped unless it asks for ``overwrite``; a failing job is reported and the batch goes on.
+
+Over several hosts (``--shard K/N``, or torchrun's RANK and WORLD_SIZE), host K takes the lines at
+positions K, K+N, K+2N... of the file: a share every host works out alone, and running a host
+again skips what it already made.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -75,6 +80,26 @@ def read_jobs_file(path: Path) -> list[tuple[int, dict]]:
         if fields:
             jobs.append((reader.line_num, fields))
     return jobs
+
+
+def parse_shard(text: str | None, environ: dict | None = None) -> tuple[int, int] | None:
+    """``--shard K/N`` as (K, N), K counted from 0; without it torchrun's RANK/WORLD_SIZE when set; None for the whole file."""
+    environ = os.environ if environ is None else environ
+    if text is None:
+        world = environ.get("WORLD_SIZE", "1")
+        return (int(environ["RANK"]), int(world)) if world.isdigit() and int(world) > 1 and environ.get("RANK", "").isdigit() else None
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise InputError(f"--shard takes K/N with 0 <= K < N (got {text!r})", "e.g. --shard 0/4 on the first of four hosts, --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
+    return int(index), int(count)
+
+
+def my_share(lines: list, shard: tuple[int, int] | None) -> list:
+    """The lines (in file order) that host ``shard = (K, N)`` runs: every N-th from position K."""
+    if shard is None:
+        return lines
+    index, count = shard
+    return lines[index::count]
 
 
 def check_outputs(jobs: list[BatchJob]) -> list[BatchJob]:

@@ -132,7 +132,7 @@ def _start(worker: Worker, make_runner: MakeRunner) -> tuple[Connection, BasePro
     spawn = get_context("spawn")
     mine, theirs = spawn.Pipe()
     process = spawn.Process(target=_work, args=(theirs, worker, make_runner), name=f"fpgen {worker.label}")
-    with _ignoring(signal.SIGINT):  # inherited through exec
+    with ignoring(signal.SIGINT):  # inherited through exec
         process.start()
     theirs.close()
     return mine, process
@@ -154,7 +154,8 @@ def _lost(job: BatchJob, worker: Worker, exitcode: int | None, stopping: bool) -
 
 
 @contextmanager
-def _ignoring(sig: int):
+def ignoring(sig: int):
+    """Start processes inside it to have them ignore ``sig`` (inherited through exec; Python keeps an ignored SIGINT ignored)."""
     saved = signal.signal(sig, signal.SIG_IGN)
     try:
         yield

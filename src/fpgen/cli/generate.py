@@ -42,6 +42,8 @@ Examples:
 
   fpgen generate --jobs jobs.jsonl --device cpu --gpus 2   (two CPU workers)
 
+  fpgen generate face.png -p "A dog runs" --seconds 10 --gpus 2   (one video, made faster by two GPUs)
+
   fpgen generate face.png -p "A dog runs" --fast          # FP8 + TeaCache on a Hopper GPU
 
   fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
@@ -49,7 +51,7 @@ Examples:
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 """
 
-RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "gpus", "trust_jobs", "prompts_file")
+RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "gpus", "shard", "trust_jobs", "prompts_file")
 LONG = "Long jobs"
 
 
@@ -100,7 +102,12 @@ def generate(
     jobs: Path | None = typer.Option(None, "--jobs", help="Run every job of a JSON Lines or CSV file (fields are option names); options given here are defaults for every job.", rich_help_panel=LONG),
     gpus: str = typer.Option(
         "1", "--gpus", metavar="N|all", help="With --jobs: N worker processes, one per GPU (each sees only its own), each loading its models once and taking "
-        "the next job when done; Ctrl-C stops them all, resumable. With --device cpu: N CPU workers, the same way.", rich_help_panel=LONG,
+        "the next job when done; Ctrl-C stops them all, resumable. With --device cpu: N CPU workers, the same way. "
+        "Without --jobs: one video made by N GPUs together, each transformer pass split by sequence (each GPU holds all the models).", rich_help_panel=LONG,
+    ),  # fmt: skip
+    shard: str | None = typer.Option(
+        None, "--shard", metavar="K/N", help="With --jobs: run share K (from 0) of N of the file, for N hosts (SLURM arrays, Kubernetes indexed jobs); "
+        "under torchrun each process takes share RANK/WORLD_SIZE by itself. Running a share again skips the outputs it made.", rich_help_panel=LONG,
     ),  # fmt: skip
     trust_jobs: bool = typer.Option(
         False, "--trust-jobs", help="With --jobs: let the file's lines write outside the file's folder and overwrite what their 'overwrite' field names "
@@ -125,8 +132,8 @@ def generate(
     modes = [flag for flag, name in (("--resume", "resume"), ("--from", "from_video"), ("--jobs", "jobs")) if values[name] is not None]
     if len(modes) > 1:
         raise InputError(f"{' and '.join(modes)} cannot be combined", "use one of them")
-    if "gpus" in given and jobs is None:
-        raise InputError("--gpus spreads the jobs of a --jobs file over GPUs", "pass --jobs FILE, or leave out --gpus")
+    if shard is not None and jobs is None:
+        raise InputError("--shard takes a share of a --jobs file", "pass --jobs FILE, or leave out --shard")
     if resume is not None:
         _resume(values, given, report)
     elif jobs is not None:
@@ -174,7 +181,19 @@ def _single(values: dict, given: set, report) -> None:
     from fpgen.config import resolve
 
     job = resolve(spec, values["overwrite"], values["preview"])
-    _run(_load(job, report), job, report)
+    _load_and_run(job, values["gpus"], report)
+
+
+def _load_and_run(job, gpus: str, report):
+    """The job on one device, or with ``--gpus N`` its transformer passes split over N processes (``fpgen.parallel``)."""
+    if gpus == "1":
+        return _run(_load(job, report), job, report)
+    from fpgen.parallel import process_count, run_split
+
+    count = process_count(gpus, job.spec.device)
+    report.info(f"loading {job.model.spec.name} in {count} processes (one video, each transformer pass split by sequence) ...")
+    report.info(job.runtime.describe())
+    return run_split(job, count, partial(_run, report=report))
 
 
 def _recorded(values: dict, given: set, report) -> dict:
@@ -236,7 +255,7 @@ def _run(components, job, report):
 
 
 def _resume(values: dict, given: set, report) -> None:
-    extra = sorted(given - {"resume", "json_output", "quiet", "preview"})
+    extra = sorted(given - {"resume", "json_output", "quiet", "preview", "gpus"})
     if extra:
         flags = ", ".join("IMAGE" if name == "image" else "--" + name.replace("_", "-") for name in extra)
         raise InputError(f"--resume continues a job with its saved settings; leave out {flags}", "to change settings start a new job (e.g. --from the finished video)")
@@ -244,20 +263,21 @@ def _resume(values: dict, given: set, report) -> None:
 
     job = resolve_resume(values["resume"], values["preview"])
     report.info(f"resuming {job.folder.path} ({len(job.saved.finished)} section(s) done)")
-    _run(_load(job, report), job, report)
+    _load_and_run(job, values["gpus"], report)
 
 
 def _batch(ctx: typer.Context, values: dict, report) -> None:
-    from fpgen.batch import BatchJob, check_outputs, read_jobs_file, run_batch
+    from fpgen.batch import BatchJob, check_outputs, my_share, parse_shard, read_jobs_file, run_batch
     from fpgen.config import resolve
     from fpgen.spec import PATH_OPTIONS
     from fpgen.errors import FpgenError, Interrupted
     from fpgen.workers import plan_workers, run_parallel
 
     path = values["jobs"]
-    workers = plan_workers(values["gpus"], values["device"]) if values["gpus"] != "1" else []
+    workers = plan_workers(values["gpus"], values["device"]) if values["gpus"] != "1" else []  # a wrong --gpus shows before the file is read
+    shard = parse_shard(values["shard"])
     params = {p.name: p for p in ctx.command.params}
-    lines = read_jobs_file(path)
+    lines = my_share(read_jobs_file(path), shard)
     jobs = []
     for number, fields in lines:
         try:
@@ -280,7 +300,8 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
     jobs = check_outputs(jobs)
     if values["device"] == "cpu":  # CPU workers share the cores: no more than there are jobs
         workers = workers[: max(1, sum(job.spec is not None for job in jobs))]
-    report.info(f"{len(jobs)} job(s) in {path}" + (f", {len(workers)} workers: {', '.join(w.label for w in workers)}" if workers else ""))
+    share = f" (share {shard[0]}/{shard[1]})" if shard else ""
+    report.info(f"{len(jobs)} job(s) in {path}{share}" + (f", {len(workers)} workers: {', '.join(w.label for w in workers)}" if workers else ""))
     runner = partial(_batch_runner, values)  # picklable: the workers build their own
     outcomes = run_parallel(jobs, workers, runner) if workers else run_batch(jobs, *runner(None))
     report.batch_summary(outcomes)
@@ -329,7 +350,7 @@ def _typed_fields(ctx: typer.Context, params: dict, fields: dict) -> dict:
     """A batch line's fields converted by the options' own types (CSV gives text, JSON gives numbers and booleans)."""
     if "__error__" in fields:
         raise InputError(fields["__error__"], "fix the line")
-    allowed = set(params) - {"resume", "from_video", "jobs", "gpus", "trust_jobs", "json_output", "quiet"}
+    allowed = set(params) - {"resume", "from_video", "jobs", "gpus", "shard", "trust_jobs", "json_output", "quiet"}
     typed = {}
     for key, value in fields.items():
         name = key.lstrip("-").replace("-", "_")

@@ -22,7 +22,7 @@ import numpy as np
 from fpgen.buckets import load_image, parse_size, pick_bucket
 from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
-from fpgen.families import Defaults
+from fpgen.families import Defaults, Family
 from fpgen.geometry import latents_to_frames, section_count, whole_sections
 from fpgen.hub import ModelFiles, find_model
 from fpgen.jobfolder import JobFolder, SavedJob, find_job, job_dir
@@ -167,7 +167,7 @@ def _absolute_lora(text: str) -> str:
 class Pictures:
     """A job's pictures, decoded once: the start picture, an end picture, an extended video's last frames."""
 
-    start: np.ndarray  # (H, W, 3) uint8, any size
+    start: np.ndarray | None  # (H, W, 3) uint8, any size; None for text-to-video
     size: tuple[int, int]  # the video's (height, width)
     end: np.ndarray | None = None
     tail: VideoTail | None = None
@@ -199,7 +199,7 @@ class Job:
     def describe(self) -> list[str]:
         """What the CLI prints before the job runs."""
         lines = [f"  prompt {line}" for line in describe(list(self.plan.prompts), self.plan.window)] if len(set(self.plan.prompts)) > 1 else []
-        new_frames = latents_to_frames(1 + self.plan.count * self.plan.window)
+        new_frames = self.model.spec.family.frame_count(replace(self.plan, offset=0))
         return lines + [f"{self.plan.count} section(s), {new_frames} new frames, {self.plan.order} order -> {self.spec.output}"]
 
 
@@ -209,10 +209,9 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     ``loaded`` (``fpgen.loading.Components``) supplies the model, runtime and LoRAs of models
     already loaded; ``picture`` a start picture given as an array instead of ``spec.image``.
     """
-    if spec.image is None and spec.extend is None and picture is None:
-        raise InputError("no start picture", "pass an IMAGE, or --extend VIDEO")
     files = loaded.files if loaded is not None else find_model(spec.model, spec.model_dir, revision=spec.revision)
     family = files.spec.family
+    check_family_inputs(spec, family, picture is not None)
     settings = spec.settings.complete(family.defaults)
     spec = replace(spec, settings=settings)
     folder = JobFolder(job_dir(spec.output))
@@ -221,22 +220,34 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     check_outputs(spec, overwrite)
     loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras(LoraChoice.parse(item) for item in spec.lora))
     runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"])
-    pictures = read_pictures(spec, family.sections, picture)
+    pictures = read_pictures(spec, family, picture)
     offset = whole_sections(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
-    prompts, notes = section_prompts(parse_prompts(settings.prompt), section_count(settings.seconds, settings.window), settings.window)
+    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
     return Job(spec, files, runtime, loras, plan, pictures, tuple(notes), None, overwrite, preview)
 
 
-def read_pictures(spec: JobSpec, sections, picture: np.ndarray | None = None) -> Pictures:
-    """Every picture and video the job reads, decoded once, and the video's size."""
-    settings = spec.settings
+def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> None:
+    """Refuse, before any work, inputs the model family has no use for."""
+    if spec.image is None and spec.extend is None and not has_picture and not family.text_to_video:
+        raise InputError(f"no start picture: {spec.model} makes videos from a picture", "pass an IMAGE, or --extend VIDEO")
+    if spec.end_image is not None and not family.end_picture:
+        raise InputError(f"--end-image: {spec.model} ({family.name} family) has no way to arrive at an end picture", "drop --end-image, or use framepack or framepack-f1")
+
+
+def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = None) -> Pictures:
+    """Every picture and video the job reads, decoded once, and the video's size.
+
+    Text-to-video (no picture, no video) has no start picture: ``start`` is None and the size is
+    ``--size`` or the family's default.
+    """
+    settings, sections = spec.settings, family.sections
     tail = read_tail(spec.extend, sections.name, settings.window, settings.size, settings.resolution) if spec.extend is not None else None
     start = load_image(spec.image) if spec.image is not None else picture
-    if start is None:
+    if start is None and tail is not None:
         start = tail.tail[sections.tail_frame]
     end = load_image(spec.end_image) if spec.end_image is not None else None
-    size = tuple(tail.tail.shape[1:3]) if tail is not None else settings.size or pick_bucket(start.shape[0], start.shape[1], settings.resolution)
+    size = tuple(tail.tail.shape[1:3]) if tail is not None else settings.size or family.defaults.size or pick_bucket(start.shape[0], start.shape[1], settings.resolution)
     return Pictures(start, size, end, tail)
 
 
@@ -257,7 +268,7 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
     runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"])
     loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras(LoraChoice.parse(item) for item in spec.lora))
     settings = spec.settings
-    prompts, notes = section_prompts(parse_prompts(settings.prompt), section_count(settings.seconds, settings.window), settings.window)
+    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
     prefix = saved.inputs.prefix
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))

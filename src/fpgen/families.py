@@ -1,18 +1,22 @@
 """Model families as data: what the engine needs to know about a FramePack-style model.
 
 A family names its components, its section order and context layout (``fpgen.packing``), its
-sampler and its defaults. The engine reads these fields and branches on nothing else, so a new
-family is one more description here (plus its own components), not a new path through the engine.
+sampler and its defaults, and brings its own code for what differs between families (``Parts``:
+encoders, the denoiser and sampler, the decode). The engine reads these fields and branches on
+nothing else, so a new family is one more description here (plus its own components), not a new
+path through the engine.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from fpgen.packing import PackedContext, forward_context, inverted_context
+from fpgen.geometry import FPS, latents_to_frames, section_count
+from fpgen.packing import PackedContext, forward_context, helios_context, inverted_context
 from fpgen.plan import Order, Section, SectionPlan
 from fpgen.sampling import get_schedule, sample_unipc
 
@@ -32,6 +36,7 @@ class SectionOrder:
 
 INVERTED = SectionOrder("inverted", inverted_context, pins_end=False, tail_frame=-1, start_from_tail=True)
 FORWARD = SectionOrder("forward", forward_context, pins_end=True, tail_frame=0, start_from_tail=False)
+HELIOS_FORWARD = SectionOrder("forward", helios_context, pins_end=False, tail_frame=0, start_from_tail=False)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,33 @@ class Defaults:
     steps: int = 25
     window: int = 9
     distilled_guidance: float = 10.0
+    size: tuple[int, int] | None = None  # (height, width) without --size; None: the bucket nearest the picture
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The code a family brings to the engine's one section loop (see ``fpgen.engine.FRAMEPACK_PARTS``)."""
+
+    components: type  # the ``fpgen.loading.Components`` (sub)class that loads and lends the models
+    encode: Callable  # (components, pictures, texts, negative, settings) -> JobInputs
+    conditioning: Callable  # (prompt embedding, image embeds, device, dtype) -> what the denoiser is conditioned on
+    denoiser: Callable  # (transformer, blocks, positive, negative, context, guidance) -> the sampler's model function
+    sample: Callable  # (components, denoiser, noise, steps, tokens, on_step, generator) -> latents
+    decode_section: Callable  # (components, video, plan, section, pending, lead) -> (frames, first frame, pending)
+    resume_pending: Callable  # (components, video, plan, sections done) -> what the next section's decode blends into
+    skip_encoding_noise: Callable  # (generator, inputs, window): advance the job's generator past what encoding drew from it
+
+
+def framepack_parts() -> Parts:
+    from fpgen.engine import FRAMEPACK_PARTS  # the engine imports this module
+
+    return FRAMEPACK_PARTS
+
+
+def helios_parts() -> Parts:
+    from fpgen.helios import HELIOS_PARTS
+
+    return HELIOS_PARTS
 
 
 @dataclass(frozen=True)
@@ -51,11 +83,43 @@ class Family:
     schedule: Callable[[int, int], torch.Tensor] = get_schedule  # (steps, window tokens) -> sigmas
     sampler: Callable = sample_unipc  # (denoise, noise, sigmas, callback) -> latents
     defaults: Defaults = Defaults()
+    parts: Callable[[], Parts] = framepack_parts
+    fps: int = FPS
+    section_count: Callable[[float, int], int] = section_count  # (seconds, window) -> sections
+    frame_count: Callable[[SectionPlan], int] = lambda plan: plan.num_frames  # frames of a planned video (FramePack: its latents, decoded overlapping)
+    text_to_video: bool = False  # without a picture it makes a video from the prompt alone (else that is an error)
+    end_picture: bool = True  # it can arrive at an --end-image
+
+
+def helios_section_count(seconds: float, window: int) -> int:
+    """Helios' chunks: enough whole chunks of ``4*window - 3`` frames to cover ``seconds`` at 24 fps (HeliosPipeline's count)."""
+    return max(1, math.ceil(round(seconds * HELIOS_FPS) / latents_to_frames(window)))
+
+
+def helios_frame_count(plan: SectionPlan) -> int:
+    """Helios decodes every chunk on its own: ``4*window - 3`` frames each."""
+    return (plan.offset + plan.count) * latents_to_frames(plan.window)
+
+
+HELIOS_FPS = 24
+HELIOS_DEFAULTS = Defaults(steps=50, window=9, size=(384, 640))
+HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
+
+
+def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS) -> Family:
+    """A Helios checkpoint: F1's context layout, UMT5 prompts, the Wan VAE, text-to-video without a picture, 24 fps."""
+    return Family(
+        name, HELIOS_FORWARD, HELIOS_COMPONENTS, defaults=defaults, parts=helios_parts, fps=HELIOS_FPS,
+        section_count=helios_section_count, frame_count=helios_frame_count, text_to_video=True, end_picture=False,
+    )  # fmt: skip
 
 
 FRAMEPACK = Family("framepack", INVERTED)
 FRAMEPACK_F1 = Family("framepack-f1", FORWARD)
-FAMILIES = {family.name: family for family in (FRAMEPACK, FRAMEPACK_F1)}
+HELIOS = helios_family("helios")
+HELIOS_MID = helios_family("helios-mid")
+HELIOS_DISTILLED = helios_family("helios-distilled")
+FAMILIES = {family.name: family for family in (FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_MID, HELIOS_DISTILLED)}
 
 
 def family_for_order(order: Order) -> Family:

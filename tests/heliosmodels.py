@@ -57,10 +57,13 @@ def tiny_vae():
     return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, latents_mean=mean, latents_std=std)
 
 
-def tiny_scheduler(pyramid: bool):
-    from diffusers import HeliosScheduler
+def tiny_scheduler(name: str):
+    """Base: one-stage UniPC; Mid: three pyramid stages; Distilled: three stages with the DMD scheduler."""
+    from diffusers import HeliosDMDScheduler, HeliosScheduler
 
-    return HeliosScheduler(stages=3 if pyramid else 1, use_dynamic_shifting=True)
+    if name == "helios-distilled":
+        return HeliosDMDScheduler(stages=3, use_dynamic_shifting=True)
+    return HeliosScheduler(stages=1 if name == "helios" else 3, use_dynamic_shifting=True)
 
 
 def write_repo(root: Path, name: str, seed: int = 0) -> None:
@@ -72,10 +75,11 @@ def write_repo(root: Path, name: str, seed: int = 0) -> None:
     tiny_text_encoder(len(tokenizer)).save_pretrained(repo / "text_encoder", safe_serialization=True)
     tiny_transformer().save_pretrained(repo / "transformer", safe_serialization=True)
     tiny_vae().save_pretrained(repo / "vae", safe_serialization=True)
-    tiny_scheduler(name != "helios").save_pretrained(repo / "scheduler")
+    tiny_scheduler(name).save_pretrained(repo / "scheduler")
     pipeline = "HeliosPipeline" if name == "helios" else "HeliosPyramidPipeline"
-    index = {"_class_name": pipeline, "tokenizer": ["transformers", "T5TokenizerFast"], "text_encoder": ["transformers", "UMT5EncoderModel"],
-             "transformer": ["diffusers", "HeliosTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLWan"], "scheduler": ["diffusers", "HeliosScheduler"]}  # fmt: skip
+    scheduler = "HeliosDMDScheduler" if name == "helios-distilled" else "HeliosScheduler"
+    index = {"_class_name": pipeline, "is_cfg_zero_star": name == "helios-mid", "is_distilled": name == "helios-distilled", "tokenizer": ["transformers", "T5TokenizerFast"], "text_encoder": ["transformers", "UMT5EncoderModel"],
+             "transformer": ["diffusers", "HeliosTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLWan"], "scheduler": ["diffusers", scheduler]}  # fmt: skip
     (repo / "model_index.json").write_text(json.dumps(index))
 
 

@@ -29,18 +29,20 @@ SIZE = (32, 48)
 @pytest.fixture(scope="session")
 def helios_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("helios")
-    return build_helios_cache(root / "repos", root / "hub", names=("helios",))
+    return build_helios_cache(root / "repos", root / "hub")
 
 
 @pytest.fixture
 def helios_offline(helios_cache, monkeypatch):
     import huggingface_hub.constants as constants
 
-    import diffusers.pipelines.helios.pipeline_helios as pipeline_module
+    import diffusers.pipelines.helios.pipeline_helios as base_module
+    import diffusers.pipelines.helios.pipeline_helios_pyramid as pyramid_module
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(helios_cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(pipeline_module, "prompt_clean", clean_prompt)
+    for module in (base_module, pyramid_module):
+        monkeypatch.setattr(module, "prompt_clean", clean_prompt)
     return helios_cache
 
 
@@ -50,10 +52,16 @@ def helios_base(helios_offline):
 
 
 def reference_pipeline(models):
-    from diffusers import HeliosPipeline, HeliosScheduler
+    """The diffusers pipeline for the loaded checkpoint, on the same modules (Mid: CFG-zero*, Distilled: DMD)."""
+    from diffusers import HeliosPipeline, HeliosPyramidPipeline
 
-    scheduler = HeliosScheduler.from_config(models.scheduler_config)
-    return HeliosPipeline(models.tokenizer, models.text_encoder, models.vae, scheduler, models.transformer)
+    from fpgen.helios import scheduler_from
+
+    parts = (models.tokenizer, models.text_encoder, models.vae, scheduler_from(models.scheduler_config), models.transformer)
+    name = models.files.spec.name
+    if name == "helios":
+        return HeliosPipeline(*parts)
+    return HeliosPyramidPipeline(*parts, is_cfg_zero_star=name == "helios-mid", is_distilled=name == "helios-distilled")
 
 
 def fpgen_latents(models, tmp_path, image, settings: Settings) -> torch.Tensor:
@@ -87,3 +95,20 @@ def test_image_to_video_equals_helios_pipeline(helios_base, tmp_path):
     ).frames  # fmt: skip
     assert ours.shape == reference.shape == (1, 16, 1 + 9, 4, 6)
     assert rel_l2(ours, reference) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["helios-mid", "helios-distilled"])
+def test_pyramid_stages_equal_helios_pyramid_pipeline(name, helios_offline, tmp_path):
+    """Two chunks of text-to-video through three resolution stages; Mid with CFG-zero*, Distilled with DMD steps."""
+    models = fpgen.load_models(name, device="cpu", dtype="float32")
+    cfg = 4.0 if name == "helios-mid" else 1.0
+    settings = Settings(prompt=PROMPT, negative_prompt=NEGATIVE, seconds=2.0, seed=2, steps=2, cfg=cfg, size=(64, 64))
+    ours = fpgen_latents(models, tmp_path, None, settings)
+    # HeliosPyramidPipeline's CFG-zero* calls .view on the transformer's output, which on the CPU is not contiguous
+    models.transformer.register_forward_hook(lambda module, args, output: tuple(o.contiguous() for o in output))
+    reference = reference_pipeline(models)(
+        prompt=PROMPT, negative_prompt=NEGATIVE, height=64, width=64, num_frames=48, pyramid_num_inference_steps_list=[2, 2, 2],
+        guidance_scale=cfg, generator=torch.Generator("cpu").manual_seed(2), output_type="latent",
+    ).frames  # fmt: skip
+    assert ours.shape == (1, 16, 1 + 18, 8, 8) and reference.shape == (1, 16, 18, 8, 8)
+    assert rel_l2(ours[:, :, 1:], reference) < 1e-3

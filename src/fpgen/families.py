@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -75,6 +75,20 @@ def helios_parts() -> Parts:
     return HELIOS_PARTS
 
 
+def helios_mid_parts() -> Parts:
+    """Helios-Mid: the pyramid stages with CFG-zero* (HeliosPyramidPipeline with is_cfg_zero_star)."""
+    from fpgen.helios import HELIOS_ZERO_STAR_PARTS
+
+    return HELIOS_ZERO_STAR_PARTS
+
+
+def helios_distilled_parts() -> Parts:
+    """Helios-Distilled: the pyramid stages stepped by the repo's DMD scheduler, no CFG by default."""
+    from fpgen.helios import HELIOS_PYRAMID_PARTS
+
+    return HELIOS_PYRAMID_PARTS
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -106,10 +120,10 @@ HELIOS_DEFAULTS = Defaults(steps=50, window=9, size=(384, 640))
 HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 
 
-def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS) -> Family:
+def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Callable[[], Parts] = helios_parts) -> Family:
     """A Helios checkpoint: F1's context layout, UMT5 prompts, the Wan VAE, text-to-video without a picture, 24 fps."""
     return Family(
-        name, HELIOS_FORWARD, HELIOS_COMPONENTS, defaults=defaults, parts=helios_parts, fps=HELIOS_FPS,
+        name, HELIOS_FORWARD, HELIOS_COMPONENTS, defaults=defaults, parts=parts, fps=HELIOS_FPS,
         section_count=helios_section_count, frame_count=helios_frame_count, text_to_video=True, end_picture=False,
     )  # fmt: skip
 
@@ -117,8 +131,8 @@ def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS) -> Family:
 FRAMEPACK = Family("framepack", INVERTED)
 FRAMEPACK_F1 = Family("framepack-f1", FORWARD)
 HELIOS = helios_family("helios")
-HELIOS_MID = helios_family("helios-mid")
-HELIOS_DISTILLED = helios_family("helios-distilled")
+HELIOS_MID = helios_family("helios-mid", replace(HELIOS_DEFAULTS, steps=10), helios_mid_parts)
+HELIOS_DISTILLED = helios_family("helios-distilled", replace(HELIOS_DEFAULTS, steps=1), helios_distilled_parts)
 FAMILIES = {family.name: family for family in (FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_MID, HELIOS_DISTILLED)}
 
 

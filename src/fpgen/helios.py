@@ -17,17 +17,21 @@ and a fresh one see the same chunk noise.
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fpgen.buckets import resize_and_center_crop
 from fpgen.conditioning import JobInputs, PromptEmbedding
 from fpgen.denoiser import guided_velocity
+from fpgen.errors import ModelMissingError
 from fpgen.families import Parts
 from fpgen.geometry import LATENT_CHANNELS, latent_size, latents_to_frames
 from fpgen.loading import Components
@@ -35,6 +39,7 @@ from fpgen.packing import PackedContext, window_bounds
 from fpgen.pixels import picture_to_pixels
 
 MAX_PROMPT_TOKENS = 512  # HeliosPipeline's max_sequence_length
+ZERO_INIT_STEPS = 1  # CFG-zero*: the first stage's steps 0..1 predict zero velocity (HeliosPyramidPipeline's zero_steps)
 HISTORY_NOISE = (0.111, 0.135)  # sigma range of the noise put on the start picture's latents (image and video defaults)
 
 
@@ -162,8 +167,26 @@ def history_inputs(context: PackedContext, dtype: torch.dtype) -> dict[str, torc
     }
 
 
-def make_velocity(transformer, passes: TransformerPasses, positive: torch.Tensor, negative: torch.Tensor | None, context: PackedContext, guidance):
-    """The transformer as ``f(x, timestep) -> flow velocity`` with real CFG (``--cfg``; 1 runs no negative pass)."""
+def optimal_scale(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """CFG-zero*'s per-row projection of the conditional prediction onto the unconditional one."""
+    rows, ndim = positive.shape[0], positive.ndim
+    positive, negative = positive.float().reshape(rows, -1), negative.float().reshape(rows, -1)
+    scale = (positive * negative).sum(dim=1, keepdim=True) / ((negative**2).sum(dim=1, keepdim=True) + 1e-8)
+    return scale.view(rows, *([1] * (ndim - 1)))
+
+
+def zero_star_velocity(positive: torch.Tensor, negative: torch.Tensor, cfg: float) -> torch.Tensor:
+    """CFG-zero*: guidance from the unconditional prediction scaled to the conditional one."""
+    scaled = negative * optimal_scale(positive, negative).to(positive.dtype)
+    return scaled + cfg * (positive - scaled)
+
+
+def make_velocity(transformer, passes: TransformerPasses, positive: torch.Tensor, negative: torch.Tensor | None, context: PackedContext, guidance, zero_star: bool = False):
+    """The transformer as ``f(x, timestep, zero_init) -> flow velocity`` with real CFG (``--cfg``; 1 runs no negative pass).
+
+    With ``zero_star`` (Helios-Mid) the guidance is CFG-zero*, and ``zero_init`` steps (the first
+    ones of a chunk) predict zero velocity, as HeliosPyramidPipeline does.
+    """
     dtype = transformer.dtype
     history = history_inputs(context, dtype)
     run_negative = guidance.cfg != 1.0 and negative is not None
@@ -172,9 +195,14 @@ def make_velocity(transformer, passes: TransformerPasses, positive: torch.Tensor
         passes.computed += 1
         return transformer(hidden_states=x.to(dtype), timestep=timestep, encoder_hidden_states=prompt, **history, return_dict=False)[0]
 
-    def velocity(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    def velocity(x: torch.Tensor, timestep: torch.Tensor, zero_init: bool = False) -> torch.Tensor:
         positive_v = forward(x, timestep, positive)
-        return guided_velocity(positive_v, forward(x, timestep, negative) if run_negative else None, guidance.cfg, 0.0)
+        if not run_negative:
+            return positive_v
+        negative_v = forward(x, timestep, negative)
+        if not zero_star:
+            return guided_velocity(positive_v, negative_v, guidance.cfg, 0.0)
+        return positive_v * 0.0 if zero_init else zero_star_velocity(positive_v, negative_v, guidance.cfg)
 
     return velocity
 
@@ -189,15 +217,89 @@ def flux_shift(tokens: int, config) -> float:
 
 def sample_chunk(components: Components, velocity, noise: torch.Tensor, steps: int, tokens: int, on_step, generator=None) -> torch.Tensor:
     """One chunk with a fresh ``HeliosScheduler`` from the repo's config: ``steps`` sigmas from 0.999 down, shifted for ``tokens``."""
-    from diffusers import HeliosScheduler
-
-    scheduler = HeliosScheduler.from_config(components.scheduler_config)
+    scheduler = scheduler_from(components.scheduler_config)
     sigmas = np.linspace(0.999, 0.0, steps + 1)[:-1]
     scheduler.set_timesteps(steps, device=noise.device, sigmas=sigmas, mu=flux_shift(tokens, components.scheduler_config))
     latents = noise
     for i, t in enumerate(scheduler.timesteps):
         latents = scheduler.step(velocity(latents, t.expand(latents.shape[0])), t, latents, generator=generator, return_dict=False)[0]
         on_step(i, latents)
+    return latents
+
+
+SCHEDULERS = ("HeliosScheduler", "HeliosDMDScheduler")  # the scheduler classes a Helios repo may name
+
+
+def scheduler_from(config):
+    """A fresh scheduler of the class the repo's config names (only Helios' own two are accepted)."""
+    import diffusers
+
+    name = config.get("_class_name", "HeliosScheduler")
+    if name not in SCHEDULERS:
+        raise ModelMissingError(f"the scheduler config names {name}, not a Helios scheduler", "download the model again: fpgen download MODEL")
+    return getattr(diffusers, name).from_config(config)
+
+
+def per_frame(latents: torch.Tensor, resize) -> torch.Tensor:
+    """Apply a 2-D resize to every latent frame of (B, C, T, H, W)."""
+    b, c, t = latents.shape[:3]
+    frames = resize(latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, *latents.shape[-2:]))
+    return frames.reshape(b, t, c, *frames.shape[-2:]).permute(0, 2, 1, 3, 4)
+
+
+def halve(latents: torch.Tensor) -> torch.Tensor:
+    """Half the spatial size, bilinear, times 2 (the pyramid's first stages start from the full-size noise shrunk)."""
+    return per_frame(latents, lambda x: F.interpolate(x, size=(x.shape[-2] // 2, x.shape[-1] // 2), mode="bilinear") * 2)
+
+
+def double(latents: torch.Tensor) -> torch.Tensor:
+    return per_frame(latents, lambda x: F.interpolate(x, size=(x.shape[-2] * 2, x.shape[-1] * 2), mode="nearest"))
+
+
+def block_noise(shape: tuple[int, ...], gamma: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise correlated within every 2x2 patch (covariance (1+gamma)I - gamma), against the upsampling's block artifacts."""
+    b, c, t, h, w = shape
+    covariance = torch.eye(4) * (1 + gamma) - torch.ones(4, 4) * gamma + torch.eye(4) * 1e-8
+    z = torch.randn(b * c * t * (h // 2) * (w // 2), 4, generator=generator)
+    noise = z @ torch.linalg.cholesky(covariance).T
+    return noise.view(b, c, t, h // 2, w // 2, 2, 2).permute(0, 1, 2, 3, 5, 4, 6).reshape(shape)
+
+
+def renoise(latents: torch.Tensor, scheduler, stage: int, generator: torch.Generator) -> torch.Tensor:
+    """Upsample a stage's result and mix in block noise to the next stage's starting noise level."""
+    gamma, signal = scheduler.config.gamma, 1 - scheduler.ori_start_sigmas[stage]
+    alpha = 1 / (math.sqrt(1 + 1 / gamma) * (1 - signal) + signal)
+    beta = alpha * (1 - signal) / math.sqrt(gamma)
+    upsampled = double(latents)
+    return alpha * upsampled + beta * block_noise(tuple(upsampled.shape), gamma, generator).to(upsampled)
+
+
+def sample_pyramid(components: Components, velocity, noise: torch.Tensor, steps: int, tokens: int, on_step, generator=None) -> torch.Tensor:
+    """One chunk through the scheduler's resolution stages (HeliosPyramidPipeline): ``steps`` steps per stage.
+
+    The noise is shrunk to the first stage's size; every later stage starts from the previous one's
+    result upsampled and renoised. A DMD scheduler (Helios-Distilled) steps back towards each
+    stage's starting point.
+    """
+    config = components.scheduler_config
+    scheduler = scheduler_from(config)
+    dmd = type(scheduler).__name__ == "HeliosDMDScheduler"
+    latents = noise
+    for _ in range(config["stages"] - 1):
+        latents = halve(latents)
+    done = 0
+    for stage in range(config["stages"]):
+        shifted = flux_shift(math.prod(latents.shape[-3:]) // 4, config)
+        scheduler.set_timesteps(steps, stage, device=noise.device, mu=shifted)
+        if stage > 0:
+            latents = renoise(latents, scheduler, stage, generator)
+        start = latents
+        for i, t in enumerate(scheduler.timesteps):
+            v = velocity(latents, t.expand(latents.shape[0]).to(torch.int64), zero_init=stage == 0 and i <= ZERO_INIT_STEPS)
+            extra = {"cur_sampling_step": i, "dmd_noisy_tensor": start, "dmd_sigmas": scheduler.sigmas, "dmd_timesteps": scheduler.timesteps, "all_timesteps": scheduler.timesteps} if dmd else {}
+            latents = scheduler.step(v, t, latents, generator=generator, return_dict=False, **extra)[0]
+            on_step(done, latents)
+            done += 1
     return latents
 
 
@@ -260,3 +362,6 @@ HELIOS_PARTS = Parts(
     resume_pending=lambda components, video, plan, done: None,  # every chunk decodes on its own
     skip_encoding_noise=skip_encoding_noise,
 )
+
+HELIOS_PYRAMID_PARTS = replace(HELIOS_PARTS, sample=sample_pyramid)
+HELIOS_ZERO_STAR_PARTS = replace(HELIOS_PYRAMID_PARTS, denoiser=partial(make_velocity, zero_star=True))

@@ -112,3 +112,39 @@ def test_pyramid_stages_equal_helios_pyramid_pipeline(name, helios_offline, tmp_
     ).frames  # fmt: skip
     assert ours.shape == (1, 16, 1 + 18, 8, 8) and reference.shape == (1, 16, 18, 8, 8)
     assert rel_l2(ours[:, :, 1:], reference) < 1e-3
+
+
+def test_command_makes_text_to_video_with_latents(helios_cache, tmp_path):
+    """`fpgen generate -m helios-distilled` without IMAGE, offline: a 24 fps MP4 of whole chunks and float32 latents in time order."""
+    from conftest import run_fpgen
+
+    from fpgen.video import read_mp4
+
+    latents = tmp_path / "t2v.safetensors"
+    args = ["-m", "helios-distilled", "-p", PROMPT, "--seconds", "1", "--size", "64x64", "--seed", "9", "--steps", "1", "--device", "cpu", "--dtype", "float32"]
+    done = run_fpgen("generate", *args, "-o", tmp_path / "t2v.mp4", "--save-latents", latents, cache=helios_cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    saved = load_tensors(latents)[0]["latents"]
+    assert saved.dtype == torch.float32 and saved.shape == (1, 16, 1 + 9, 8, 8)
+    assert not saved[:, :, 0].any() and saved[:, :, 1:].std() > 0.1
+    frames, _ = read_mp4(tmp_path / "t2v.mp4")
+    assert len(frames) == 33 and frames[0].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    ("model", "args", "needles"),
+    [
+        ("helios", ["--end-image", "end.png"], ["--end-image", "no end-frame mechanism"]),
+        ("helios-distilled", ["--fast"], ["--teacache", "--no-teacache"]),
+        ("helios-mid", ["--lora", "style.safetensors:1"], ["--lora", "cannot load LoRAs"]),
+        ("framepack", [], ["missing IMAGE", "framepack"]),
+    ],
+)
+def test_what_the_family_lacks_is_a_one_line_error(model, args, needles, helios_cache, tmp_path):
+    from conftest import run_fpgen
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "end.png")
+    (tmp_path / "style.safetensors").write_bytes(b"")
+    done = run_fpgen("generate", "-m", model, "-p", PROMPT, "-o", tmp_path / "x.mp4", *args, cache=helios_cache, cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert all(needle in done.stderr for needle in needles)

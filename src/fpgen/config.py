@@ -31,7 +31,7 @@ from fpgen.metadata import sidecar_is_ours, sidecar_path
 from fpgen.output import partial_path
 from fpgen.plan import SectionPlan, plan_sections
 from fpgen.prompts import describe, parse_prompts, section_prompts
-from fpgen.registry import MODELS
+from fpgen.registry import MODELS, resolve_model
 from fpgen.runtime import RuntimePlan, RuntimeRequest, plan_runtime
 
 MAX_SECTIONS = 10_000  # about 50 minutes at the default window; a job folder keeps one file per section
@@ -43,7 +43,7 @@ MAX_PIXELS = 4096 * 4096  # a frame size beyond this is impossible, not merely o
 class Settings:
     """Everything that decides a job's output besides the pictures and the model.
 
-    ``steps``, ``window`` and ``distilled_guidance`` left at None take the model family's defaults.
+    ``steps``, ``window``, ``distilled_guidance`` and ``cfg`` left at None take the model family's defaults.
     """
 
     prompt: str = ""
@@ -53,7 +53,7 @@ class Settings:
     steps: int | None = None
     window: int | None = None
     distilled_guidance: float | None = None
-    cfg: float = 1.0
+    cfg: float | None = None
     guidance_rescale: float = 0.0
     teacache: bool = False
     teacache_threshold: float = 0.15
@@ -62,7 +62,7 @@ class Settings:
 
     def complete(self, defaults: Defaults) -> Settings:
         """These settings with the family's defaults where they are unset, checked."""
-        unset = {name: getattr(defaults, name) for name in ("steps", "window", "distilled_guidance") if getattr(self, name) is None}
+        unset = {name: getattr(defaults, name) for name in ("steps", "window", "distilled_guidance", "cfg") if getattr(self, name) is None}
         return replace(self, **unset).validate()
 
     def validate(self) -> Settings:
@@ -209,9 +209,9 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     ``loaded`` (``fpgen.loading.Components``) supplies the model, runtime and LoRAs of models
     already loaded; ``picture`` a start picture given as an array instead of ``spec.image``.
     """
+    check_family_inputs(spec, loaded.family if loaded is not None else resolve_model(spec.model, spec.revision).family, picture is not None)
     files = loaded.files if loaded is not None else find_model(spec.model, spec.model_dir, revision=spec.revision)
     family = files.spec.family
-    check_family_inputs(spec, family, picture is not None)
     settings = spec.settings.complete(family.defaults)
     spec = replace(spec, settings=settings)
     folder = JobFolder(job_dir(spec.output))
@@ -230,9 +230,12 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
 def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> None:
     """Refuse, before any work, inputs the model family has no use for."""
     if spec.image is None and spec.extend is None and not has_picture and not family.text_to_video:
-        raise InputError(f"no start picture: {spec.model} makes videos from a picture", "pass an IMAGE, or --extend VIDEO")
-    if spec.end_image is not None and not family.end_picture:
-        raise InputError(f"--end-image: {spec.model} ({family.name} family) has no way to arrive at an end picture", "drop --end-image, or use framepack or framepack-f1")
+        raise InputError(f"missing IMAGE: {spec.model} makes videos from a start picture", "pass one (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
+    options = spec.options()
+    for option, reason in family.refuses:
+        if options[option]:
+            flag = "--" + option.replace("_", "-")
+            raise InputError(f"{flag}: {spec.model} {reason}", f"drop {flag}" + (" (with --fast, add --no-teacache)" if option == "teacache" else ""))
 
 
 def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = None) -> Pictures:

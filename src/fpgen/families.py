@@ -46,6 +46,7 @@ class Defaults:
     steps: int = 25
     window: int = 9
     distilled_guidance: float = 10.0
+    cfg: float = 1.0  # real classifier-free guidance
     size: tuple[int, int] | None = None  # (height, width) without --size; None: the bucket nearest the picture
 
 
@@ -102,7 +103,7 @@ class Family:
     section_count: Callable[[float, int], int] = section_count  # (seconds, window) -> sections
     frame_count: Callable[[SectionPlan], int] = lambda plan: plan.num_frames  # frames of a planned video (FramePack: its latents, decoded overlapping)
     text_to_video: bool = False  # without a picture it makes a video from the prompt alone (else that is an error)
-    end_picture: bool = True  # it can arrive at an --end-image
+    refuses: tuple[tuple[str, str], ...] = ()  # (job option, why this family cannot take it)
 
 
 def helios_section_count(seconds: float, window: int) -> int:
@@ -116,7 +117,13 @@ def helios_frame_count(plan: SectionPlan) -> int:
 
 
 HELIOS_FPS = 24
-HELIOS_DEFAULTS = Defaults(steps=50, window=9, size=(384, 640))
+HELIOS_DEFAULTS = Defaults(steps=50, window=9, cfg=5.0, size=(384, 640))
+HELIOS_REFUSES = (
+    ("end_image", "has no end-frame mechanism"),
+    ("extend", "cannot continue a video in fpgen yet (video-to-video is not implemented)"),
+    ("teacache", "has no TeaCache calibration (TeaCache's is HunyuanVideo's; --fast turns it on)"),
+    ("lora", "cannot load LoRAs in fpgen yet (FramePack LoRAs do not fit its Wan transformer)"),
+)
 HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 
 
@@ -124,7 +131,7 @@ def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Callab
     """A Helios checkpoint: F1's context layout, UMT5 prompts, the Wan VAE, text-to-video without a picture, 24 fps."""
     return Family(
         name, HELIOS_FORWARD, HELIOS_COMPONENTS, defaults=defaults, parts=parts, fps=HELIOS_FPS,
-        section_count=helios_section_count, frame_count=helios_frame_count, text_to_video=True, end_picture=False,
+        section_count=helios_section_count, frame_count=helios_frame_count, text_to_video=True, refuses=HELIOS_REFUSES,
     )  # fmt: skip
 
 
@@ -132,7 +139,7 @@ FRAMEPACK = Family("framepack", INVERTED)
 FRAMEPACK_F1 = Family("framepack-f1", FORWARD)
 HELIOS = helios_family("helios")
 HELIOS_MID = helios_family("helios-mid", replace(HELIOS_DEFAULTS, steps=10), helios_mid_parts)
-HELIOS_DISTILLED = helios_family("helios-distilled", replace(HELIOS_DEFAULTS, steps=1), helios_distilled_parts)
+HELIOS_DISTILLED = helios_family("helios-distilled", replace(HELIOS_DEFAULTS, steps=1, cfg=1.0), helios_distilled_parts)
 FAMILIES = {family.name: family for family in (FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_MID, HELIOS_DISTILLED)}
 
 

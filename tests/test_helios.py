@@ -148,3 +148,26 @@ def test_what_the_family_lacks_is_a_one_line_error(model, args, needles, helios_
     done = run_fpgen("generate", "-m", model, "-p", PROMPT, "-o", tmp_path / "x.mp4", *args, cache=helios_cache, cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert all(needle in done.stderr for needle in needles)
+
+
+@pytest.mark.parametrize("name", ["helios", "helios-distilled"])
+def test_a_stopped_job_resumes_to_the_identical_latents(name, helios_offline, tmp_path):
+    """Image-to-video stopped after its first chunk, resumed: the generator is replayed past the encoding and chunk draws."""
+    from fpgen.api import generate_video, resume_video
+    from fpgen.errors import OutOfMemoryError
+    from fpgen.events import SectionDone
+
+    models = fpgen.load_models(name, device="cpu", dtype="float32")
+    picture = (np.random.default_rng(4).random((64, 64, 3)) * 255).astype(np.uint8)
+    settings = Settings(prompt=PROMPT, seconds=2.0, seed=8, steps=2, cfg=1.0, size=(64, 64))
+    reference = generate_video(models, picture, tmp_path / "full.mp4", settings)
+
+    def stop_after_first(event):
+        if isinstance(event, SectionDone) and event.section.index == 0:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(OutOfMemoryError):
+        generate_video(models, picture, tmp_path / "cut.mp4", settings, on_event=stop_after_first)
+    resumed = resume_video(models, tmp_path / "cut.mp4")
+    assert resumed.resumed_sections == 1 and resumed.result.latents.shape[2] == 1 + 18
+    assert torch.equal(resumed.result.latents, reference.result.latents)

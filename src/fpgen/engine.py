@@ -97,7 +97,7 @@ def generate_frames(
     pending: Pending | None = None
 
     for section, done in zip(plan.sections, finished):
-        torch.randn(noise_shape, generator=generator)  # the noise that section drew
+        parts.skip_section_noise(components, generator, noise_shape)  # the noise that section drew
         begin, end = window_bounds(section.slot, plan.window)
         video[:, :, begin:end] = done.latents
         result.transformer_passes.append(done.transformer_passes)
@@ -164,4 +164,5 @@ FRAMEPACK_PARTS = Parts(
     decode_section=decode_overlapping,
     resume_pending=overlap_after,
     skip_encoding_noise=lambda generator, inputs, window: None,  # FramePack's encoders draw no noise
+    skip_section_noise=lambda components, generator, shape: torch.randn(shape, generator=generator),
 )

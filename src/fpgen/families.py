@@ -62,6 +62,7 @@ class Parts:
     decode_section: Callable  # (components, video, plan, section, pending, lead) -> (frames, first frame, pending)
     resume_pending: Callable  # (components, video, plan, sections done) -> what the next section's decode blends into
     skip_encoding_noise: Callable  # (generator, inputs, window): advance the job's generator past what encoding drew from it
+    skip_section_noise: Callable  # (components, generator, noise shape): advance it past what one section drew (resuming)
 
 
 def framepack_parts() -> Parts:

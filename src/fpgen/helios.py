@@ -303,6 +303,15 @@ def sample_pyramid(components: Components, velocity, noise: torch.Tensor, steps:
     return latents
 
 
+def skip_pyramid_noise(components: Components, generator: torch.Generator, shape: tuple[int, ...]) -> None:
+    """Advance the generator past one pyramid chunk: its noise, then the block noise of every stage after the first."""
+    torch.randn(shape, generator=generator)
+    stages, gamma = components.scheduler_config["stages"], components.scheduler_config["gamma"]
+    *lead, height, width = shape
+    for stage in range(1, stages):  # the first stage is the noise halved stages-1 times; each later one doubles it
+        block_noise((*lead, (height >> (stages - 1)) << stage, (width >> (stages - 1)) << stage), gamma, generator)
+
+
 @torch.no_grad()
 def decode_chunk(components: Components, video: torch.Tensor, plan, section, pending, lead):
     """A chunk's latents decoded on their own (as HeliosPipeline does): ``4*window - 3`` frames, none pending."""
@@ -361,7 +370,8 @@ HELIOS_PARTS = Parts(
     decode_section=decode_chunk,
     resume_pending=lambda components, video, plan, done: None,  # every chunk decodes on its own
     skip_encoding_noise=skip_encoding_noise,
+    skip_section_noise=lambda components, generator, shape: torch.randn(shape, generator=generator),
 )
 
-HELIOS_PYRAMID_PARTS = replace(HELIOS_PARTS, sample=sample_pyramid)
+HELIOS_PYRAMID_PARTS = replace(HELIOS_PARTS, sample=sample_pyramid, skip_section_noise=skip_pyramid_noise)
 HELIOS_ZERO_STAR_PARTS = replace(HELIOS_PYRAMID_PARTS, denoiser=partial(make_velocity, zero_star=True))

@@ -171,3 +171,25 @@ def test_a_stopped_job_resumes_to_the_identical_latents(name, helios_offline, tm
     resumed = resume_video(models, tmp_path / "cut.mp4")
     assert resumed.resumed_sections == 1 and resumed.result.latents.shape[2] == 1 + 18
     assert torch.equal(resumed.result.latents, reference.result.latents)
+
+
+def test_download_fetches_the_five_folders_and_models_lists_them(helios_cache, tmp_path):
+    """`fpgen download helios-distilled` against a local Hub: exactly HeliosPipeline's folders, then listed complete."""
+    import json
+
+    from conftest import run_fpgen
+    from hubserver import FakeHub
+    from test_download import hub_env
+
+    repos = helios_cache.parent / "repos"
+    repo = repos / "BestWishYsh/Helios-Distilled"
+    needed = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()} - {"model_index.json"}
+    with FakeHub(repos) as hub:
+        env = hub_env(tmp_path / "home", hub.url, tmp_path / "hf" / "hub")
+        fetched = run_fpgen("download", "helios-distilled", "--json", env=env, timeout=120)
+        assert fetched.returncode == 0, fetched.stderr
+        assert {f["path"] for f in json.loads(fetched.stdout)["files"]} == needed
+        assert {path.split("/")[0] for path in needed} == {"transformer", "text_encoder", "tokenizer", "vae", "scheduler"}
+        listed = run_fpgen("models", "--json", env=env)
+    rows = {row["name"]: row for row in json.loads(listed.stdout)["models"]}
+    assert rows["helios-distilled"]["complete"] and not rows["helios"]["complete"]

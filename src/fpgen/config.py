@@ -23,7 +23,7 @@ from fpgen.buckets import load_image, parse_size, pick_bucket
 from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
 from fpgen.families import Defaults, Family
-from fpgen.geometry import latents_to_frames, section_count, whole_sections
+from fpgen.geometry import section_count, whole_sections
 from fpgen.hub import ModelFiles, find_model
 from fpgen.jobfolder import JobFolder, SavedJob, find_job, job_dir
 from fpgen.lora import Lora, LoraChoice, load_loras

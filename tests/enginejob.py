@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fpgen.config import JobSpec, Settings, resolve
+from fpgen.config import resolve
+from fpgen.spec import JobSpec, Settings
 from fpgen.engine import encode, generate_frames
 
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from fpgen.batch import BatchJob
 from fpgen.errors import ExitCode, InputError
-from fpgen.config import JobSpec
+from fpgen.spec import JobSpec
 from fpgen.workers import next_job, plan_workers
 from fpgen.video import read_mp4
 

@@ -13,7 +13,7 @@ from fpgen.conditioning import encode_image, encode_latents
 from fpgen.decode import decode_latents
 from fpgen.packing import PAST_LATENTS
 from fpgen.packing import HISTORY_LENGTH, window_bounds
-from fpgen.config import Settings
+from fpgen.spec import Settings
 from fpgen.engine import generate_frames
 from fpgen.events import SectionStarted
 from fpgen.pixels import picture_to_pixels, to_pixels

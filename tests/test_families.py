@@ -7,8 +7,10 @@ from dataclasses import replace
 from conftest import GOLDEN
 
 from fpgen import registry
-from fpgen.config import JobSpec, Settings, resolve
-from fpgen.families import FORWARD, Defaults, Family
+from fpgen.config import resolve
+from fpgen.spec import JobSpec, Settings
+from fpgen.families import FORWARD, Family
+from fpgen.spec import Defaults
 from fpgen.geometry import latents_to_frames
 from fpgen.hub import find_model
 from fpgen.loading import Components

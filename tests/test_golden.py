@@ -15,7 +15,7 @@ from fpgen.buckets import load_image
 from fpgen.packing import pack_section, window_bounds
 from enginejob import prepare
 
-from fpgen.config import Settings
+from fpgen.spec import Settings
 from fpgen.engine import generate_frames
 from fpgen.video import read_mp4
 

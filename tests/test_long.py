@@ -14,7 +14,7 @@ from conftest import GOLDEN, fpgen_env, run_fpgen
 from fpgen.buckets import load_image
 from enginejob import make_frames
 
-from fpgen.config import Settings
+from fpgen.spec import Settings
 from fpgen.events import SectionDone
 from fpgen.video import iter_mp4
 

@@ -7,7 +7,8 @@ from conftest import moving_gradient
 
 from fpgen.mp4 import GrowingMp4, read_track
 from fpgen.output import SegmentedMp4
-from fpgen.video import read_mp4, to_pixels, write_mp4
+from fpgen.pixels import to_pixels
+from fpgen.video import read_mp4, write_mp4
 
 PIECES = [(0, 37), (37, 36), (73, 36)]  # (first frame, frames): the sizes of a 3-section video
 

@@ -12,7 +12,7 @@ from fpgen import engine
 from fpgen.buckets import load_image
 from fpgen.conditioning import encode_prompt
 from fpgen.errors import InputError
-from fpgen.config import Settings
+from fpgen.spec import Settings
 from fpgen.events import SectionStarted
 from fpgen.prompts import TimedPrompt, parse_prompts, section_prompts
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from fpgen.api import generate_video, resume_video
 from fpgen.errors import ExitCode, OutOfMemoryError
-from fpgen.config import Settings
+from fpgen.spec import Settings
 from fpgen.events import SectionDone
 from fpgen.video import read_mp4
 

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fpgen.config import JobSpec, Settings, resolve, resolve_resume
+from fpgen.config import resolve, resolve_resume
 from fpgen.events import Listener
 from fpgen.hub import ModelFiles, find_model
 from fpgen.loading import Components
 from fpgen.lora import Lora, LoraChoice, load_loras
 from fpgen.run import VideoResult, run_job
-from fpgen.runtime import RuntimeRequest, plan_runtime
+from fpgen.runtime import plan_runtime
+from fpgen.spec import JobSpec, RuntimeRequest, Settings
 
 __all__ = ["Components", "JobSpec", "ModelFiles", "Settings", "VideoResult", "find_model", "generate_video", "load_models", "resume_video", "run_job"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fpgen.errors import ExitCode, FpgenError, InputError, Interrupted
-from fpgen.config import JobSpec
+from fpgen.spec import JobSpec
 from fpgen.errors import is_out_of_memory
 
 

@@ -18,7 +18,8 @@ import torch
 
 from fpgen.buckets import resize_and_center_crop
 from fpgen.conditioning import JobInputs, PromptEmbedding, encode_image, encode_latents, encode_prompt
-from fpgen.config import Pictures, Settings
+from fpgen.config import Pictures
+from fpgen.spec import Settings
 from fpgen.decode import Pending, decode_latents, decode_span, pending_after, stitch
 from fpgen.denoiser import Guidance, make_denoiser, pin_last_frame
 from fpgen.families import Parts

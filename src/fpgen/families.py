@@ -19,6 +19,7 @@ from fpgen.geometry import FPS, latents_to_frames, section_count
 from fpgen.packing import PackedContext, forward_context, helios_context, inverted_context
 from fpgen.plan import Order, Section, SectionPlan
 from fpgen.sampling import get_schedule, sample_unipc
+from fpgen.spec import Defaults
 
 ContextBuilder = Callable[[SectionPlan, torch.Tensor, Section, torch.Tensor, torch.Tensor | None], PackedContext]
 
@@ -37,17 +38,6 @@ class SectionOrder:
 INVERTED = SectionOrder("inverted", inverted_context, pins_end=False, tail_frame=-1, start_from_tail=True)
 FORWARD = SectionOrder("forward", forward_context, pins_end=True, tail_frame=0, start_from_tail=False)
 HELIOS_FORWARD = SectionOrder("forward", helios_context, pins_end=False, tail_frame=0, start_from_tail=False)
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """Settings a job takes from its family unless it sets them."""
-
-    steps: int = 25
-    window: int = 9
-    distilled_guidance: float = 10.0
-    cfg: float = 1.0  # real classifier-free guidance
-    size: tuple[int, int] | None = None  # (height, width) without --size; None: the bucket nearest the picture
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,8 @@ def locate_model(spec: ModelSpec, model_dir: Path | None = None) -> dict[str, Pa
         where = str(model_dir) if model_dir else f"the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE})"
         size = f" (about {spec.download_gb:g} GB)" if spec.download_gb else ""
         if not status.present_folders:
-            raise ModelMissingError(f"model {spec.name!r} is not downloaded: nothing of it is in {where}", f"run: {download_command(spec, model_dir)}{size}")
+            repos = ", ".join(dict.fromkeys(source.repo for source in spec.sources().values()))
+            raise ModelMissingError(f"model {spec.name!r} is not downloaded: none of {repos} is in {where}", f"run: {download_command(spec, model_dir)}{size}")
         raise ModelMissingError(f"model {spec.name!r} is not complete in {where} (missing {', '.join(status.missing)})", f"run: {download_command(spec, model_dir)}")
     return status.folders
 

@@ -20,17 +20,16 @@ nothing is the failure users report most.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from fpgen.errors import InputError
+from fpgen.tensorfile import DamagedFileError, load_tensors, save_tensors
+from fpgen.terminal import printable
 
 # The linear layers inside the two block kinds of the FramePack transformer, as diffusers (and the official
 # code, and musubi-tuner) name them. musubi's names replace every dot with an underscore, so this table is
@@ -139,14 +138,13 @@ def find_lora_file(path: Path) -> Path:
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
-    except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
-        raise InputError(f"cannot read {path} as safetensors ({type(exc).__name__})", "pass a LoRA .safetensors file") from None
+        return load_tensors(path)
+    except DamagedFileError as error:
+        raise InputError(error.message, "pass a LoRA .safetensors file") from None
 
 
 def _unknown_keys_error(path: Path, keys: Iterable[str], what: str) -> InputError:
-    keys = sorted(keys)
+    keys = sorted(printable(key) for key in keys)  # names read from the file: no terminal escapes reach the screen
     shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
     return InputError(
         f"{path}: {what}: {shown}",
@@ -238,14 +236,6 @@ def read_lora(path: str | Path) -> tuple[Lora, str]:
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write next to the target, then rename: a LoRA file is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
-    os.replace(partial, path)
-
-
 def write_lora(path: str | Path, lora: Lora) -> Path:
     """Our layout: diffusers' keys and metadata, so diffusers' ``load_lora_weights`` reads it as it is."""
     tensors = {}
@@ -256,7 +246,7 @@ def write_lora(path: str | Path, lora: Lora) -> Path:
     metadata = {"format": "pt", METADATA_KEY: json.dumps(adapter, indent=2, sort_keys=True)}
     if lora.info is not None:
         metadata[FPGEN_METADATA_KEY] = lora.info
-    _write(Path(path), tensors, metadata)
+    save_tensors(Path(path), tensors, metadata)
     return Path(path)
 
 
@@ -273,7 +263,7 @@ def write_musubi(path: str | Path, lora: Lora) -> Path:
     metadata = {"ss_network_module": "networks.lora_framepack", "ss_network_dim": str(config["r"]), "ss_network_alpha": str(config["lora_alpha"])}
     if lora.info is not None:
         metadata[FPGEN_METADATA_KEY] = lora.info
-    _write(Path(path), tensors, metadata)
+    save_tensors(Path(path), tensors, metadata)
     return Path(path)
 
 
@@ -289,13 +279,19 @@ class LoraChoice:
 
     @staticmethod
     def parse(text: str) -> LoraChoice:
+        """``PATH[:SCALE]``; a PATH that is a folder stands for the LoRA file in it, as for ``fpgen lora info``."""
         head, sep, tail = text.rpartition(":")
         if sep and head:
             try:
-                return LoraChoice(Path(head), float(tail))
+                return LoraChoice(_file_if_folder(Path(head)), float(tail))
             except ValueError:
                 pass  # a colon that is part of the path
-        return LoraChoice(Path(text))
+        return LoraChoice(_file_if_folder(Path(text)))
+
+
+def _file_if_folder(path: Path) -> Path:
+    """The LoRA file a folder holds; any other path as it is (a missing file is reported where it is read)."""
+    return find_lora_file(path) if path.expanduser().is_dir() else path
 
 
 def check_fits(lora: Lora, model: torch.nn.Module, source: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from fpgen._version import __version__
 from fpgen.errors import InputError
 from fpgen.geometry import FPS
-from fpgen.video import read_tags
+from fpgen.video import read_tags, written_aside
 
 TAG = "comment"
 
@@ -45,8 +45,10 @@ def is_description(data: object) -> bool:
 
 
 def write_sidecar(video: Path, description: dict) -> Path:
+    """Write the sidecar aside and rename it: a full disk leaves the old one (or none), never half a JSON file."""
     path = sidecar_path(video)
-    path.write_text(json.dumps(description, indent=1) + "\n")
+    with written_aside(path) as aside:
+        aside.write_text(json.dumps(description, indent=1) + "\n")
     return path
 
 

@@ -16,7 +16,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"dinf"}
+from fpgen.video import disk_full_as_error
+
 VISUAL_ENTRY_HEADER = 86  # size/type + the fixed fields of a VisualSampleEntry, before its child boxes
 IDENTITY_MATRIX = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
 
@@ -161,12 +162,15 @@ class GrowingMp4:
         self.runs: list[_Run] = []
         ftyp = _box(b"ftyp", b"isom", struct.pack(">I", 0x200), b"isomiso2avc1mp41")
         self.mdat_at = len(ftyp)
-        with open(path, "wb") as file:
+        with disk_full_as_error(path), open(path, "wb") as file:
             file.write(ftyp + struct.pack(">I4sQ", 1, b"mdat", 16))
         self.data_end = self.mdat_at + 16
 
     def add(self, segment: Path, first_frame: int) -> None:
-        """Append ``segment`` (an MP4 of frames starting at video frame ``first_frame``, replacing one added there before) and rewrite the index."""
+        """Append ``segment`` (an MP4 of frames starting at video frame ``first_frame``, replacing one added there before) and rewrite the index.
+
+        Where the write fails (a full disk), the file is cut back to what it held: it stays playable.
+        """
         track = read_track(segment)
         if self.runs and (track.timescale, track.width, track.height) != (self.runs[0].track.timescale, self.runs[0].track.width, self.runs[0].track.height):
             raise ValueError(f"{segment} does not match the other segments (timescale or size)")
@@ -176,28 +180,40 @@ class GrowingMp4:
             source.seek(begin)
             payload = source.read(end - begin)
         moved = [Sample(s.offset - begin + self.data_end, s.size, s.duration, s.composition, s.sync) for s in track.samples]
+        runs = [run for run in self.runs if run.first_frame != first_frame]
+        runs.append(_Run(first_frame, Track(track.entry, track.timescale, track.width, track.height, track.delay, moved)))
+        runs.sort(key=lambda run: run.first_frame)
+        with disk_full_as_error(self.path):
+            try:
+                self._write(payload, runs)
+            except OSError:
+                self._write(b"", self.runs)  # the old index after the old samples: the space just taken is freed first
+                raise
+        self.data_end += len(payload)
+        self.runs = runs
+
+    def _write(self, payload: bytes, runs: list[_Run]) -> None:
+        """Cut the file after the samples, append ``payload`` to them and write the index of ``runs`` after it."""
         with open(self.path, "r+b") as file:
             file.truncate(self.data_end)
             file.seek(self.data_end)
             file.write(payload)
-            self.data_end += len(payload)
             file.seek(self.mdat_at + 8)
-            file.write(struct.pack(">Q", self.data_end - self.mdat_at))
-            self.runs = [run for run in self.runs if run.first_frame != first_frame]
-            self.runs.append(_Run(first_frame, Track(track.entry, track.timescale, track.width, track.height, track.delay, moved)))
-            self.runs.sort(key=lambda run: run.first_frame)
-            file.seek(self.data_end)
-            file.write(self._moov())
+            file.write(struct.pack(">Q", self.data_end + len(payload) - self.mdat_at))
+            if runs:
+                file.seek(self.data_end + len(payload))
+                file.write(self._moov(runs))
 
-    def _moov(self) -> bytes:
-        first = self.runs[0].track
-        entries = list(dict.fromkeys(run.track.entry for run in self.runs))
-        delay = max(run.track.delay for run in self.runs)
-        samples = [(s, run.track.delay, entries.index(run.track.entry) + 1) for run in self.runs for s in run.track.samples]
+    @staticmethod
+    def _moov(runs: list[_Run]) -> bytes:
+        first = runs[0].track
+        entries = list(dict.fromkeys(run.track.entry for run in runs))
+        delay = max(run.track.delay for run in runs)
+        samples = [(s, run.track.delay, entries.index(run.track.entry) + 1) for run in runs for s in run.track.samples]
         duration = sum(s.duration for s, _, _ in samples)
         movie_duration = duration * 1000 // first.timescale
 
-        stsc = [(chunk, len(run.track.samples), entries.index(run.track.entry) + 1) for chunk, run in enumerate(self.runs, start=1)]
+        stsc = [(chunk, len(run.track.samples), entries.index(run.track.entry) + 1) for chunk, run in enumerate(runs, start=1)]
         stbl = _box(
             b"stbl",
             _full_box(b"stsd", 0, 0, struct.pack(">I", len(entries)), *entries),
@@ -206,7 +222,7 @@ class GrowingMp4:
             _full_box(b"stss", 0, 0, struct.pack(">I", len(k := [i for i, (s, _, _) in enumerate(samples, 1) if s.sync])), *(struct.pack(">I", i) for i in k)),
             _full_box(b"stsc", 0, 0, struct.pack(">I", len(stsc)), *(struct.pack(">III", *e) for e in stsc)),
             _full_box(b"stsz", 0, 0, struct.pack(">II", 0, len(samples)), *(struct.pack(">I", s.size) for s, _, _ in samples)),
-            _full_box(b"co64", 0, 0, struct.pack(">I", len(self.runs)), *(struct.pack(">Q", run.track.samples[0].offset) for run in self.runs)),
+            _full_box(b"co64", 0, 0, struct.pack(">I", len(runs)), *(struct.pack(">Q", run.track.samples[0].offset) for run in runs)),
         )
         minf = _box(
             b"minf",

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fpgen.errors import FpgenError
 from fpgen.mp4 import GrowingMp4
-from fpgen.video import concat_mp4, to_uint8, write_mp4
+from fpgen.pixels import to_uint8
+from fpgen.video import concat_mp4, write_mp4, written_aside
 
 PARTIAL = ".partial.mp4"
 
@@ -25,6 +27,11 @@ PARTIAL = ".partial.mp4"
 def partial_path(output: Path) -> Path:
     """The playable video of what a job has made so far, next to its output."""
     return output.with_name(output.stem + PARTIAL)
+
+
+def segment_name(first_frame: int) -> str:
+    """The file name of the segment that starts at video frame ``first_frame`` (names sort in time order)."""
+    return f"{first_frame:08d}.mp4"
 
 
 class SegmentedMp4:
@@ -41,7 +48,7 @@ class SegmentedMp4:
         self.preview = self._assemble(preview) if preview is not None and self.segments() else None
 
     def segment_path(self, first_frame: int) -> Path:
-        return self.segments_dir / f"{first_frame:08d}.mp4"
+        return self.segments_dir / segment_name(first_frame)
 
     def segments(self) -> list[Path]:
         """The complete segments, in time order (a segment being written has another suffix until it is done)."""
@@ -54,7 +61,11 @@ class SegmentedMp4:
         """Encode frames (uint8, streamed) as the segment starting at video frame ``first_frame``."""
         path = self.segment_path(first_frame)
         partial = path.with_suffix(PARTIAL)
-        write_mp4(partial, frames, self.crf)
+        try:
+            write_mp4(partial, frames, self.crf)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # frees the space a full disk needs back
+            raise
         os.replace(partial, path)
         if self.preview is not None:
             self.preview.add(path, first_frame)
@@ -62,22 +73,40 @@ class SegmentedMp4:
             self.preview = self._assemble(self.preview_path)
 
     def _assemble(self, path: Path) -> GrowingMp4:
-        video = GrowingMp4(path)
-        for segment in self.segments():
-            video.add(segment, int(segment.stem))
+        """A growing MP4 of every segment at ``path``; where that fails (a full disk) nothing is left there, not a file that does not play."""
+        try:
+            video = GrowingMp4(path)
+            for segment in self.segments():
+                video.add(segment, int(segment.stem))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         return video
 
     def write_partial(self, path: Path) -> Path | None:
-        """Leave a playable MP4 of every finished segment at ``path`` (the preview already is one); None when there is none yet."""
+        """Leave a playable MP4 of every finished segment at ``path`` (the preview already is one); None when there is none yet.
+
+        Called while a job stops, often because the disk is full, so it never raises: it writes
+        aside and renames, and where that fails it leaves no file and returns None.
+        """
         if not self.segments():
             return None
-        if self.preview is None or self.preview.path != path:
-            self._assemble(path)
+        if self.preview is not None and self.preview.path == path:
+            return path
+        try:
+            with written_aside(path) as aside:
+                self._assemble(aside)
+        except (OSError, FpgenError):
+            return None
         return path
 
     def finish(self, output: Path, metadata: dict[str, str] | None = None) -> Path:
         """Join the segments into ``output`` (written aside, then renamed: the output is never half-written)."""
-        joined = self.segments_dir.parent / "joined.mp4"
-        concat_mp4(self.segments(), joined, metadata)
+        joined = self.segments_dir.parent / "joined.mp4"  # in the job's own folder: on a full disk nothing is left next to the output
+        try:
+            concat_mp4(self.segments(), joined, metadata)
+        except BaseException:
+            joined.unlink(missing_ok=True)
+            raise
         os.replace(joined, output)
         return output

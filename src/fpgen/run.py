@@ -42,7 +42,14 @@ class VideoResult:
 def run_job(components: Components, job: Job, on_event: Listener | None = None) -> VideoResult:
     """Make (or finish) the video ``job`` describes; a stop leaves a partial video and the job folder."""
     started = time.perf_counter()
-    folder, output = job.folder, job.spec.output
+    with job.folder.claim(job.overwrite) as folder:  # one process per job, from here to the end
+        result, sink = make_frames(components, job, folder, on_event)
+        return finish_job(job, sink, result, time.perf_counter() - started, len(job.saved.finished) if job.saved else 0)
+
+
+def make_frames(components: Components, job: Job, folder: JobFolder, on_event: Listener | None) -> tuple[Result, SegmentedMp4]:
+    """Encode (a new job) or take the saved inputs (a resumed one) and make every section; a stop is explained."""
+    output = job.spec.output
     preview = partial_path(output) if job.preview else None
     sink = None
     try:
@@ -57,13 +64,14 @@ def run_job(components: Components, job: Job, on_event: Listener | None = None) 
             if on_event is not None:
                 on_event(event)
 
-        result = generate_frames(components, inputs, job.plan, job.settings, sink, listen, finished)
+        return generate_frames(components, inputs, job.plan, job.settings, sink, listen, finished), sink
     except BaseException as error:
         explained = stopped_error(error, folder, job.plan.count, sink.write_partial(partial_path(output)) if sink is not None else None)
+        if not folder.exists():  # stopped before the job existed: nothing to resume
+            folder.remove()
         if explained is None:
             raise
         raise explained from error
-    return finish_job(job, sink, result, time.perf_counter() - started, len(finished))
 
 
 def start_job(components: Components, job: Job, preview: Path | None) -> tuple[SegmentedMp4, JobInputs]:
@@ -71,7 +79,7 @@ def start_job(components: Components, job: Job, preview: Path | None) -> tuple[S
     settings, pictures, folder = job.settings, job.pictures, job.folder
     negative = settings.negative_prompt if settings.cfg != 1.0 else None
     inputs = components.family.parts().encode(components, pictures, job.plan.prompts, negative, settings)
-    folder.remove()
+    folder.clear()
     job.spec.output.parent.mkdir(parents=True, exist_ok=True)
     frame_offset = pictures.tail.frame_offset if pictures.tail is not None else 0
     sink = SegmentedMp4(folder.segments_dir, job.spec.crf, preview, frame_offset)
@@ -90,14 +98,13 @@ def finish_job(job: Job, sink: SegmentedMp4, result: Result, elapsed: float, res
         save_tensors(job.spec.save_latents, {"latents": result.latents.float()})
     sink.finish(output, mp4_tags(description))
     write_sidecar(output, description)
-    job.folder.remove()
-    partial_path(output).unlink(missing_ok=True)
+    job.folder.remove()  # with the partial video it made
     return VideoResult(output, frames, result.height, result.width, frames / job.model.spec.family.fps, elapsed, result, resumed)
 
 
 def stopped_error(error: BaseException, folder: JobFolder, count: int, partial: Path | None) -> Exception | None:
     """The user-facing error for a job that stopped early (None: not a kind we explain; let it through)."""
-    if isinstance(error, (Interrupted, OutOfMemoryError, DiskFullError)):
+    if isinstance(error, (Interrupted, OutOfMemoryError)):
         return None  # already explained
     if folder.exists():
         kept = f"partial video: {partial}; " if partial else ""
@@ -108,6 +115,6 @@ def stopped_error(error: BaseException, folder: JobFolder, count: int, partial: 
         return Interrupted(f"interrupted{where}", kept + then)
     if is_out_of_memory(error):
         return OutOfMemoryError(f"out of memory{where}: {str(error).splitlines()[0][:200]}", kept + "free memory (or use a smaller --size), then " + then)
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    if isinstance(error, DiskFullError) or (isinstance(error, OSError) and error.errno == errno.ENOSPC):
         return DiskFullError(f"the disk is full{where}", kept + "free some space, then " + then)
     return None

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 
 from fpgen.errors import InputError
+from fpgen.spec import RuntimeRequest
 
 Mode = Literal["exact", "fast", "low-vram"]
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -83,18 +84,6 @@ def transformer_parameter_bytes(path: Path, dtype: torch.dtype) -> int:
         with safe_open(str(file), framework="pt") as f:
             count += sum(int(torch.Size(f.get_slice(key).get_shape()).numel()) for key in f.keys())
     return count * torch.empty((), dtype=dtype).element_size()
-
-
-@dataclass(frozen=True)
-class RuntimeRequest:
-    """What the command line asks of the runtime (``fpgen generate``'s options of the same names)."""
-
-    device: str = "auto"
-    dtype: str = "auto"
-    fast: bool = False
-    low_vram: bool = False
-    vram_budget: float | None = None
-    compile: bool = True
 
 
 def plan_runtime(request: RuntimeRequest, transformer: Path | None = None) -> RuntimePlan:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fpgen.errors import DiskFullError, InputError
+from fpgen.errors import DiskFullError, FpgenError, InputError
 
 
 class DamagedFileError(InputError):
@@ -44,7 +44,7 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
-    except FileNotFoundError:
+    except (FileNotFoundError, FpgenError):  # FpgenError: a stop requested while reading
         raise
     except Exception as error:  # SafetensorError, OSError from a short read, a header that is not JSON...
         raise DamagedFileError(f"{path} is damaged or not a safetensors file ({type(error).__name__})", "remove it or write it again") from None

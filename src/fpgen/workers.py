@@ -38,13 +38,13 @@ class Worker:
     threads: int | None = None  # CPU threads for torch; None leaves torch's default
 
 
-def plan_workers(gpus: str, device: str, jobs: int | None = None) -> list[Worker]:
-    """The workers ``--gpus`` asks for: one per GPU, each seeing only its GPU, or with ``--device cpu`` N CPU workers (no more than ``jobs``).
+def plan_workers(gpus: str, device: str) -> list[Worker]:
+    """The workers ``--gpus`` asks for: one per GPU, each seeing only its GPU, or with ``--device cpu`` N CPU workers.
 
     CPU workers share the cores unless OMP_NUM_THREADS says how many threads each takes.
     """
     if device == "cpu":
-        count = max(1, min(_count(gpus, None), jobs if jobs is not None else 1 << 16))
+        count = _count(gpus, None)
         threads = None if os.environ.get("OMP_NUM_THREADS") else max(1, (os.cpu_count() or 1) // count)
         return [Worker(f"cpu:{i}", {}, threads) for i in range(count)]
     import torch

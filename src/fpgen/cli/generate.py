@@ -18,6 +18,7 @@ import typer
 from fpgen.cli import app
 from fpgen.errors import InputError
 from fpgen.signals import stop_on_sigterm
+from fpgen.terminal import printable
 
 EXAMPLES = """
 Examples:
@@ -160,7 +161,7 @@ def default_output(seed: int, folder: Path = Path("outputs")) -> Path:
 
 
 def _spec(options: dict):
-    from fpgen.config import JobSpec
+    from fpgen.spec import JobSpec
 
     if options.get("output") is None:
         options = {**options, "output": default_output(options.get("seed") or 31337)}
@@ -168,29 +169,30 @@ def _spec(options: dict):
 
 
 def _single(values: dict, given: set, report) -> None:
+    options = _recorded(values, given, report) if values["from_video"] is not None else job_options(values)
+    spec = _spec(options)  # every value checked before torch loads
     from fpgen.config import resolve
 
-    options = _recorded(values, given, report) if values["from_video"] is not None else job_options(values)
-    job = resolve(_spec(options), values["overwrite"], values["preview"])
+    job = resolve(spec, values["overwrite"], values["preview"])
     _run(_load(job, report), job, report)
 
 
 def _recorded(values: dict, given: set, report) -> dict:
     """``--from``: the recorded job, with the options given on the command line (and a new output) in place of the recorded ones."""
-    from fpgen.config import JobSpec
+    from fpgen.spec import JobSpec
     from fpgen.metadata import read_description
 
     recorded = read_description(values["from_video"])["job"]
     known = JobSpec.option_names()
     for name in sorted(set(recorded) - known):
-        report.warn(f"ignoring recorded option {name!r}, which this fpgen does not have")
+        report.warn(f"ignoring recorded option {printable(name)!r}, which this fpgen does not have")
     options = {k: v for k, v in recorded.items() if k in known and k not in ("output", "save_latents")}
     given = given | ({"prompt"} if "prompts_file" in given else set())
     options.update({k: v for k, v in job_options(values).items() if k in given or k == "output"})
     if "fast" in given and "teacache" not in given:
         options.pop("teacache", None)  # decided again from --fast
     if options.get("image") and not Path(options["image"]).exists() and "image" not in given:
-        raise InputError(f"the recorded start picture {options['image']} is missing", "pass the picture as IMAGE")
+        raise InputError(f"the recorded start picture {printable(str(options['image']))} is missing", "pass the picture as IMAGE")
     return options
 
 
@@ -247,11 +249,13 @@ def _resume(values: dict, given: set, report) -> None:
 
 def _batch(ctx: typer.Context, values: dict, report) -> None:
     from fpgen.batch import BatchJob, check_outputs, read_jobs_file, run_batch
-    from fpgen.config import PATH_OPTIONS, resolve
+    from fpgen.config import resolve
+    from fpgen.spec import PATH_OPTIONS
     from fpgen.errors import FpgenError, Interrupted
     from fpgen.workers import plan_workers, run_parallel
 
     path = values["jobs"]
+    workers = plan_workers(values["gpus"], values["device"]) if values["gpus"] != "1" else []
     params = {p.name: p for p in ctx.command.params}
     lines = read_jobs_file(path)
     jobs = []
@@ -272,8 +276,8 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
         except FpgenError as error:
             jobs.append(BatchJob(number, fields, None, str(error)))
     jobs = check_outputs(jobs)
-    runnable = sum(job.spec is not None for job in jobs)
-    workers = plan_workers(values["gpus"], values["device"], runnable) if values["gpus"] != "1" else []
+    if values["device"] == "cpu":  # CPU workers share the cores: no more than there are jobs
+        workers = workers[: max(1, sum(job.spec is not None for job in jobs))]
     report.info(f"{len(jobs)} job(s) in {path}" + (f", {len(workers)} workers: {', '.join(w.label for w in workers)}" if workers else ""))
     runner = partial(_batch_runner, values)  # picklable: the workers build their own
     outcomes = run_parallel(jobs, workers, runner) if workers else run_batch(jobs, *runner(None))

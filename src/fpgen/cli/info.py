@@ -28,8 +28,10 @@ def info(
     """Show how a video was made: read from its MP4 metadata, or its JSON sidecar."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from fpgen.metadata import read_description
+    from fpgen.terminal import printable
 
     description = read_description(video)
     if json_output:
@@ -39,10 +41,10 @@ def info(
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     rows = {"video": str(video), "made by": f"fpgen {description['fpgen']} on {description.get('created', '?')}"}
-    shape = description.get("video", {})
-    if shape:
+    shape = description.get("video")
+    if isinstance(shape, dict) and {"frames", "seconds", "fps", "width", "height", "sections", "order"} <= shape.keys():
         rows["frames"] = f"{shape['frames']} ({shape['seconds']} s at {shape['fps']} fps), {shape['width']}x{shape['height']}, {shape['sections']} sections, {shape['order']} order"
     rows |= {name: "" if value is None else str(value) for name, value in description["job"].items()}
-    for name, value in rows.items():
-        table.add_row(name, value)
+    for name, value in rows.items():  # the file's text, as plain text: no escape sequence, no rich markup (links) reaches the terminal
+        table.add_row(Text(printable(name)), Text(printable(value, keep_newlines=True)))
     Console(highlight=False, width=max(100, Console().width)).print(table)

@@ -1,0 +1,195 @@
+"""What the user asked for, as data: ``Settings`` and ``JobSpec`` (a job as ``fpgen generate`` options).
+
+``JobSpec`` is one flat mapping whose keys are ``fpgen generate``'s option names, so the same mapping
+is what a batch-file line holds, what a video's metadata records for ``--from`` and what a job folder
+keeps for ``--resume``. Building one checks every value given (imports nothing heavy, so a bad
+argument is reported before torch loads); ``fpgen.config.resolve`` works the rest out.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from fpgen.buckets import parse_size
+from fpgen.errors import InputError
+from fpgen.geometry import section_count
+from fpgen.prompts import parse_prompts
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Settings a job takes from its model family unless it sets them."""
+
+    steps: int = 25
+    window: int = 9
+    distilled_guidance: float = 10.0
+    cfg: float = 1.0  # real classifier-free guidance
+    size: tuple[int, int] | None = None  # (height, width) without --size; None: the bucket nearest the picture
+
+
+MAX_SECTIONS = 10_000  # about 50 minutes at the default window; a job folder keeps one file per section
+MAX_PROMPT_CHARS = 100_000  # far beyond the 256 tokens the text encoder reads; bounds metadata and job files
+MAX_PIXELS = 4096 * 4096  # a frame size beyond this is impossible, not merely out of memory
+
+
+@dataclass(frozen=True)
+class RuntimeRequest:
+    """What the command line asks of the runtime (``fpgen generate``'s options of the same names)."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    fast: bool = False
+    low_vram: bool = False
+    vram_budget: float | None = None
+    compile: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides a job's output besides the pictures and the model.
+
+    ``steps``, ``window``, ``distilled_guidance`` and ``cfg`` left at None take the model family's defaults.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seconds: float = 5.0
+    seed: int = 31337
+    steps: int | None = None
+    window: int | None = None
+    distilled_guidance: float | None = None
+    cfg: float | None = None
+    guidance_rescale: float = 0.0
+    teacache: bool = False
+    teacache_threshold: float = 0.15
+    resolution: int = 640
+    size: tuple[int, int] | None = None  # (height, width); overrides the bucket
+
+    def complete(self, defaults: Defaults) -> Settings:
+        """These settings with the family's defaults where they are unset (the limits that depend on them checked)."""
+        unset = {name: getattr(defaults, name) for name in ("steps", "window", "distilled_guidance", "cfg") if getattr(self, name) is None}
+        completed = replace(self, **unset)
+        _check(completed.limits())
+        return completed
+
+    def validate(self) -> Settings:
+        """Check every value that is set (those left to the family are checked by ``complete``)."""
+        checks = [
+            (math.isfinite(self.seconds) and self.seconds > 0, f"--seconds must be positive (got {self.seconds})", "e.g. --seconds 5"),
+            (self.steps is None or self.steps >= 1, f"--steps must be at least 1 (got {self.steps})", "the official default is 25"),
+            (self.window is None or 1 <= self.window <= 33, f"--window must be between 1 and 33 (got {self.window})", "the models were trained with 9"),
+            (self.cfg is None or self.cfg >= 1.0, f"--cfg must be at least 1 (got {self.cfg})", "1 disables real CFG"),
+            (0 <= self.guidance_rescale <= 1, f"--guidance-rescale must be within [0, 1] (got {self.guidance_rescale})", "0 disables it"),
+            (self.distilled_guidance is None or self.distilled_guidance > 0, f"--distilled-guidance must be positive (got {self.distilled_guidance})", "the official default is 10"),
+            (self.teacache_threshold > 0, f"--teacache-threshold must be positive (got {self.teacache_threshold})", "0.15 is the official value"),
+            (0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63-1 (got {self.seed})", "e.g. --seed 31337"),
+        ]
+        _check(checks)
+        _check(self.limits())
+        parse_prompts(self.prompt)
+        return self
+
+    def limits(self) -> list[tuple[bool, str, str]]:
+        """Bounds that keep a job possible: its length (once the window is known), prompt and frame size."""
+        return [
+            (self.window is None or section_count(self.seconds, self.window) <= MAX_SECTIONS, f"--seconds {self.seconds:g} is more than {MAX_SECTIONS} sections", "make long videos in parts with --extend"),
+            (len(self.prompt) + len(self.negative_prompt) <= MAX_PROMPT_CHARS, f"the prompt is {len(self.prompt)} characters; at most {MAX_PROMPT_CHARS}", "the text encoder reads its first 256 tokens"),
+            (self.size is None or self.size[0] * self.size[1] <= MAX_PIXELS, f"--size {self.size and 'x'.join(map(str, self.size))} is larger than 4096x4096 pixels", "use a smaller --size"),
+        ]
+
+
+def _check(checks: list[tuple[bool, str, str]]) -> None:
+    for ok, message, hint in checks:
+        if not ok:
+            raise InputError(message, hint)
+
+
+SETTINGS_FIELDS = tuple(f.name for f in fields(Settings))
+PATH_OPTIONS = ("output", "image", "end_image", "extend", "model_dir", "save_latents")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One video to make: everything that decides it, as ``fpgen generate`` options."""
+
+    output: Path
+    settings: Settings = field(default_factory=Settings)
+    image: Path | None = None
+    end_image: Path | None = None
+    extend: Path | None = None
+    model: str = "framepack"
+    model_dir: Path | None = None
+    revision: str | None = None
+    lora: tuple[str, ...] = ()  # PATH:SCALE, paths absolute
+    device: str = "auto"
+    dtype: str = "auto"
+    fast: bool = False
+    low_vram: bool = False
+    compile: bool = True
+    vram_budget: float | None = None
+    crf: int = 16
+    save_latents: Path | None = None
+
+    def __post_init__(self):
+        if not 0 <= self.crf <= 51:
+            raise InputError(f"--crf must be between 0 and 51 (got {self.crf})", "16 is the official default; lower is better quality")
+        for path in (self.image, self.end_image, self.extend):
+            if path is not None and not path.exists():
+                raise InputError(f"{'image' if path != self.extend else 'video'} not found: {path}", "check the path")
+
+    @property
+    def runtime_request(self) -> RuntimeRequest:
+        return RuntimeRequest(self.device, self.dtype, self.fast, self.low_vram, self.vram_budget, self.compile)
+
+    def models_key(self) -> tuple:
+        """What decides the models a job needs: jobs with equal keys share loaded models."""
+        return (self.model, self.model_dir, self.revision, self.lora, self.runtime_request)
+
+    def options(self) -> dict:
+        """The flat, JSON-ready form: option name -> value (paths absolute, size as ``HxW``)."""
+        flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+        flat.update({name: getattr(self.settings, name) for name in SETTINGS_FIELDS})
+        flat["size"] = "x".join(map(str, self.settings.size)) if self.settings.size else None
+        flat["lora"] = list(self.lora)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)} - {"settings"} | set(SETTINGS_FIELDS)
+
+    @classmethod
+    def from_options(cls, options: dict) -> JobSpec:
+        """Build a job from option values; an unknown option name is an error naming the closest known one."""
+        known = cls.option_names()
+        for name in options:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                raise InputError(f"unknown option {name!r}", f"did you mean {close[0]!r}?" if close else "see fpgen generate --help")
+        if not options.get("output"):
+            raise InputError("the job has no output", "give it an output path ending in .mp4")
+        values = {k: v for k, v in options.items() if v is not None}
+        for name in PATH_OPTIONS:
+            if name in values:
+                values[name] = Path(values[name]).expanduser().absolute()
+        if "size" in values:
+            values["size"] = parse_size(values["size"]) if isinstance(values["size"], str) else tuple(values["size"])
+        if "lora" in values:
+            values["lora"] = tuple(_absolute_lora(item) for item in ([values["lora"]] if isinstance(values["lora"], str) else values["lora"]))
+        if values.get("teacache") is None:  # TeaCache is on with --fast unless asked otherwise
+            values["teacache"] = bool(values.get("fast"))
+        model = values.get("model")
+        if model and Path(model).expanduser().is_dir():  # a local folder: valid from any directory (a registry name wins)
+            from fpgen.registry import MODELS
+
+            values["model"] = model if model in MODELS else str(Path(model).expanduser().absolute())
+        return cls(settings=Settings(**{k: values.pop(k) for k in SETTINGS_FIELDS if k in values}).validate(), **values)
+
+
+def _absolute_lora(text: str) -> str:
+    from fpgen.lora import LoraChoice  # only for jobs with LoRAs: it needs torch
+
+    choice = LoraChoice.parse(text)
+    return f"{choice.path.expanduser().absolute()}:{choice.scale:g}"

@@ -1,0 +1,24 @@
+"""Text read from files (a video's tags, a jobs file, a LoRA's key names) made safe to print on a terminal.
+
+A file is untrusted: its text may hold escape sequences that retitle the terminal, clear it, rewrite
+what was printed before or plant a clickable link. ``printable`` removes every one of them, with all
+other control characters; newlines stay only where the output is multi-line by design.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SEQUENCES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI (7- and 8-bit): cursor moves, clearing, colours
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|\Z)"  # OSC, DCS, SOS, PM, APC: strings up to their terminator
+    r"|\x1b[ -/]*[0-~]?",  # the other escapes (charset, keypad, reset...), or a lone ESC
+    re.DOTALL,
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # C0 but tab and newline, DEL, C1, bidi overrides
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """``text`` without escape sequences or control characters; newlines become spaces unless ``keep_newlines``."""
+    text = _CONTROLS.sub("", _SEQUENCES.sub("", str(text)))
+    return text if keep_newlines else text.replace("\n", " ")

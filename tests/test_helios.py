@@ -87,7 +87,7 @@ def test_text_to_video_equals_helios_pipeline(helios_base, tmp_path):
 def test_image_to_video_equals_helios_pipeline(helios_base, tmp_path):
     """A start picture: the noised picture latent in the start slot, the noised held picture as the history seed."""
     picture = (np.random.default_rng(3).random((*SIZE, 3)) * 255).astype(np.uint8)
-    settings = Settings(prompt=PROMPT, seconds=1.0, seed=5, steps=2, size=SIZE)
+    settings = Settings(prompt=PROMPT, seconds=1.0, seed=5, steps=2, cfg=1.0, size=SIZE)
     ours = fpgen_latents(helios_base, tmp_path, picture, settings)
     reference = reference_pipeline(helios_base)(
         prompt=PROMPT, image=Image.fromarray(picture), height=SIZE[0], width=SIZE[1], num_frames=24, num_inference_steps=2,

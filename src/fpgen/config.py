@@ -18,7 +18,8 @@ import numpy as np
 from fpgen.buckets import load_picture, pick_bucket
 from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
-from fpgen.geometry import latents_to_frames, section_count, whole_sections
+from fpgen.families import Family
+from fpgen.geometry import whole_sections
 from fpgen.hub import ModelFiles, find_model
 from fpgen.jobfolder import JobFolder, SavedJob, check_job_paths, find_job, job_dir
 from fpgen.lora import Lora, LoraChoice, load_loras
@@ -26,6 +27,7 @@ from fpgen.metadata import sidecar_is_ours, sidecar_path
 from fpgen.output import partial_path
 from fpgen.plan import SectionPlan, plan_sections
 from fpgen.prompts import describe, parse_prompts, section_prompts
+from fpgen.registry import resolve_model
 from fpgen.runtime import RuntimePlan, plan_runtime
 from fpgen.spec import JobSpec, Settings
 
@@ -34,7 +36,7 @@ from fpgen.spec import JobSpec, Settings
 class Pictures:
     """A job's pictures, decoded once: the start picture, an end picture, an extended video's last frames."""
 
-    start: np.ndarray  # (H, W, 3) uint8, any size
+    start: np.ndarray | None  # (H, W, 3) uint8, any size; None for text-to-video
     size: tuple[int, int]  # the video's (height, width)
     end: np.ndarray | None = None
     tail: VideoTail | None = None
@@ -67,7 +69,7 @@ class Job:
     def describe(self) -> list[str]:
         """What the CLI prints before the job runs."""
         lines = [f"  prompt {line}" for line in describe(list(self.plan.prompts), self.plan.window)] if len(set(self.plan.prompts)) > 1 else []
-        new_frames = latents_to_frames(1 + self.plan.count * self.plan.window)
+        new_frames = self.model.spec.family.frame_count(replace(self.plan, offset=0))
         return lines + [f"{self.plan.count} section(s), {new_frames} new frames, {self.plan.order} order -> {self.spec.output}"]
 
 
@@ -77,8 +79,7 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     ``loaded`` (``fpgen.loading.Components``) supplies the model, runtime and LoRAs of models
     already loaded; ``picture`` a start picture given as an array instead of ``spec.image``.
     """
-    if spec.image is None and spec.extend is None and picture is None:
-        raise InputError("no start picture", "pass an IMAGE, or --extend VIDEO")
+    check_family_inputs(spec, loaded.family if loaded is not None else resolve_model(spec.model, spec.revision).family, picture is not None)
     files = loaded.files if loaded is not None else find_model(spec.model, spec.model_dir, revision=spec.revision)
     family = files.spec.family
     settings = spec.settings.complete(family.defaults)
@@ -89,23 +90,38 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     check_outputs(spec, overwrite)
     loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras(LoraChoice.parse(item) for item in spec.lora))
     runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"])
-    pictures = read_pictures(spec, family.sections, picture)
+    pictures = read_pictures(spec, family, picture)
     offset = whole_sections(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
-    prompts, notes = section_prompts(parse_prompts(settings.prompt), section_count(settings.seconds, settings.window), settings.window)
+    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
     return Job(spec, files, runtime, loras, plan, pictures, (*pictures.notes, *notes), None, overwrite, preview)
 
 
-def read_pictures(spec: JobSpec, sections, picture: np.ndarray | None = None) -> Pictures:
-    """Every picture and video the job reads, decoded once, and the video's size."""
-    settings = spec.settings
+def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> None:
+    """Refuse, before any work, inputs the model family has no use for."""
+    if spec.image is None and spec.extend is None and not has_picture and not family.text_to_video:
+        raise InputError(f"missing IMAGE: {spec.model} makes videos from a start picture", "pass one (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
+    options = spec.options()
+    for option, reason in family.refuses:
+        if options[option]:
+            flag = "--" + option.replace("_", "-")
+            raise InputError(f"{flag}: {spec.model} {reason}", f"drop {flag}" + (" (with --fast, add --no-teacache)" if option == "teacache" else ""))
+
+
+def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = None) -> Pictures:
+    """Every picture and video the job reads, decoded once, and the video's size.
+
+    Text-to-video (no picture, no video) has no start picture: ``start`` is None and the size is
+    ``--size`` or the family's default.
+    """
+    settings, sections = spec.settings, family.sections
     tail = read_tail(spec.extend, sections.name, settings.window, settings.size, settings.resolution) if spec.extend is not None else None
     read = {name: load_picture(path) for name, path in (("start", spec.image), ("end", spec.end_image)) if path is not None}
-    start = read["start"].pixels if "start" in read else picture if picture is not None else tail.tail[sections.tail_frame]
+    start = read["start"].pixels if "start" in read else picture if picture is not None else tail.tail[sections.tail_frame] if tail is not None else None
     end = read["end"].pixels if "end" in read else None
-    size = tuple(tail.tail.shape[1:3]) if tail is not None else settings.size or pick_bucket(start.shape[0], start.shape[1], settings.resolution)
+    size = tuple(tail.tail.shape[1:3]) if tail is not None else settings.size or family.defaults.size or pick_bucket(start.shape[0], start.shape[1], settings.resolution)
     notes = [note for picture in read.values() for note in picture.notes]
-    if start.shape[0] < size[0] or start.shape[1] < size[1]:
+    if start is not None and (start.shape[0] < size[0] or start.shape[1] < size[1]):
         notes.append(f"the start picture ({start.shape[1]}x{start.shape[0]}) is upscaled to {size[1]}x{size[0]}; a larger picture gives a sharper video")
     return Pictures(start, size, end, tail, tuple(notes))
 
@@ -128,7 +144,7 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
     runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"])
     loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras(LoraChoice.parse(item) for item in spec.lora))
     settings = spec.settings
-    prompts, notes = section_prompts(parse_prompts(settings.prompt), section_count(settings.seconds, settings.window), settings.window)
+    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
     prefix = saved.inputs.prefix
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))

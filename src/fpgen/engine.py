@@ -22,6 +22,7 @@ from fpgen.config import Pictures
 from fpgen.spec import Settings
 from fpgen.decode import Pending, decode_latents, decode_span, pending_after, stitch
 from fpgen.denoiser import Guidance, make_denoiser, pin_last_frame
+from fpgen.families import Parts
 from fpgen.events import FinishedSection, FrameSink, Listener, Result, SectionDone, SectionStarted, StepDone
 from fpgen.geometry import LATENT_CHANNELS, latent_size, latent_to_frame, overlap_frames
 from fpgen.loading import Components
@@ -76,13 +77,14 @@ def generate_frames(
     """Make the whole video: ``sink(frames, first_frame)`` receives every frame exactly once, in pieces.
 
     ``plan`` holds the sections and each one's prompt; ``finished`` are sections made earlier by the
-    same job, in generation order.
+    same job, in generation order. What differs between families (conditioning, denoiser, sampler,
+    decode) comes from the family's ``Parts``.
     """
     emit = on_event or (lambda event: None)
-    family, device, dtype = components.family, components.runtime.device, components.runtime.transformer_dtype
+    family, parts, device, dtype = components.family, components.family.parts(), components.runtime.device, components.runtime.transformer_dtype
     guidance = Guidance(settings.distilled_guidance, settings.cfg, settings.guidance_rescale)
-    positives = {text: conditioning(inputs.embedding(text), inputs.image_embeds, device, dtype) for text in dict.fromkeys(plan.prompts)}
-    negative = conditioning(inputs.negative, inputs.image_embeds, device, dtype) if inputs.negative is not None else None
+    positives = {text: parts.conditioning(inputs.embedding(text), inputs.image_embeds, device, dtype) for text in dict.fromkeys(plan.prompts)}
+    negative = parts.conditioning(inputs.negative, inputs.image_embeds, device, dtype) if inputs.negative is not None else None
 
     height, width = inputs.image.shape[:2]
     video = torch.zeros((1, LATENT_CHANNELS, plan.num_latents, *latent_size(height, width)))
@@ -91,19 +93,20 @@ def generate_frames(
     lead = Pending(inputs.lead, latent_to_frame(given.shape[2] - plan.window)) if inputs.lead is not None else None
     noise_shape = (1, LATENT_CHANNELS, plan.window, *latent_size(height, width))
     generator = torch.Generator("cpu").manual_seed(settings.seed)
+    parts.skip_encoding_noise(generator, inputs, plan.window)
     result = Result(plan, video, height, width)
     pending: Pending | None = None
 
     for section, done in zip(plan.sections, finished):
-        torch.randn(noise_shape, generator=generator)  # the noise that section drew
+        parts.skip_section_noise(components, generator, noise_shape)  # the noise that section drew
         begin, end = window_bounds(section.slot, plan.window)
         video[:, :, begin:end] = done.latents
         result.transformer_passes.append(done.transformer_passes)
     if finished and len(finished) < plan.count:
-        span_begin, span_end = decode_span(plan, plan.sections[len(finished) - 1])
-        pending = pending_after(decode(components, video[:, :, span_begin:span_end]), latent_to_frame(span_begin), plan)
+        pending = parts.resume_pending(components, video, plan, len(finished))
 
     teacache = settings.teacache_threshold if settings.teacache else None
+    tokens = plan.window * math.prod(latent_size(height, width)) // 4
     with components.denoising() as (transformer, blocks), components.step_cache(settings.steps, teacache):
         for section in plan.sections[len(finished) :]:
             noise = torch.randn(noise_shape, generator=generator)
@@ -112,26 +115,55 @@ def generate_frames(
             emit(SectionStarted(section, context, prompt, positives[prompt]))
             blocks.reset_hooks()
             computed = blocks.computed
-            denoise = make_denoiser(transformer, blocks, positives[prompt], negative, context_to(context, device), guidance)
+            denoise = parts.denoiser(transformer, blocks, positives[prompt], negative, context_to(context, device), guidance)
             if family.sections.pins_end and plan.is_last(section) and inputs.end_latent is not None:
                 denoise = pin_last_frame(denoise, inputs.end_latent.to(device))
-            sigmas = family.schedule(settings.steps, plan.window * math.prod(latent_size(height, width)) // 4)
             on_step = lambda i, _x0, s=section: emit(StepDone(s, i + 1, settings.steps))  # noqa: E731
-            latents = family.sampler(denoise, noise.to(device), sigmas, on_step)
+            latents = parts.sample(components, denoise, noise.to(device), settings.steps, tokens, on_step, generator)
             passes = blocks.computed - computed
             begin, end = window_bounds(section.slot, plan.window)
             video[:, :, begin:end] = latents.float().cpu()
             result.transformer_passes.append(passes)
 
-            span_begin, span_end = decode_span(plan, section)
-            decoded = decode(components, video[:, :, span_begin:span_end])
-            frames, first_frame, pending = stitch(pending, decoded, latent_to_frame(span_begin), plan, plan.is_last(section), lead)
+            frames, first_frame, pending = parts.decode_section(components, video, plan, section, pending, lead)
             if frames.shape[2]:
                 sink(frames, first_frame)
             emit(SectionDone(section, video[:, :, begin:end], passes, frames, first_frame))
     return result
 
 
+def sample_flow(components: Components, denoise, noise: torch.Tensor, steps: int, tokens: int, on_step, generator=None) -> torch.Tensor:
+    """FramePack's sampling: the family's shifted schedule for a window of ``tokens`` patch tokens, then its sampler."""
+    family = components.family
+    return family.sampler(denoise, noise, family.schedule(steps, tokens), on_step)
+
+
+def decode_overlapping(components: Components, video: torch.Tensor, plan: SectionPlan, section, pending: Pending | None, lead: Pending | None):
+    """FramePack's decode: the section's span (with a neighbouring window), cross-faded into what is pending."""
+    span_begin, span_end = decode_span(plan, section)
+    decoded = decode(components, video[:, :, span_begin:span_end])
+    return stitch(pending, decoded, latent_to_frame(span_begin), plan, plan.is_last(section), lead)
+
+
+def overlap_after(components: Components, video: torch.Tensor, plan: SectionPlan, done: int) -> Pending:
+    """A resumed FramePack job: the overlap the last finished section left, decoded again."""
+    span_begin, span_end = decode_span(plan, plan.sections[done - 1])
+    return pending_after(decode(components, video[:, :, span_begin:span_end]), latent_to_frame(span_begin), plan)
+
+
 def decode(components: Components, latents: torch.Tensor) -> torch.Tensor:
     with components.decoding() as vae:
         return decode_latents(vae, latents)
+
+
+FRAMEPACK_PARTS = Parts(
+    components=Components,
+    encode=lambda components, pictures, texts, negative, settings: encode(components, pictures, texts, negative, settings.window),
+    conditioning=conditioning,
+    denoiser=make_denoiser,
+    sample=sample_flow,
+    decode_section=decode_overlapping,
+    resume_pending=overlap_after,
+    skip_encoding_noise=lambda generator, inputs, window: None,  # FramePack's encoders draw no noise
+    skip_section_noise=lambda components, generator, shape: torch.randn(shape, generator=generator),
+)

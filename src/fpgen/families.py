@@ -1,18 +1,22 @@
 """Model families as data: what the engine needs to know about a FramePack-style model.
 
 A family names its components, its section order and context layout (``fpgen.packing``), its
-sampler and its defaults. The engine reads these fields and branches on nothing else, so a new
-family is one more description here (plus its own components), not a new path through the engine.
+sampler and its defaults, and brings its own code for what differs between families (``Parts``:
+encoders, the denoiser and sampler, the decode). The engine reads these fields and branches on
+nothing else, so a new family is one more description here (plus its own components), not a new
+path through the engine.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from fpgen.packing import PackedContext, forward_context, inverted_context
+from fpgen.geometry import FPS, latents_to_frames, section_count
+from fpgen.packing import PackedContext, forward_context, helios_context, inverted_context
 from fpgen.plan import Order, Section, SectionPlan
 from fpgen.sampling import get_schedule, sample_unipc
 from fpgen.spec import Defaults
@@ -33,6 +37,48 @@ class SectionOrder:
 
 INVERTED = SectionOrder("inverted", inverted_context, pins_end=False, tail_frame=-1, start_from_tail=True)
 FORWARD = SectionOrder("forward", forward_context, pins_end=True, tail_frame=0, start_from_tail=False)
+HELIOS_FORWARD = SectionOrder("forward", helios_context, pins_end=False, tail_frame=0, start_from_tail=False)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The code a family brings to the engine's one section loop (see ``fpgen.engine.FRAMEPACK_PARTS``)."""
+
+    components: type  # the ``fpgen.loading.Components`` (sub)class that loads and lends the models
+    encode: Callable  # (components, pictures, texts, negative, settings) -> JobInputs
+    conditioning: Callable  # (prompt embedding, image embeds, device, dtype) -> what the denoiser is conditioned on
+    denoiser: Callable  # (transformer, blocks, positive, negative, context, guidance) -> the sampler's model function
+    sample: Callable  # (components, denoiser, noise, steps, tokens, on_step, generator) -> latents
+    decode_section: Callable  # (components, video, plan, section, pending, lead) -> (frames, first frame, pending)
+    resume_pending: Callable  # (components, video, plan, sections done) -> what the next section's decode blends into
+    skip_encoding_noise: Callable  # (generator, inputs, window): advance the job's generator past what encoding drew from it
+    skip_section_noise: Callable  # (components, generator, noise shape): advance it past what one section drew (resuming)
+
+
+def framepack_parts() -> Parts:
+    from fpgen.engine import FRAMEPACK_PARTS  # the engine imports this module
+
+    return FRAMEPACK_PARTS
+
+
+def helios_parts() -> Parts:
+    from fpgen.helios import HELIOS_PARTS
+
+    return HELIOS_PARTS
+
+
+def helios_mid_parts() -> Parts:
+    """Helios-Mid: the pyramid stages with CFG-zero* (HeliosPyramidPipeline with is_cfg_zero_star)."""
+    from fpgen.helios import HELIOS_ZERO_STAR_PARTS
+
+    return HELIOS_ZERO_STAR_PARTS
+
+
+def helios_distilled_parts() -> Parts:
+    """Helios-Distilled: the pyramid stages stepped by the repo's DMD scheduler, no CFG by default."""
+    from fpgen.helios import HELIOS_PYRAMID_PARTS
+
+    return HELIOS_PYRAMID_PARTS
 
 
 @dataclass(frozen=True)
@@ -43,11 +89,49 @@ class Family:
     schedule: Callable[[int, int], torch.Tensor] = get_schedule  # (steps, window tokens) -> sigmas
     sampler: Callable = sample_unipc  # (denoise, noise, sigmas, callback) -> latents
     defaults: Defaults = Defaults()
+    parts: Callable[[], Parts] = framepack_parts
+    fps: int = FPS
+    section_count: Callable[[float, int], int] = section_count  # (seconds, window) -> sections
+    frame_count: Callable[[SectionPlan], int] = lambda plan: plan.num_frames  # frames of a planned video (FramePack: its latents, decoded overlapping)
+    text_to_video: bool = False  # without a picture it makes a video from the prompt alone (else that is an error)
+    refuses: tuple[tuple[str, str], ...] = ()  # (job option, why this family cannot take it)
+
+
+def helios_section_count(seconds: float, window: int) -> int:
+    """Helios' chunks: enough whole chunks of ``4*window - 3`` frames to cover ``seconds`` at 24 fps (HeliosPipeline's count)."""
+    return max(1, math.ceil(round(seconds * HELIOS_FPS) / latents_to_frames(window)))
+
+
+def helios_frame_count(plan: SectionPlan) -> int:
+    """Helios decodes every chunk on its own: ``4*window - 3`` frames each."""
+    return (plan.offset + plan.count) * latents_to_frames(plan.window)
+
+
+HELIOS_FPS = 24
+HELIOS_DEFAULTS = Defaults(steps=50, window=9, cfg=5.0, size=(384, 640))
+HELIOS_REFUSES = (
+    ("end_image", "has no end-frame mechanism"),
+    ("extend", "cannot continue a video in fpgen yet (video-to-video is not implemented)"),
+    ("teacache", "has no TeaCache calibration (TeaCache's is HunyuanVideo's; --fast turns it on)"),
+    ("lora", "cannot load LoRAs in fpgen yet (FramePack LoRAs do not fit its Wan transformer)"),
+)
+HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
+
+
+def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Callable[[], Parts] = helios_parts) -> Family:
+    """A Helios checkpoint: F1's context layout, UMT5 prompts, the Wan VAE, text-to-video without a picture, 24 fps."""
+    return Family(
+        name, HELIOS_FORWARD, HELIOS_COMPONENTS, defaults=defaults, parts=parts, fps=HELIOS_FPS,
+        section_count=helios_section_count, frame_count=helios_frame_count, text_to_video=True, refuses=HELIOS_REFUSES,
+    )  # fmt: skip
 
 
 FRAMEPACK = Family("framepack", INVERTED)
 FRAMEPACK_F1 = Family("framepack-f1", FORWARD)
-FAMILIES = {family.name: family for family in (FRAMEPACK, FRAMEPACK_F1)}
+HELIOS = helios_family("helios")
+HELIOS_MID = helios_family("helios-mid", replace(HELIOS_DEFAULTS, steps=10), helios_mid_parts)
+HELIOS_DISTILLED = helios_family("helios-distilled", replace(HELIOS_DEFAULTS, steps=1, cfg=1.0), helios_distilled_parts)
+FAMILIES = {family.name: family for family in (FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_MID, HELIOS_DISTILLED)}
 
 
 def family_for_order(order: Order) -> Family:

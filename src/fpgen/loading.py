@@ -84,6 +84,11 @@ class Encoders:
 class Components:
     """The loaded models of one family, placed by a runtime plan (see the module docstring)."""
 
+    def __new__(cls, files: ModelFiles, *args, **kwargs):
+        """Constructed as plain ``Components``, the object is of the family's own class (``Parts.components``)."""
+        chosen = files.spec.family.parts().components if cls is Components else cls
+        return super().__new__(chosen)
+
     def __init__(self, files: ModelFiles, runtime: RuntimePlan, loras: Sequence[tuple[Lora, LoraChoice]] = ()):
         self.files, self.family, self.runtime = files, files.spec.family, runtime
         self.loras = list(loras)  # merged into the transformer's weights as it loads, before any FP8 conversion or compilation

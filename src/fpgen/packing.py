@@ -145,3 +145,14 @@ def forward_context(plan: SectionPlan, video: torch.Tensor, section: Section, st
     if plan.is_last(section) and end is not None:
         context = add_clean_frames(context, end, context.indices.latents[-1:] + 1)
     return context
+
+
+def helios_context(plan: SectionPlan, video: torch.Tensor, section: Section, start: torch.Tensor, end: torch.Tensor | None) -> PackedContext:
+    """A Helios chunk's context: F1's layout, the video's first latent being the history seed (zeros, or the noised picture).
+
+    Text-to-video has no picture, so its start latent is all zeros: the first chunk sees zeros in the
+    start slot and every later one the first latent the first chunk made (HeliosPipeline's
+    ``keep_first_frame``). Helios has no end picture (``end`` is always None).
+    """
+    made_start = not section.is_first and not start.any()
+    return pack_section("forward", video, section, plan.window, start=video[:, :, 1:2] if made_start else start)

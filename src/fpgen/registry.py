@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fpgen.errors import InputError
-from fpgen.families import FRAMEPACK, FRAMEPACK_F1, Family, family_for_order
+from fpgen.families import FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_DISTILLED, HELIOS_MID, Family, family_for_order
 from fpgen.plan import Order
 
 HUNYUAN_VIDEO = "hunyuanvideo-community/HunyuanVideo"
@@ -47,6 +47,7 @@ class ModelSpec:
     vae: Source = Source(HUNYUAN_VIDEO, "vae")
     image_encoder: Source = Source(FLUX_REDUX, "image_encoder")
     feature_extractor: Source = Source(FLUX_REDUX, "feature_extractor")
+    scheduler: Source | None = None  # a family whose sampler is configured by the repo (Helios)
     download_gb: float | None = None  # what ``fpgen download`` fetches with nothing cached (README, Models and downloads)
 
     @property
@@ -57,9 +58,21 @@ class ModelSpec:
         return {name: getattr(self, name) for name in self.family.components}
 
 
+def helios_spec(name: str, family: Family, repo: str, download_gb: float | None = None) -> ModelSpec:
+    """A Helios checkpoint: every component in its own repo, in HeliosPipeline's folders (model_index.json)."""
+    folder = lambda subfolder, files=("*",): Source(repo, subfolder, files=files)  # noqa: E731
+    return ModelSpec(
+        name, family, folder("transformer", TRANSFORMER_FILES), text_encoder=folder("text_encoder"), tokenizer=folder("tokenizer"),
+        vae=folder("vae", TRANSFORMER_FILES), scheduler=folder("scheduler", ("scheduler_config.json",)), download_gb=download_gb,
+    )  # fmt: skip
+
+
 MODELS: dict[str, ModelSpec] = {
     "framepack": ModelSpec("framepack", FRAMEPACK, Source("lllyasviel/FramePackI2V_HY", files=TRANSFORMER_FILES), download_gb=42.8),
     "framepack-f1": ModelSpec("framepack-f1", FRAMEPACK_F1, Source("lllyasviel/FramePack_F1_I2V_HY_20250503", files=TRANSFORMER_FILES), download_gb=42.8),
+    "helios": helios_spec("helios", HELIOS, "BestWishYsh/Helios-Base"),
+    "helios-mid": helios_spec("helios-mid", HELIOS_MID, "BestWishYsh/Helios-Mid"),
+    "helios-distilled": helios_spec("helios-distilled", HELIOS_DISTILLED, "BestWishYsh/Helios-Distilled"),
 }
 
 

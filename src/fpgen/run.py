@@ -16,11 +16,10 @@ from pathlib import Path
 
 from fpgen.conditioning import JobInputs
 from fpgen.config import Job
-from fpgen.engine import encode, generate_frames
+from fpgen.engine import generate_frames
 from fpgen.errors import DiskFullError, Interrupted, OutOfMemoryError, is_out_of_memory
 from fpgen.events import Event, Listener, Result
 from fpgen.extend import head_frames
-from fpgen.geometry import FPS
 from fpgen.jobfolder import JobFolder
 from fpgen.loading import Components
 from fpgen.metadata import describe_video, mp4_tags, write_sidecar
@@ -79,7 +78,7 @@ def start_job(components: Components, job: Job, preview: Path | None) -> tuple[S
     """Encode the inputs and create the job folder (a job exists once its folder does)."""
     settings, pictures, folder = job.settings, job.pictures, job.folder
     negative = settings.negative_prompt if settings.cfg != 1.0 else None
-    inputs = encode(components, pictures, job.plan.prompts, negative, settings.window)
+    inputs = components.family.parts().encode(components, pictures, job.plan.prompts, negative, settings)
     folder.clear()
     job.spec.output.parent.mkdir(parents=True, exist_ok=True)
     frame_offset = pictures.tail.frame_offset if pictures.tail is not None else 0
@@ -93,14 +92,14 @@ def start_job(components: Components, job: Job, preview: Path | None) -> tuple[S
 def finish_job(job: Job, sink: SegmentedMp4, result: Result, elapsed: float, resumed: int) -> VideoResult:
     """Join the segments into the output, describe it, save the latents if asked, and clean up."""
     output = job.spec.output
-    frames = sink.frame_offset + result.num_frames
+    frames = sink.frame_offset + job.model.spec.family.frame_count(result.plan)
     description = describe_video(job.spec.options(), job.plan.order, frames, result.height, result.width, result.plan.count, result.transformer_passes, elapsed)
     if job.spec.save_latents is not None:
         save_tensors(job.spec.save_latents, {"latents": result.latents.float()})
     sink.finish(output, mp4_tags(description))
     write_sidecar(output, description)
     job.folder.remove()  # with the partial video it made
-    return VideoResult(output, frames, result.height, result.width, frames / FPS, elapsed, result, resumed)
+    return VideoResult(output, frames, result.height, result.width, frames / job.model.spec.family.fps, elapsed, result, resumed)
 
 
 def stopped_error(error: BaseException, folder: JobFolder, count: int, partial: Path | None) -> Exception | None:

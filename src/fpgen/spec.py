@@ -26,6 +26,8 @@ class Defaults:
     steps: int = 25
     window: int = 9
     distilled_guidance: float = 10.0
+    cfg: float = 1.0  # real classifier-free guidance
+    size: tuple[int, int] | None = None  # (height, width) without --size; None: the bucket nearest the picture
 
 
 MAX_SECTIONS = 10_000  # about 50 minutes at the default window; a job folder keeps one file per section
@@ -49,7 +51,7 @@ class RuntimeRequest:
 class Settings:
     """Everything that decides a job's output besides the pictures and the model.
 
-    ``steps``, ``window`` and ``distilled_guidance`` left at None take the model family's defaults.
+    ``steps``, ``window``, ``distilled_guidance`` and ``cfg`` left at None take the model family's defaults.
     """
 
     prompt: str = ""
@@ -59,7 +61,7 @@ class Settings:
     steps: int | None = None
     window: int | None = None
     distilled_guidance: float | None = None
-    cfg: float = 1.0
+    cfg: float | None = None
     guidance_rescale: float = 0.0
     teacache: bool = False
     teacache_threshold: float = 0.15
@@ -68,7 +70,7 @@ class Settings:
 
     def complete(self, defaults: Defaults) -> Settings:
         """These settings with the family's defaults where they are unset (the limits that depend on them checked)."""
-        unset = {name: getattr(defaults, name) for name in ("steps", "window", "distilled_guidance") if getattr(self, name) is None}
+        unset = {name: getattr(defaults, name) for name in ("steps", "window", "distilled_guidance", "cfg") if getattr(self, name) is None}
         completed = replace(self, **unset)
         _check(completed.limits())
         return completed
@@ -79,7 +81,7 @@ class Settings:
             (math.isfinite(self.seconds) and self.seconds > 0, f"--seconds must be positive (got {self.seconds})", "e.g. --seconds 5"),
             (self.steps is None or self.steps >= 1, f"--steps must be at least 1 (got {self.steps})", "the official default is 25"),
             (self.window is None or 1 <= self.window <= 33, f"--window must be between 1 and 33 (got {self.window})", "the models were trained with 9"),
-            (self.cfg >= 1.0, f"--cfg must be at least 1 (got {self.cfg})", "1 disables real CFG"),
+            (self.cfg is None or self.cfg >= 1.0, f"--cfg must be at least 1 (got {self.cfg})", "1 disables real CFG"),
             (0 <= self.guidance_rescale <= 1, f"--guidance-rescale must be within [0, 1] (got {self.guidance_rescale})", "0 disables it"),
             (self.distilled_guidance is None or self.distilled_guidance > 0, f"--distilled-guidance must be positive (got {self.distilled_guidance})", "the official default is 10"),
             (self.teacache_threshold > 0, f"--teacache-threshold must be positive (got {self.teacache_threshold})", "0.15 is the official value"),

@@ -67,7 +67,7 @@ def generate(
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps per section. [default: the model's, 25 for FramePack]", show_default=False),
     window: int | None = typer.Option(None, "--window", help="Latent frames per section (9 = 33 video frames). [default: the model's, 9 for FramePack]", show_default=False),
     distilled_guidance: float | None = typer.Option(None, "--distilled-guidance", help="Distilled guidance scale fed to the model. [default: the model's, 10 for FramePack]", show_default=False),
-    cfg: float = typer.Option(1.0, "--cfg", help="Real classifier-free guidance; above 1 doubles the cost per step."),
+    cfg: float | None = typer.Option(None, "--cfg", help="Real classifier-free guidance; above 1 doubles the cost per step. [default: the model's, 1 for FramePack, 5 for helios and helios-mid]", show_default=False),
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale for real CFG, 0..1."),
     teacache: bool | None = typer.Option(None, "--teacache/--no-teacache", help="Skip transformer passes that would change little (faster, slightly different result). [default: on with --fast, else off]", show_default=False),
     teacache_threshold: float = typer.Option(0.15, "--teacache-threshold", help="TeaCache's accumulated-change threshold; higher skips more."),
@@ -175,8 +175,6 @@ def _spec(options: dict):
 
 def _single(values: dict, given: set, report) -> None:
     options = _recorded(values, given, report) if values["from_video"] is not None else job_options(values)
-    if options.get("image") is None and options.get("extend") is None:
-        raise InputError("missing IMAGE", "pass a start picture (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
     spec = _spec(options)  # every value checked before torch loads
     from fpgen.config import resolve
 
@@ -286,8 +284,6 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
                 typed[name] = Path(path).parent / Path(typed[name]).expanduser() if typed[name] is not None else None
             options = job_options({**values, **typed})
             options["output"] = options.get("output") or Path("outputs") / f"{Path(path).stem}-{number:03d}.mp4"
-            if options.get("image") is None and options.get("extend") is None:
-                raise InputError("no image", "give the line an image (or extend) field, or pass IMAGE as the default")
             spec = _spec(options)
             overwrite = typed.get("overwrite", values["overwrite"])
             if not values["trust_jobs"]:

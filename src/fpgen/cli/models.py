@@ -44,11 +44,11 @@ def models(
         }
         for s in statuses
     ]  # fmt: skip
-    lines = [f"models in {where}:"]
+    lines, width = [f"models in {where}:"], max(14, *(len(row["name"]) for row in rows))
     for row, status in zip(rows, statuses):
         state = "complete" if row["complete"] else "incomplete" if status.present_folders else "not downloaded"
-        lines.append(f"  {row['name']:<14} {human_size(row['size_bytes']):>9}  {state:<14}  {row['transformer']}")
+        lines.append(f"  {row['name']:<{width}} {human_size(row['size_bytes']):>9}  {state:<14}  {row['transformer']}")
         if row["download_command"]:
-            lines.append(f"  {'':<14} {'':>9}  get it with: {row['download_command']}")
-    lines.append(f"  {'total':<14} {human_size(total):>9}  (shared files counted once)")
+            lines.append(f"  {'':<{width}} {'':>9}  get it with: {row['download_command']}")
+    lines.append(f"  {'total':<{width}} {human_size(total):>9}  (shared files counted once)")
     Reporter(json_output).result({"location": str(where), "models": rows, "total_bytes": total}, "\n".join(lines))

@@ -1,0 +1,195 @@
+"""Helios through fpgen equals diffusers' Helios pipelines on tiny random models in the real repos' layout.
+
+Seed convention (as HeliosPipeline with ``generator=torch.Generator("cpu").manual_seed(seed)``):
+with a picture, encoding draws first (posterior samples, then the history noise), then each chunk
+draws its noise in time order; text-to-video draws only the chunk noise (``fpgen.helios``).
+The pipelines clean prompts with ftfy, which is not installed here; the tests replace that one
+clean-up step with fpgen's (HTML entities and whitespace), so both sides encode the same text.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import rel_l2
+from heliosmodels import build_helios_cache
+from PIL import Image
+
+import fpgen
+from fpgen.config import Settings
+from fpgen.helios import clean_prompt
+from fpgen.tensorfile import load_tensors
+
+PROMPT = "a red cat walks on the beach, camera moves slowly"
+NEGATIVE = "rain at night"
+SIZE = (32, 48)
+
+
+@pytest.fixture(scope="session")
+def helios_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("helios")
+    return build_helios_cache(root / "repos", root / "hub")
+
+
+@pytest.fixture
+def helios_offline(helios_cache, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    import diffusers.pipelines.helios.pipeline_helios as base_module
+    import diffusers.pipelines.helios.pipeline_helios_pyramid as pyramid_module
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(helios_cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for module in (base_module, pyramid_module):
+        monkeypatch.setattr(module, "prompt_clean", clean_prompt)
+    return helios_cache
+
+
+@pytest.fixture
+def helios_base(helios_offline):
+    return fpgen.load_models("helios", device="cpu", dtype="float32")
+
+
+def reference_pipeline(models):
+    """The diffusers pipeline for the loaded checkpoint, on the same modules (Mid: CFG-zero*, Distilled: DMD)."""
+    from diffusers import HeliosPipeline, HeliosPyramidPipeline
+
+    from fpgen.helios import scheduler_from
+
+    parts = (models.tokenizer, models.text_encoder, models.vae, scheduler_from(models.scheduler_config), models.transformer)
+    name = models.files.spec.name
+    if name == "helios":
+        return HeliosPipeline(*parts)
+    return HeliosPyramidPipeline(*parts, is_cfg_zero_star=name == "helios-mid", is_distilled=name == "helios-distilled")
+
+
+def fpgen_latents(models, tmp_path, image, settings: Settings) -> torch.Tensor:
+    latents = tmp_path / "latents.safetensors"
+    fpgen.generate_video(models, image, tmp_path / "out.mp4", settings, save_latents=latents)
+    return load_tensors(latents)[0]["latents"]
+
+
+def test_text_to_video_equals_helios_pipeline(helios_base, tmp_path):
+    """Two chunks with real CFG: fpgen's chunk latents equal HeliosPipeline's (its history seed, zeros, comes first)."""
+    settings = Settings(prompt=PROMPT, negative_prompt=NEGATIVE, seconds=2.0, seed=11, steps=3, cfg=3.0, size=SIZE)
+    ours = fpgen_latents(helios_base, tmp_path, None, settings)
+    reference = reference_pipeline(helios_base)(
+        prompt=PROMPT, negative_prompt=NEGATIVE, height=SIZE[0], width=SIZE[1], num_frames=48, num_inference_steps=3,
+        guidance_scale=3.0, generator=torch.Generator("cpu").manual_seed(11), output_type="latent",
+    ).frames  # fmt: skip
+    assert ours.shape == (1, 16, 1 + 18, 4, 6) and reference.shape == (1, 16, 18, 4, 6)
+    assert not ours[:, :, 0].any()
+    assert rel_l2(ours[:, :, 1:], reference) < 1e-3
+    assert rel_l2(ours[:, :, 10:], reference[:, :, :9]) > 0.1  # the chunks differ: the comparison can fail
+
+
+def test_image_to_video_equals_helios_pipeline(helios_base, tmp_path):
+    """A start picture: the noised picture latent in the start slot, the noised held picture as the history seed."""
+    picture = (np.random.default_rng(3).random((*SIZE, 3)) * 255).astype(np.uint8)
+    settings = Settings(prompt=PROMPT, seconds=1.0, seed=5, steps=2, cfg=1.0, size=SIZE)
+    ours = fpgen_latents(helios_base, tmp_path, picture, settings)
+    reference = reference_pipeline(helios_base)(
+        prompt=PROMPT, image=Image.fromarray(picture), height=SIZE[0], width=SIZE[1], num_frames=24, num_inference_steps=2,
+        guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(5), output_type="latent",
+    ).frames  # fmt: skip
+    assert ours.shape == reference.shape == (1, 16, 1 + 9, 4, 6)
+    assert rel_l2(ours, reference) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["helios-mid", "helios-distilled"])
+def test_pyramid_stages_equal_helios_pyramid_pipeline(name, helios_offline, tmp_path):
+    """Two chunks of text-to-video through three resolution stages; Mid with CFG-zero*, Distilled with DMD steps."""
+    models = fpgen.load_models(name, device="cpu", dtype="float32")
+    cfg = 4.0 if name == "helios-mid" else 1.0
+    settings = Settings(prompt=PROMPT, negative_prompt=NEGATIVE, seconds=2.0, seed=2, steps=2, cfg=cfg, size=(64, 64))
+    ours = fpgen_latents(models, tmp_path, None, settings)
+    # HeliosPyramidPipeline's CFG-zero* calls .view on the transformer's output, which on the CPU is not contiguous
+    models.transformer.register_forward_hook(lambda module, args, output: tuple(o.contiguous() for o in output))
+    reference = reference_pipeline(models)(
+        prompt=PROMPT, negative_prompt=NEGATIVE, height=64, width=64, num_frames=48, pyramid_num_inference_steps_list=[2, 2, 2],
+        guidance_scale=cfg, generator=torch.Generator("cpu").manual_seed(2), output_type="latent",
+    ).frames  # fmt: skip
+    assert ours.shape == (1, 16, 1 + 18, 8, 8) and reference.shape == (1, 16, 18, 8, 8)
+    assert rel_l2(ours[:, :, 1:], reference) < 1e-3
+
+
+def test_command_makes_text_to_video_with_latents(helios_cache, tmp_path):
+    """`fpgen generate -m helios-distilled` without IMAGE, offline: a 24 fps MP4 of whole chunks and float32 latents in time order."""
+    from conftest import run_fpgen
+
+    from fpgen.video import read_mp4
+
+    latents = tmp_path / "t2v.safetensors"
+    args = ["-m", "helios-distilled", "-p", PROMPT, "--seconds", "1", "--size", "64x64", "--seed", "9", "--steps", "1", "--device", "cpu", "--dtype", "float32"]
+    done = run_fpgen("generate", *args, "-o", tmp_path / "t2v.mp4", "--save-latents", latents, cache=helios_cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    saved = load_tensors(latents)[0]["latents"]
+    assert saved.dtype == torch.float32 and saved.shape == (1, 16, 1 + 9, 8, 8)
+    assert not saved[:, :, 0].any() and saved[:, :, 1:].std() > 0.1
+    frames, _ = read_mp4(tmp_path / "t2v.mp4")
+    assert len(frames) == 33 and frames[0].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    ("model", "args", "needles"),
+    [
+        ("helios", ["--end-image", "end.png"], ["--end-image", "no end-frame mechanism"]),
+        ("helios-distilled", ["--fast"], ["--teacache", "--no-teacache"]),
+        ("helios-mid", ["--lora", "style.safetensors:1"], ["--lora", "cannot load LoRAs"]),
+        ("framepack", [], ["missing IMAGE", "framepack"]),
+    ],
+)
+def test_what_the_family_lacks_is_a_one_line_error(model, args, needles, helios_cache, tmp_path):
+    from conftest import run_fpgen
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "end.png")
+    (tmp_path / "style.safetensors").write_bytes(b"")
+    done = run_fpgen("generate", "-m", model, "-p", PROMPT, "-o", tmp_path / "x.mp4", *args, cache=helios_cache, cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert all(needle in done.stderr for needle in needles)
+
+
+@pytest.mark.parametrize("name", ["helios", "helios-distilled"])
+def test_a_stopped_job_resumes_to_the_identical_latents(name, helios_offline, tmp_path):
+    """Image-to-video stopped after its first chunk, resumed: the generator is replayed past the encoding and chunk draws."""
+    from fpgen.api import generate_video, resume_video
+    from fpgen.errors import OutOfMemoryError
+    from fpgen.events import SectionDone
+
+    models = fpgen.load_models(name, device="cpu", dtype="float32")
+    picture = (np.random.default_rng(4).random((64, 64, 3)) * 255).astype(np.uint8)
+    settings = Settings(prompt=PROMPT, seconds=2.0, seed=8, steps=2, cfg=1.0, size=(64, 64))
+    reference = generate_video(models, picture, tmp_path / "full.mp4", settings)
+
+    def stop_after_first(event):
+        if isinstance(event, SectionDone) and event.section.index == 0:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(OutOfMemoryError):
+        generate_video(models, picture, tmp_path / "cut.mp4", settings, on_event=stop_after_first)
+    resumed = resume_video(models, tmp_path / "cut.mp4")
+    assert resumed.resumed_sections == 1 and resumed.result.latents.shape[2] == 1 + 18
+    assert torch.equal(resumed.result.latents, reference.result.latents)
+
+
+def test_download_fetches_the_five_folders_and_models_lists_them(helios_cache, tmp_path):
+    """`fpgen download helios-distilled` against a local Hub: exactly HeliosPipeline's folders, then listed complete."""
+    import json
+
+    from conftest import run_fpgen
+    from hubserver import FakeHub
+    from test_download import hub_env
+
+    repos = helios_cache.parent / "repos"
+    repo = repos / "BestWishYsh/Helios-Distilled"
+    needed = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()} - {"model_index.json"}
+    with FakeHub(repos) as hub:
+        env = hub_env(tmp_path / "home", hub.url, tmp_path / "hf" / "hub")
+        fetched = run_fpgen("download", "helios-distilled", "--json", env=env, timeout=120)
+        assert fetched.returncode == 0, fetched.stderr
+        assert {f["path"] for f in json.loads(fetched.stdout)["files"]} == needed
+        assert {path.split("/")[0] for path in needed} == {"transformer", "text_encoder", "tokenizer", "vae", "scheduler"}
+        listed = run_fpgen("models", "--json", env=env)
+    rows = {row["name"]: row for row in json.loads(listed.stdout)["models"]}
+    assert rows["helios-distilled"]["complete"] and not rows["helios"]["complete"]

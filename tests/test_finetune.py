@@ -399,7 +399,7 @@ def test_full_finetune_is_a_model_generate_loads(hf_cache, small_data, offline_c
     from fpgen.loading import load_transformer
 
     models = fpgen.load_models(str(output), device="cpu")  # what `fpgen generate --model DIR` does
-    assert models.order == "forward"  # from fpgen.json: the folder's name says nothing
+    assert models.family.sections.name == "forward"  # from fpgen.json: the folder's name says nothing
     base = load_transformer(HUB / "lllyasviel/FramePack_F1_I2V_HY_20250503", torch.float32)
     changed = [name for (name, a), b in zip(models.transformer.state_dict().items(), base.state_dict().values()) if not torch.equal(a, b)]
     assert "transformer_blocks.0.attn.to_q.weight" in changed and "x_embedder.proj.weight" in changed  # every weight trains

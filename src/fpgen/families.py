@@ -81,6 +81,10 @@ def helios_distilled_parts() -> Parts:
     return HELIOS_PYRAMID_PARTS
 
 
+def planned_frames(plan: SectionPlan) -> int:
+    return plan.num_frames
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -92,7 +96,7 @@ class Family:
     parts: Callable[[], Parts] = framepack_parts
     fps: int = FPS
     section_count: Callable[[float, int], int] = section_count  # (seconds, window) -> sections
-    frame_count: Callable[[SectionPlan], int] = lambda plan: plan.num_frames  # frames of a planned video (FramePack: its latents, decoded overlapping)
+    frame_count: Callable[[SectionPlan], int] = planned_frames  # frames of a planned video (FramePack: its latents, decoded overlapping)
     text_to_video: bool = False  # without a picture it makes a video from the prompt alone (else that is an error)
     refuses: tuple[tuple[str, str], ...] = ()  # (job option, why this family cannot take it)
 

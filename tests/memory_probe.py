@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from fpgen import pipeline
+from fpgen import events
 from fpgen.cli import main
 
 log = open(os.environ["FPGEN_MEMORY_LOG"], "w")
@@ -29,7 +29,7 @@ def record(**values: int) -> None:
     log.flush()
 
 
-section_done = pipeline.SectionDone.__init__
+section_done = events.SectionDone.__init__
 
 
 def recording_section_done(self, *args, **kwargs):
@@ -37,7 +37,7 @@ def recording_section_done(self, *args, **kwargs):
     record(section_rss_kb=status_kb("VmRSS"))
 
 
-pipeline.SectionDone.__init__ = recording_section_done
+events.SectionDone.__init__ = recording_section_done
 atexit.register(lambda: record(peak_kb=status_kb("VmHWM")))
 sys.argv = ["fpgen", *sys.argv[1:]]
 main()

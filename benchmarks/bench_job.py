@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fullsize  # noqa: E402
@@ -46,6 +45,7 @@ from fpgen.offload import release_cached_memory  # noqa: E402
 from fpgen.plan import SectionPlan  # noqa: E402
 from fpgen.runtime import plan_runtime  # noqa: E402
 from fpgen.spec import RuntimeRequest, Settings  # noqa: E402
+from fpgen.tensorfile import load_tensors, save_tensors  # noqa: E402
 from fpgen.vae_reuse import reuse_vae_tiles  # noqa: E402
 
 GIB = 2**30
@@ -130,6 +130,11 @@ def run_job(components: Components, settings: Settings, out: Path, name: str) ->
 def job_settings(args) -> Settings:
     size = tuple(int(v) for v in args.size.split("x")) if args.size else None
     return Settings(prompt="A person walks through a sunny park, waving at the camera.", seconds=args.seconds, steps=args.steps, size=size)
+
+
+def saved_latents(path: Path) -> torch.Tensor:
+    """A job's latents as an earlier run of this script saved them."""
+    return load_tensors(path)[0]["latents"]
 
 
 def rel_l2(a, b):
@@ -264,7 +269,7 @@ def resident(args, results: dict):
         profile_step(components, results, "exact")
     exact = run_job(components, settings, args.work / "exact.mp4", "exact")
     results["exact"] = {**exact["result"], **tile_counts(components)}
-    save_file({"latents": exact["latents"].contiguous()}, str(args.out.with_name("exact_latents.safetensors")))
+    save_tensors(args.out.with_name("exact_latents.safetensors"), {"latents": exact["latents"]})
     results["warm_start"] = child_result(args, "warm-start", "WARM ")
 
     components.vae = plain_vae(components)  # the official way: eager, SDPA, the VAE as diffusers decodes
@@ -330,9 +335,9 @@ def fast_job(args, results: dict):
     mode_step(components, results, "fast")
     fast = run_job(components, replace(job_settings(args), teacache=True), args.work / "fast.mp4", "fast")
     if args.exact_latents and args.exact_latents.exists():
-        fast["result"]["latents_rel_l2_vs_exact"] = rel_l2(fast["latents"], load_file(str(args.exact_latents))["latents"])
+        fast["result"]["latents_rel_l2_vs_exact"] = rel_l2(fast["latents"], saved_latents(args.exact_latents))
     results["fast"] = {**fast["result"], **tile_counts(components)}
-    save_file({"latents": fast["latents"].contiguous()}, str(args.out.with_name("fast_latents.safetensors")))
+    save_tensors(args.out.with_name("fast_latents.safetensors"), {"latents": fast["latents"]})
     del components
 
 
@@ -516,7 +521,7 @@ def summary(args, results: dict):
             value = value.get(part) if isinstance(value, dict) else None
         results[key] = value
     if results["fast_latents_rel_l2"] is None and args.exact_latents and args.fast_latents:  # the runs' latents files, compared here
-        results["fast_latents_rel_l2"] = rel_l2(load_file(str(args.fast_latents))["latents"], load_file(str(args.exact_latents))["latents"])
+        results["fast_latents_rel_l2"] = rel_l2(saved_latents(args.fast_latents), saved_latents(args.exact_latents))
     results["sources"] = {run: str(path) for run, path in zip(runs, args.raw)}
 
 

@@ -66,10 +66,11 @@ def default_models_dir() -> Path:
     return shm / "fpgen-bench-models" if shm.is_dir() and shutil.disk_usage(shm).free > 50 * GIB else Path("/tmp/fpgen-bench-models")
 
 
-def model_dir(root: Path, tiny: bool) -> Path:
+def model_dir(root: Path, tiny: bool, assets: Path = ASSETS) -> Path:
+    """``root`` holding the benchmark's models, written first when it does not (tokenizers from ``assets``)."""
     if not (root / "lllyasviel/FramePackI2V_HY/config.json").exists():
         started = time.perf_counter()
-        fullsize.write_model_dir(root, ASSETS, "cuda" if torch.cuda.is_available() else "cpu", tiny)
+        fullsize.write_model_dir(root, assets, "cuda" if torch.cuda.is_available() else "cpu", tiny)
         print(f"wrote {root} in {time.perf_counter() - started:.1f} s", flush=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -258,7 +259,7 @@ def plain_vae(components: Components):
 def resident(args, results: dict):
     """Load, the baseline and exact steps, the exact job, a warm start, the baseline job, the VAE alone."""
     settings = job_settings(args)
-    models = model_dir(args.models, args.tiny)  # written before the load is timed
+    models = model_dir(args.models, args.tiny, args.assets)  # written before the load is timed
     started = time.perf_counter()
     components = framepack_components(models, "exact").load()
     results["load_s"] = time.perf_counter() - started
@@ -460,7 +461,7 @@ def vae_compile(args, results: dict, started: float, budget_s: float = 300.0):
 
 
 def lowvram(args, results: dict):
-    model_dir(args.models, args.tiny)
+    model_dir(args.models, args.tiny, args.assets)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     cache = args.work / "inductor-lowvram"  # compiles cold, as the exact job of the same run does
@@ -482,7 +483,7 @@ def lowvram_and_exact(args, results: dict):
 
 def lowvram_and_fast(args, results: dict):
     started = time.perf_counter()
-    model_dir(args.models, args.tiny)
+    model_dir(args.models, args.tiny, args.assets)
     fast_job(args, results)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     lowvram(args, results)
@@ -530,6 +531,7 @@ def main():
     parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-exact", "lowvram-fast", "summary", "lowvram-child", "warm-start", "host-memory"], required=True)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--models", type=Path, default=default_models_dir())
+    parser.add_argument("--assets", type=Path, default=ASSETS, help="tokenizer, tokenizer_2 and feature_extractor folders for writing --models")
     parser.add_argument("--exact-latents", type=Path, default=None, help="the exact job's latents from --part resident")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fpgen-bench-work"))
     parser.add_argument("--cap-gib", type=float, default=6.0)

@@ -5,6 +5,10 @@
     python benchmarks/bench_job.py --part summary --raw job_resident.json job_fast.json --out results/h200-DATE.json  # the issue's keys
     python benchmarks/bench_job.py --part lowvram --out results/job_lowvram.json     # low-vram under a 6 GiB cap
     python benchmarks/bench_job.py --part lowvram-exact --out results/job_ratio.json # low-vram, then exact, both cold
+    python benchmarks/bench_job.py --part resident --tiny --size 32x32 --seconds 5 --steps 1 --models /tmp/tiny --assets DIR --out /tmp/r.json  # CPU smoke run
+
+``--assets`` holds the ``tokenizer``, ``tokenizer_2`` and ``feature_extractor`` folders written beside the
+random models (tests/test_benchmarks.py copies the golden repos' ones; default ``.bench/assets``).
 
 The models are written once as a ``--model-dir`` folder and loaded through fpgen's own loader
 (``Components`` placed by ``plan_runtime``), so the load time is the real one. A job is

@@ -5,13 +5,19 @@
     python benchmarks/bench_job.py --part summary --raw job_resident.json job_fast.json --out results/h200-DATE.json  # the issue's keys
     python benchmarks/bench_job.py --part lowvram --out results/job_lowvram.json     # low-vram under a 6 GiB cap
     python benchmarks/bench_job.py --part lowvram-exact --out results/job_ratio.json # low-vram, then exact, both cold
+    python benchmarks/bench_job.py --part resident --tiny --size 32x32 --seconds 5 --steps 1 --models /tmp/tiny --assets DIR --out /tmp/r.json  # CPU smoke run
 
-The models are written once as a ``--model-dir`` folder and loaded through fpgen's own loader, so
-the load time is the real one. A job is ``fpgen.generate_video`` on a square picture (bucket
-640x608), 5 s (4 sections, 145 frames), 25 steps, MP4 included, model loading excluded. The
-baseline is the official arithmetic as the official demo runs it: eager, PyTorch's default SDPA,
-no compile, the VAE as diffusers decodes. The exact and fast modes get what loading attaches
-(``speed_up``): FlashAttention-3 (FP8 in the fast mode) where it is installed on Hopper, VAE tile reuse.
+``--assets`` holds the ``tokenizer``, ``tokenizer_2`` and ``feature_extractor`` folders written beside the
+random models (tests/test_benchmarks.py copies the golden repos' ones; default ``.bench/assets``).
+
+The models are written once as a ``--model-dir`` folder and loaded through fpgen's own loader
+(``Components`` placed by ``plan_runtime``), so the load time is the real one. A job is
+``fpgen.generate_video`` on a square picture (bucket 640x608), 5 s (4 sections, 145 frames), 25
+steps, MP4 included, model loading excluded. The exact and fast modes run with what loading
+attaches: the runtime plan's attention backend (FlashAttention-3, FP8 in the fast mode, where it is
+installed on Hopper), compiled blocks and VAE tile reuse. The baseline is the official arithmetic as
+the official demo runs it: eager, diffusers' own SDPA attention processor, the VAE as diffusers
+decodes (no tile reuse).
 """
 
 from __future__ import annotations
@@ -24,28 +30,27 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fullsize  # noqa: E402
 from bench_step import fpgen_call, official_call, section_inputs, sync, timed  # noqa: E402
 
-from fpgen.acceleration import ModeChoice  # noqa: E402
 from fpgen.api import generate_video  # noqa: E402
-from fpgen.attention import attention_for, use_attention  # noqa: E402
-from fpgen.devices import choose_placement  # noqa: E402
-from fpgen.hub import locate_model  # noqa: E402
-from fpgen.loading import Models  # noqa: E402
+from fpgen.events import SectionDone, StepDone  # noqa: E402
+from fpgen.hub import find_model  # noqa: E402
+from fpgen.loading import Components, load_vae  # noqa: E402
 from fpgen.offload import release_cached_memory  # noqa: E402
-from fpgen.pipeline import SectionDone, Settings, StepDone  # noqa: E402
-from fpgen.plan import plan_sections  # noqa: E402
-from fpgen.registry import MODELS  # noqa: E402
-from fpgen.vae_reuse import TileCache, reuse_vae_tiles  # noqa: E402
+from fpgen.plan import SectionPlan  # noqa: E402
+from fpgen.runtime import plan_runtime  # noqa: E402
+from fpgen.spec import RuntimeRequest, Settings  # noqa: E402
+from fpgen.tensorfile import load_tensors, save_tensors  # noqa: E402
+from fpgen.vae_reuse import reuse_vae_tiles  # noqa: E402
 
 GIB = 2**30
 ASSETS = Path(__file__).resolve().parents[1] / ".bench" / "assets"
@@ -65,10 +70,11 @@ def default_models_dir() -> Path:
     return shm / "fpgen-bench-models" if shm.is_dir() and shutil.disk_usage(shm).free > 50 * GIB else Path("/tmp/fpgen-bench-models")
 
 
-def model_dir(root: Path, tiny: bool) -> Path:
+def model_dir(root: Path, tiny: bool, assets: Path = ASSETS) -> Path:
+    """``root`` holding the benchmark's models, written first when it does not (tokenizers from ``assets``)."""
     if not (root / "lllyasviel/FramePackI2V_HY/config.json").exists():
         started = time.perf_counter()
-        fullsize.write_model_dir(root, ASSETS, "cuda" if torch.cuda.is_available() else "cpu", tiny)
+        fullsize.write_model_dir(root, assets, "cuda" if torch.cuda.is_available() else "cpu", tiny)
         print(f"wrote {root} in {time.perf_counter() - started:.1f} s", flush=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -106,14 +112,14 @@ class StepClock:
         self.last = now
 
 
-def run_job(models: Models, settings: Settings, out: Path, name: str) -> dict:
-    out.unlink(missing_ok=True)
+def run_job(components: Components, settings: Settings, out: Path, name: str) -> dict:
+    """One job through ``fpgen.generate_video`` (a left-over output or job folder of an earlier run replaced)."""
     clock = StepClock()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    video = generate_video(models, picture(), out, settings, on_event=clock)
+    video = generate_video(components, picture(), out, settings, on_event=clock, overwrite=True)
     elapsed = time.perf_counter() - started
     result = {
         "s_per_frame": elapsed / video.frames, "job_s": elapsed, "frames": video.frames, "size": f"{video.height}x{video.width}",
@@ -123,7 +129,7 @@ def run_job(models: Models, settings: Settings, out: Path, name: str) -> dict:
     if torch.cuda.is_available():
         result.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB, peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB)
     print(name, json.dumps(result), flush=True)
-    return {"result": result, "latents": video.result.latents}
+    return {"result": result, "latents": video.result.latents, "plan": video.result.plan}
 
 
 def job_settings(args) -> Settings:
@@ -131,28 +137,45 @@ def job_settings(args) -> Settings:
     return Settings(prompt="A person walks through a sunny park, waving at the camera.", seconds=args.seconds, steps=args.steps, size=size)
 
 
+def saved_latents(path: Path) -> torch.Tensor:
+    """A job's latents as an earlier run of this script saved them."""
+    return load_tensors(path)[0]["latents"]
+
+
 def rel_l2(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def uncompile(transformer):
-    torch._dynamo.reset()
-    for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
-        block._compiled_call_impl = None
+@contextmanager
+def official_arithmetic(transformer):
+    """The blocks as the official code runs them: eager, diffusers' own SDPA attention processor.
 
+    The loader attached the runtime plan's attention backend and compiled the blocks; both come back
+    when the block ends (compiled graphs are dropped, so a later compiled call compiles again).
+    """
+    from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
-def official_step(models: Models, results: dict):
-    """The baseline step at the job's shapes: diffusers' forward, eager, SDPA (before any speed-up is attached)."""
-    transformer, device = models.transformer, models.placement.device
-    x, cond, context = step_inputs(device)
     blocks = (*transformer.transformer_blocks, *transformer.single_transformer_blocks)
-    compiled = [block._compiled_call_impl for block in blocks]
-    uncompile(transformer)
-    with torch.no_grad():
+    attached = [(block.attn.processor, block._compiled_call_impl) for block in blocks]
+    torch._dynamo.reset()
+    for block in blocks:
+        block.attn.set_processor(HunyuanVideoAttnProcessor2_0())
+        block._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for block, (processor, compiled) in zip(blocks, attached):
+            block.attn.set_processor(processor)
+            block._compiled_call_impl = compiled
+
+
+def official_step(components: Components, results: dict):
+    """The baseline step at the job's shapes: diffusers' forward, eager, SDPA."""
+    transformer, device = components.transformer, components.runtime.device
+    x, cond, context = step_inputs(device)
+    with torch.no_grad(), official_arithmetic(transformer):
         seconds, baseline = timed(lambda: official_call(transformer, x, torch.tensor([0.8], device=device), cond, context))
     results["baseline_step"] = {"s_per_step": seconds}
-    for block, impl in zip(blocks, compiled):
-        block._compiled_call_impl = impl
     return baseline
 
 
@@ -160,31 +183,31 @@ def step_inputs(device):
     return section_inputs(False, device, 128) if device.type == "cuda" else section_inputs(True, device, 20)
 
 
-def mode_step(models: Models, results: dict, name: str, baseline=None):
-    """One step at the job's shapes in the models' mode: the first call (the compile) and the median of 3."""
-    transformer, device = models.transformer, models.placement.device
+def mode_step(components: Components, results: dict, name: str, baseline=None):
+    """One step at the job's shapes in the runtime plan's mode: the first call (the compile) and the median of 3."""
+    transformer, blocks, device = components.transformer, components.blocks, components.runtime.device
     x, cond, context = step_inputs(device)
     sigma = torch.tensor([0.8], device=device)
     with torch.no_grad():
         started = time.perf_counter()
-        fpgen_call(transformer, x, sigma, cond, context, blocks=models.blocks)
+        fpgen_call(transformer, x, sigma, cond, context, blocks)
         first = time.perf_counter() - started
-        seconds, out = timed(lambda: fpgen_call(transformer, x, sigma, cond, context, blocks=models.blocks), warmup=1, reps=3)
+        seconds, out = timed(lambda: fpgen_call(transformer, x, sigma, cond, context, blocks), warmup=1, reps=3)
     results[f"{name}_step"] = {"s_per_step": seconds, "first_call_s": first}
     if baseline is not None:
         results[f"{name}_step"]["rel_l2_vs_baseline"] = rel_l2(out, baseline)
     print(name, "step", json.dumps(results[f"{name}_step"]), flush=True)
 
 
-def profile_step(models: Models, results: dict, name: str, top: int = 14):
+def profile_step(components: Components, results: dict, name: str, top: int = 14):
     """Where one step's GPU time goes: the top kernels by total time, grouped into attention, GEMMs and the rest."""
     from torch.profiler import ProfilerActivity, profile
 
-    transformer, device = models.transformer, models.placement.device
+    device = components.runtime.device
     x, cond, context = step_inputs(device)
     sigma = torch.tensor([0.8], device=device)
     with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fpgen_call(transformer, x, sigma, cond, context, blocks=models.blocks)
+        fpgen_call(components.transformer, x, sigma, cond, context, components.blocks)
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.device_time_total for e in events)
@@ -208,53 +231,65 @@ def profile_step(models: Models, results: dict, name: str, top: int = 14):
     print(name, "profile", json.dumps(results[f"{name}_profile"]), flush=True)
 
 
-def load_framepack(args, mode: str) -> Models:
-    """The benchmark's models (written first if needed) through fpgen's loader, in ``mode`` on a GPU
-    (exact on the CPU: a smoke run)."""
-    paths = locate_model(MODELS["framepack"], model_dir(args.models, args.tiny))
-    placement = choose_placement("cuda" if torch.cuda.is_available() else "cpu", "bfloat16")
-    return Models(paths, "inverted", placement, ModeChoice(mode if placement.is_cuda else "exact", "benchmark")).load_all()
+def framepack_components(models: Path, mode: str, compile: bool = True) -> Components:
+    """The benchmark's models in ``models`` (a ``--model-dir`` folder) as fpgen's loader places them:
+    the runtime plan for ``mode`` on a GPU (exact on the CPU: a smoke run). Nothing is loaded yet."""
+    cuda = torch.cuda.is_available()
+    request = RuntimeRequest(dtype="bfloat16", fast=cuda and mode == "fast", low_vram=cuda and mode == "low-vram", compile=compile)
+    files = find_model("framepack", models)
+    return Components(files, plan_runtime(request, files.paths["transformer"]))
 
 
-def speed_up(models: Models, results: dict, fast: bool = False, store=None) -> TileCache:
-    """What loading does in the mode (wired here until the loader calls it): the attention kernel, VAE tile reuse."""
-    backend, reason = attention_for(models.placement.device, fast=fast)
-    use_attention(models.transformer, backend)
-    results["fast_attention" if fast else "attention"] = {"backend": backend, "reason": reason}
-    return reuse_vae_tiles(models.vae, store)
+def attention_of(components: Components) -> dict:
+    """The attention backend the runtime plan gave the blocks, and why."""
+    return {"backend": components.runtime.attention, "reason": components.runtime.attention_reason}
+
+
+def tile_counts(components: Components) -> dict:
+    """The VAE tiles the loader's tile cache reused and decoded so far (every decode of the components' VAE)."""
+    tiles = reuse_vae_tiles(components.vae)  # attached on load: this returns that cache
+    return {"vae_tiles_reused": tiles.hits, "vae_tiles_decoded": tiles.misses}
+
+
+def plain_vae(components: Components):
+    """A fresh copy of the components' VAE, decoding as diffusers does (no tile reuse), placed and tiled as the loader placed the job's."""
+    vae = components.vae
+    fresh = load_vae(components.paths["vae"], vae.dtype, vae.device)
+    if vae.use_tiling:
+        fresh.enable_tiling()
+    return fresh
 
 
 def resident(args, results: dict):
     """Load, the baseline and exact steps, the exact job, a warm start, the baseline job, the VAE alone."""
     settings = job_settings(args)
-    model_dir(args.models, args.tiny)  # written before the load is timed
+    models = model_dir(args.models, args.tiny, args.assets)  # written before the load is timed
     started = time.perf_counter()
-    models = load_framepack(args, "exact")
+    components = framepack_components(models, "exact").load()
     results["load_s"] = time.perf_counter() - started
-    baseline_step = official_step(models, results)
-    tiles = speed_up(models, results)
-    mode_step(models, results, "exact", baseline_step)
+    results["attention"] = attention_of(components)
+    baseline_step = official_step(components, results)
+    mode_step(components, results, "exact", baseline_step)
     if torch.cuda.is_available():
-        profile_step(models, results, "exact")
-    exact = run_job(models, settings, args.work / "exact.mp4", "exact")
-    results["exact"] = {**exact["result"], "vae_tiles_reused": tiles.hits, "vae_tiles_decoded": tiles.misses}
-    save_file({"latents": exact["latents"].contiguous()}, str(args.out.with_name("exact_latents.safetensors")))
+        profile_step(components, results, "exact")
+    exact = run_job(components, settings, args.work / "exact.mp4", "exact")
+    results["exact"] = {**exact["result"], **tile_counts(components)}
+    save_tensors(args.out.with_name("exact_latents.safetensors"), {"latents": exact["latents"]})
     results["warm_start"] = child_result(args, "warm-start", "WARM ")
 
-    uncompile(models.transformer)  # the official way: eager, SDPA, the VAE as diffusers decodes
-    use_attention(models.transformer, "sdpa")
-    models.release("vae")
-    baseline = run_job(models, settings, args.work / "baseline.mp4", "baseline")
+    components.vae = plain_vae(components)  # the official way: eager, SDPA, the VAE as diffusers decodes
+    with official_arithmetic(components.transformer):
+        baseline = run_job(components, settings, args.work / "baseline.mp4", "baseline")
     results["baseline"] = baseline["result"]
     results["exact"]["latents_rel_l2_vs_baseline"] = rel_l2(exact["latents"], baseline["latents"])
-    results["vae"] = vae_sections(models.vae, exact["latents"], settings.window)
+    results["vae"] = vae_sections(components.vae, exact["latents"], exact["plan"])
 
 
-def vae_sections(vae, latents: torch.Tensor, window: int) -> dict:
-    """Every section's decode of a job, as diffusers decodes it and with tile reuse: seconds and the largest difference."""
+def vae_sections(vae, latents: torch.Tensor, plan: SectionPlan) -> dict:
+    """Every section's decode of a job (``plan``), as ``vae`` decodes it and then with tile reuse attached:
+    seconds and the largest difference."""
     from fpgen.decode import decode_latents, decode_span
 
-    plan = plan_sections((latents.shape[2] - 1) // window, window, "inverted")
     spans = [decode_span(plan, section) for section in plan.sections]
 
     def decode_all():
@@ -276,16 +311,14 @@ def vae_sections(vae, latents: torch.Tensor, window: int) -> dict:
 
 def warm_start_child(args):
     """A new process, compile cache warm: seconds from the transformer's weights loaded to its first step done."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    paths = locate_model(MODELS["framepack"], args.models)
-    models = Models(paths, "inverted", choose_placement(device.type, "bfloat16"), ModeChoice("exact", "benchmark"))
+    components = framepack_components(args.models, "exact")
+    device = components.runtime.device
     started = time.perf_counter()
-    transformer = models.transformer
+    components.load_transformer()  # with the plan's attention backend, blocks set to compile on their first call
     loaded = time.perf_counter()
-    use_attention(transformer, attention_for(device)[0])
     x, cond, context = step_inputs(device)
     with torch.no_grad():
-        fpgen_call(transformer, x, torch.tensor([0.8], device=device), cond, context, blocks=models.blocks)
+        fpgen_call(components.transformer, x, torch.tensor([0.8], device=device), cond, context, components.blocks)
     sync()
     print("WARM " + json.dumps({"warm_start_s": time.perf_counter() - loaded, "transformer_load_s": loaded - started}), flush=True)
 
@@ -302,15 +335,15 @@ def child_result(args, part: str, marker: str, env: dict | None = None) -> dict:
 
 def fast_job(args, results: dict):
     """The fast mode as a user gets it: fpgen's own loader in fast mode, FP8 attention, TeaCache on."""
-    models = load_framepack(args, "fast")
-    tiles = speed_up(models, results, fast=True)
-    mode_step(models, results, "fast")
-    fast = run_job(models, replace(job_settings(args), teacache=True), args.work / "fast.mp4", "fast")
+    components = framepack_components(args.models, "fast").load()
+    results["fast_attention"] = attention_of(components)
+    mode_step(components, results, "fast")
+    fast = run_job(components, replace(job_settings(args), teacache=True), args.work / "fast.mp4", "fast")
     if args.exact_latents and args.exact_latents.exists():
-        fast["result"]["latents_rel_l2_vs_exact"] = rel_l2(fast["latents"], load_file(str(args.exact_latents))["latents"])
-    results["fast"] = {**fast["result"], "vae_tiles_reused": tiles.hits, "vae_tiles_decoded": tiles.misses}
-    save_file({"latents": fast["latents"].contiguous()}, str(args.out.with_name("fast_latents.safetensors")))
-    del models
+        fast["result"]["latents_rel_l2_vs_exact"] = rel_l2(fast["latents"], saved_latents(args.exact_latents))
+    results["fast"] = {**fast["result"], **tile_counts(components)}
+    save_tensors(args.out.with_name("fast_latents.safetensors"), {"latents": fast["latents"]})
+    del components
 
 
 def cuda_tensors(top: int = 6) -> dict:
@@ -359,20 +392,18 @@ def host_memory_peaks(pid: int, models: Path, out: Path, every_s: float = 0.5) -
         time.sleep(every_s)
 
 
-def time_transformer_load(models: Models) -> list[float]:
-    """Seconds spent loading the transformer, appended each time ``models`` loads it; the loaded
-    transformer gets the device's attention kernel and the VAE reuses tiles (kept on the host)."""
-    seconds, load = [], models._load_transformer
-    reuse_vae_tiles(models.vae, torch.device("cpu"))
+def time_transformer_load(components: Components) -> list[float]:
+    """Seconds spent loading the transformer, appended each time ``components`` loads it (low-vram
+    loads it inside the job, when denoising starts)."""
+    seconds, load = [], components.load_transformer
 
     def timed_load():
         started = time.perf_counter()
-        model = load()
+        loaded = load()
         seconds.append(time.perf_counter() - started)
-        use_attention(model, attention_for(models.placement.device)[0])
-        return model
+        return loaded
 
-    models._load_transformer = timed_load
+    components.load_transformer = timed_load
     return seconds
 
 
@@ -384,24 +415,22 @@ def lowvram_child(args):
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(args.cap_gib * GIB / total)
-    paths = locate_model(MODELS["framepack"], args.models)
-    placement = choose_placement("cuda" if torch.cuda.is_available() else "cpu", "bfloat16")
     started = time.perf_counter()
-    mode = ModeChoice("low-vram", "benchmark") if placement.is_cuda else ModeChoice("exact", "cpu smoke run")
-    models = Models(paths, "inverted", placement, mode).load_all()
+    components = framepack_components(args.models, "low-vram").load()
     load_s = time.perf_counter() - started
-    print("after load_all:", json.dumps(cuda_tensors()), flush=True)
+    print("after load:", json.dumps(cuda_tensors()), flush=True)
     settings = job_settings(args)
-    transformer_load = time_transformer_load(models)
+    transformer_load = time_transformer_load(components)
     try:
-        job = run_job(models, settings, args.work / "lowvram.mp4", "lowvram")["result"]
+        job = run_job(components, settings, args.work / "lowvram.mp4", "lowvram")["result"]
     except Exception as error:  # the compiled streamed blocks failed: record it, measure the eager ones
         print(f"compiled low-vram job failed: {type(error).__name__}: {error}", flush=True)
-        del models
-        release_cached_memory(placement.device)
-        models = Models(paths, "inverted", placement, mode, compile=False).load_all()
-        transformer_load = time_transformer_load(models)
-        job = run_job(models, settings, args.work / "lowvram.mp4", "lowvram")["result"]
+        device = components.runtime.device
+        del components
+        release_cached_memory(device)
+        components = framepack_components(args.models, "low-vram", compile=False).load()
+        transformer_load = time_transformer_load(components)
+        job = run_job(components, settings, args.work / "lowvram.mp4", "lowvram")["result"]
         job["compiled_error"] = f"{type(error).__name__}: {str(error)[:300]}"
     job["load_s_before_job"] = load_s
     job["transformer_load_s_in_job"] = sum(transformer_load)  # low-vram loads it after the Llama has gone
@@ -436,7 +465,7 @@ def vae_compile(args, results: dict, started: float, budget_s: float = 300.0):
 
 
 def lowvram(args, results: dict):
-    model_dir(args.models, args.tiny)
+    model_dir(args.models, args.tiny, args.assets)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     cache = args.work / "inductor-lowvram"  # compiles cold, as the exact job of the same run does
@@ -448,17 +477,17 @@ def lowvram_and_exact(args, results: dict):
     """The low-vram job beside the exact job in one run, each loaded and compiled cold."""
     lowvram(args, results)
     started = time.perf_counter()
-    models = load_framepack(args, "exact")
+    components = framepack_components(args.models, "exact").load()
     results["exact_load_s"] = time.perf_counter() - started
-    speed_up(models, results)
-    results["exact"] = run_job(models, job_settings(args), args.work / "exact.mp4", "exact")["result"]
+    results["attention"] = attention_of(components)
+    results["exact"] = run_job(components, job_settings(args), args.work / "exact.mp4", "exact")["result"]
     if "s_per_frame_without_loading" in results["lowvram"]:
         results["lowvram_over_exact"] = results["lowvram"]["s_per_frame_without_loading"] / results["exact"]["s_per_frame"]
 
 
 def lowvram_and_fast(args, results: dict):
     started = time.perf_counter()
-    model_dir(args.models, args.tiny)
+    model_dir(args.models, args.tiny, args.assets)
     fast_job(args, results)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     lowvram(args, results)
@@ -497,7 +526,7 @@ def summary(args, results: dict):
             value = value.get(part) if isinstance(value, dict) else None
         results[key] = value
     if results["fast_latents_rel_l2"] is None and args.exact_latents and args.fast_latents:  # the runs' latents files, compared here
-        results["fast_latents_rel_l2"] = rel_l2(load_file(str(args.fast_latents))["latents"], load_file(str(args.exact_latents))["latents"])
+        results["fast_latents_rel_l2"] = rel_l2(saved_latents(args.fast_latents), saved_latents(args.exact_latents))
     results["sources"] = {run: str(path) for run, path in zip(runs, args.raw)}
 
 
@@ -506,6 +535,7 @@ def main():
     parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-exact", "lowvram-fast", "summary", "lowvram-child", "warm-start", "host-memory"], required=True)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--models", type=Path, default=default_models_dir())
+    parser.add_argument("--assets", type=Path, default=ASSETS, help="tokenizer, tokenizer_2 and feature_extractor folders for writing --models")
     parser.add_argument("--exact-latents", type=Path, default=None, help="the exact job's latents from --part resident")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fpgen-bench-work"))
     parser.add_argument("--cap-gib", type=float, default=6.0)

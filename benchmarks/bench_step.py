@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from fpgen.acceleration import compile_blocks, float8_linears  # noqa: E402
 from fpgen.offload import StreamedBlockStack  # noqa: E402
 from fpgen.packing import pack_section  # noqa: E402
 from fpgen.plan import plan_sections  # noqa: E402
-from fpgen.transformer import BlockStack, Conditioning, packed_forward  # noqa: E402
+from fpgen.transformer import BlockStack, Conditioning, packed_forward, use_float32_head  # noqa: E402
 
 GIB = 2**30
 
@@ -124,7 +125,8 @@ def official_call(model, x, sigma, cond, context):
     )[0].float()  # fmt: skip
 
 
-def fpgen_call(model, x, sigma, cond, context, blocks=None):
+def fpgen_call(model, x, sigma, cond, context, blocks: BlockStack):
+    """fpgen's transformer call (``packed_forward``) through ``blocks``, with the official wrapper's scalars."""
     b = torch.bfloat16
     guidance = torch.tensor([10000.0], device=x.device).to(b)
     return packed_forward(model, x.to(b), (sigma * 1000).to(b), guidance, cond, context, blocks=blocks)
@@ -217,6 +219,129 @@ def vae_decode(results: Results, device, tiny: bool, budget_s: float, started: f
     results.add("vae.compiled", s=seconds, compile_s=compile_s, rel_l2=rel_l2(out, reference))
 
 
+@dataclass
+class StepBench:
+    """One transformer and its inputs, timed variant after variant; each result's error is against ``baseline``."""
+
+    results: Results
+    model: torch.nn.Module
+    blocks: BlockStack
+    inputs: tuple  # x, sigma, cond, context
+    flops: float
+    baseline: torch.Tensor | None = None
+
+    def fpgen(self, blocks: BlockStack | None = None) -> torch.Tensor:
+        x, sigma, cond, context = self.inputs
+        return fpgen_call(self.model, x, sigma, cond, context, self.blocks if blocks is None else blocks)
+
+    def official(self) -> torch.Tensor:
+        x, sigma, cond, context = self.inputs
+        return official_call(self.model, x, sigma, cond, context)
+
+    def report(self, name: str, seconds: float, out: torch.Tensor, **extra) -> None:
+        error = rel_l2(out, self.baseline) if self.baseline is not None else 0.0
+        self.results.add(name, s_per_step=seconds, tflops=self.flops / seconds / 1e12, rel_l2=error, **extra)
+
+
+def environment() -> dict:
+    """The versions the figures depend on."""
+    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    for name in ("diffusers", "transformers", "torchao", "huggingface_hub"):
+        try:
+            env[name] = __import__(name).__version__
+        except Exception as error:
+            env[name] = f"missing ({type(error).__name__})"
+    return env
+
+
+def eager_variants(bench: StepBench, device, length: int, tiny: bool) -> torch.Tensor:
+    """The baseline, fpgen's eager call (bf16, then the official float32 head) and, on CUDA, the attention
+    kernels alone and diffusers' attention backends; returns fpgen's eager output."""
+    peak_reset()
+    seconds, bench.baseline = timed(bench.official)
+    bench.report("baseline.eager_sdpa", seconds, bench.baseline, **peak())
+    seconds, out = timed(bench.fpgen)
+    bench.report("fpgen.eager_bf16_head", seconds, out)
+    use_float32_head(bench.model)  # the official float32 output head, as fpgen's loader sets it
+    seconds, exact_eager = timed(bench.fpgen)
+    bench.report("fpgen.eager", seconds, exact_eager)
+    if device.type == "cuda":
+        attention_kernels(bench.results, device, length, tiny)
+        for backend in ("_native_cudnn", "_native_flash", "native"):
+            bench.model.set_attention_backend(backend)  # diffusers' dispatcher; "native" lets PyTorch pick
+            seconds, out = timed(bench.fpgen)
+            bench.report(f"fpgen.eager.{backend}", seconds, out)
+    return exact_eager
+
+
+def exact_compiled(bench: StepBench, exact_eager: torch.Tensor, tiny: bool, text_tokens: int) -> torch.Tensor:
+    """The exact mode's compiled blocks; then a later section (same shapes, other values) must reuse the graphs."""
+    compile_blocks(bench.model)
+    compile_s, seconds, exact = first_call_then_timed(bench.fpgen)
+    bench.report("fpgen.exact_compiled", seconds, exact, compile_s=compile_s, vs_eager_rel_l2=rel_l2(exact, exact_eager), **peak())
+    x, sigma, cond, _ = bench.inputs
+    x2, _, context2 = section_inputs(tiny, x.device, text_tokens)
+    context2 = type(context2)(context2.indices, context2.clean * 0.5, context2.clean_2x * 0.5, context2.clean_4x * 0.5)
+    torch._dynamo.config.error_on_recompile = True
+    try:
+        fpgen_call(bench.model, x2 * 1.1, torch.tensor([0.3], device=x.device), cond, context2, bench.blocks)
+        bench.results.add("fpgen.exact_compiled.recompile", recompiled=False)
+    except Exception as error:
+        bench.results.add("fpgen.exact_compiled.recompile", recompiled=True, error=str(error)[:200])
+    torch._dynamo.config.error_on_recompile = False
+    return exact
+
+
+def lowvram_streamed(bench: StepBench, device) -> None:
+    """The low-vram layout (blocks pinned on the host, the rest on the GPU), eager, under a 6 GiB cap; the blocks go back after."""
+    model = bench.model
+    torch._dynamo.reset()
+    for block in (*model.transformer_blocks, *model.single_transformer_blocks):
+        block._compiled_call_impl = None
+    model.to("cpu")
+    for name, child in model.named_children():
+        if name not in ("transformer_blocks", "single_transformer_blocks"):
+            child.to(device)
+    streamed = StreamedBlockStack(model, device)
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(6 * GIB / total)
+    peak_reset()
+    try:
+        seconds, out = timed(lambda: bench.fpgen(streamed), warmup=1, reps=3)
+        bench.report("fpgen.lowvram_streamed", seconds, out, **peak())
+    except torch.OutOfMemoryError as error:
+        bench.results.add("fpgen.lowvram_streamed", error=f"OOM under 6 GiB: {str(error)[:160]}")
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    restore_blocks_to(device, model, streamed)
+
+
+def fast_fp8(bench: StepBench, exact: torch.Tensor) -> None:
+    """The fast mode's step: FP8 linears, compiled with inductor's own rounding."""
+    try:
+        float8_linears(bench.model)
+        compile_blocks(bench.model, match_eager_rounding=False)
+        compile_s, seconds, out = first_call_then_timed(bench.fpgen)
+        bench.report("fpgen.fast_fp8_compiled", seconds, out, compile_s=compile_s, vs_exact_rel_l2=rel_l2(out, exact), **peak())
+    except Exception as error:  # record and go on to the VAE
+        bench.results.add("fpgen.fast_fp8_compiled", error=f"{type(error).__name__}: {str(error)[:300]}")
+
+
+def transformer_steps(results: Results, device, tiny: bool, text_tokens: int, started: float) -> None:
+    """Every step variant on one transformer, built here and freed on return (before the VAE's turn)."""
+    model = fullsize.transformer(device, tiny=tiny)
+    x, cond, context = section_inputs(tiny, device, text_tokens)
+    length = sequence_length(x, context, text_tokens, cond.image_embeds.shape[1])
+    bench = StepBench(results, model, BlockStack(model), (x, torch.tensor([0.8], device=device), cond, context), step_flops(length, model))
+    results.add("shape", tokens=length, flops=bench.flops, built_s=time.perf_counter() - started)
+    with torch.no_grad():
+        exact_eager = eager_variants(bench, device, length, tiny)
+        exact = exact_compiled(bench, exact_eager, tiny, text_tokens)
+        if device.type == "cuda":
+            lowvram_streamed(bench, device)
+            fast_fp8(bench, exact)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true")
@@ -227,90 +352,10 @@ def main():
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = Results(args.out)
-    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
-    for name in ("diffusers", "transformers", "torchao", "huggingface_hub"):
-        try:
-            env[name] = __import__(name).__version__
-        except Exception as error:
-            env[name] = f"missing ({type(error).__name__})"
-    results.add("env", **env)
-
-    model = fullsize.transformer(device, tiny=args.tiny)
-    x, cond, context = section_inputs(args.tiny, device, args.text_tokens)
-    sigma = torch.tensor([0.8], device=device)
-    length = sequence_length(x, context, args.text_tokens, cond.image_embeds.shape[1])
-    flops = step_flops(length, model)
-    results.add("shape", tokens=length, flops=flops, built_s=time.perf_counter() - started)
-
-    def report(name, seconds, out, reference, **extra):
-        results.add(name, s_per_step=seconds, tflops=flops / seconds / 1e12, rel_l2=rel_l2(out, reference) if reference is not None else 0.0, **extra)
-
+    results.add("env", **environment())
+    transformer_steps(results, device, args.tiny, args.text_tokens, started)
+    peak_reset()
     with torch.no_grad():
-        peak_reset()
-        seconds, baseline = timed(lambda: official_call(model, x, sigma, cond, context))
-        report("baseline.eager_sdpa", seconds, baseline, None, **peak())
-
-        seconds, out = timed(lambda: fpgen_call(model, x, sigma, cond, context))
-        report("fpgen.eager_bf16_head", seconds, out, baseline)
-        fp32_head = torch.nn.Linear(model.proj_out.in_features, model.proj_out.out_features, device=device, dtype=torch.float32)
-        fp32_head.load_state_dict({k: v.float() for k, v in model.proj_out.state_dict().items()})
-        bf16_head, model.proj_out = model.proj_out, fp32_head
-        seconds, exact_eager = timed(lambda: fpgen_call(model, x, sigma, cond, context))
-        report("fpgen.eager", seconds, exact_eager, baseline)
-
-        if device.type == "cuda":
-            attention_kernels(results, device, length, args.tiny)
-            for backend in ("_native_cudnn", "_native_flash", "native"):
-                model.set_attention_backend(backend)  # diffusers' dispatcher; "native" lets PyTorch pick
-                seconds, out = timed(lambda: fpgen_call(model, x, sigma, cond, context))
-                report(f"fpgen.eager.{backend}", seconds, out, baseline)
-
-        compile_blocks(model)
-        compile_s, seconds, exact = first_call_then_timed(lambda: fpgen_call(model, x, sigma, cond, context))
-        report("fpgen.exact_compiled", seconds, exact, baseline, compile_s=compile_s, vs_eager_rel_l2=rel_l2(exact, exact_eager), **peak())
-
-        # a later section: same shapes, other values; it must reuse the compiled graphs
-        x2, _, context2 = section_inputs(args.tiny, device, args.text_tokens)
-        context2 = type(context2)(context2.indices, context2.clean * 0.5, context2.clean_2x * 0.5, context2.clean_4x * 0.5)
-        torch._dynamo.config.error_on_recompile = True
-        try:
-            fpgen_call(model, x2 * 1.1, torch.tensor([0.3], device=device), cond, context2)
-            results.add("fpgen.exact_compiled.recompile", recompiled=False)
-        except Exception as error:
-            results.add("fpgen.exact_compiled.recompile", recompiled=True, error=str(error)[:200])
-        torch._dynamo.config.error_on_recompile = False
-
-        if device.type == "cuda":
-            torch._dynamo.reset()
-            for block in (*model.transformer_blocks, *model.single_transformer_blocks):
-                block._compiled_call_impl = None
-            model.to("cpu")  # the low-vram layout: blocks pinned on the host, the rest on the GPU
-            for name, child in model.named_children():
-                if name not in ("transformer_blocks", "single_transformer_blocks"):
-                    child.to(device)
-            streamed = StreamedBlockStack(model, device)
-            torch.cuda.empty_cache()
-            total = torch.cuda.get_device_properties(device).total_memory
-            torch.cuda.set_per_process_memory_fraction(6 * GIB / total)
-            peak_reset()
-            try:
-                seconds, out = timed(lambda: fpgen_call(model, x, sigma, cond, context, blocks=streamed), warmup=1, reps=3)
-                report("fpgen.lowvram_streamed", seconds, out, baseline, **peak())
-            except torch.OutOfMemoryError as error:
-                results.add("fpgen.lowvram_streamed", error=f"OOM under 6 GiB: {str(error)[:160]}")
-            torch.cuda.set_per_process_memory_fraction(1.0)
-            restore_blocks_to(device, model, streamed)
-            del streamed
-
-            try:
-                float8_linears(model)
-                compile_blocks(model, match_eager_rounding=False)
-                compile_s, seconds, out = first_call_then_timed(lambda: fpgen_call(model, x, sigma, cond, context))
-                report("fpgen.fast_fp8_compiled", seconds, out, baseline, compile_s=compile_s, vs_exact_rel_l2=rel_l2(out, exact), **peak())
-            except Exception as error:  # record and go on to the VAE
-                results.add("fpgen.fast_fp8_compiled", error=f"{type(error).__name__}: {str(error)[:300]}")
-        del model
-        peak_reset()
         vae_decode(results, device, args.tiny, args.budget, started)
     results.add("total", s=time.perf_counter() - started)
 

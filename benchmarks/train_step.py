@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
+from fullsize import TINY_TRANSFORMER, TRANSFORMER  # noqa: E402  lllyasviel/FramePackI2V_HY's transformer config, and a tiny one
 
 from fpgen.packing import pack_section  # noqa: E402
 from fpgen.plan import plan_sections  # noqa: E402
@@ -41,15 +42,6 @@ from fpgen.training.memory import cast_base_to_fp8, enable_checkpointing  # noqa
 from fpgen.training.objective import FlowMatchingLoss  # noqa: E402
 from fpgen.transformer import Conditioning, use_float32_head  # noqa: E402
 
-# lllyasviel/FramePackI2V_HY's transformer config.
-FULL = dict(
-    in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20, num_single_layers=40,
-    num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
-    text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56), image_condition_type=None,
-    has_image_proj=True, image_proj_dim=1152, has_clean_x_embedder=True,
-)  # fmt: skip
-TINY = dict(FULL, num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2, num_refiner_layers=1,
-            text_embed_dim=32, pooled_projection_dim=16, image_proj_dim=24, rope_axes_dim=(4, 6, 6))  # fmt: skip
 SIGLIP_TOKENS = 729  # SigLIP's 27x27 patch grid
 
 
@@ -85,7 +77,7 @@ def make_batch(config: dict, height: int, width: int, window: int, prompt_tokens
         torch.randn((1, prompt_tokens, config["text_embed_dim"]), generator=generator),
         torch.ones((1, prompt_tokens), dtype=torch.bool),
         torch.randn((1, config["pooled_projection_dim"]), generator=generator),
-        torch.randn((1, SIGLIP_TOKENS if config is FULL else 16, config["image_proj_dim"]), generator=generator),
+        torch.randn((1, SIGLIP_TOKENS if config is TRANSFORMER else 16, config["image_proj_dim"]), generator=generator),
     )
     noise = torch.randn(target.shape, generator=generator)
     return target, noise, torch.tensor([0.7]), cond, context
@@ -132,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
-    config = TINY if args.tiny else FULL
+    config = TINY_TRANSFORMER if args.tiny else TRANSFORMER
     height, width = (64, 64) if args.tiny else tuple(int(v) for v in args.size.split("x"))
     started = time.perf_counter()
     model = build_model(config, device, torch.bfloat16)

@@ -9,7 +9,8 @@ import numpy as np
 
 from fpgen.config import resolve
 from fpgen.spec import JobSpec, Settings
-from fpgen.engine import encode, generate_frames
+from fpgen.engine import generate_frames
+from fpgen.framepack import encode
 
 
 def prepare(models, image: Path | np.ndarray, settings: Settings, end: np.ndarray | None = None, **options):

@@ -10,7 +10,7 @@ from fpgen import registry
 from fpgen.config import resolve
 from fpgen.spec import JobSpec, Settings
 from fpgen.families import FORWARD, Family
-from fpgen.spec import Defaults
+from fpgen.families import Defaults
 from fpgen.geometry import latents_to_frames
 from fpgen.hub import find_model
 from fpgen.loading import Components

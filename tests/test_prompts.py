@@ -8,7 +8,7 @@ from conftest import GOLDEN
 
 from enginejob import make_frames
 
-from fpgen import engine
+from fpgen import framepack
 from fpgen.buckets import load_image
 from fpgen.conditioning import encode_prompt
 from fpgen.errors import InputError
@@ -45,8 +45,8 @@ def test_each_section_gets_its_prompt_embedding(model, tiny_models, monkeypatch)
     models = tiny_models(model)
     settings = Settings(prompt="0s: a man walks in | 1.2s: he sits down", seconds=3.6, steps=1, size=(32, 32))
     encoded = []
-    real_encode = engine.encode_prompt
-    monkeypatch.setattr(engine, "encode_prompt", lambda text, *a: encoded.append(text) or real_encode(text, *a))
+    real_encode = framepack.encode_prompt
+    monkeypatch.setattr(framepack, "encode_prompt", lambda text, *a: encoded.append(text) or real_encode(text, *a))
     started = []
     make_frames(models, load_image(IMAGE), settings, lambda f, s: None, lambda e: started.append(e) if isinstance(e, SectionStarted) else None)
 

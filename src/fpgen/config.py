@@ -83,7 +83,8 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     files = loaded.files if loaded is not None else find_model(spec.model, spec.model_dir, revision=spec.revision)
     family = files.spec.family
     settings = spec.settings.complete(family.defaults)
-    spec = replace(spec, settings=settings)
+    local = files.spec.transformer.local  # a local folder is recorded absolute: the job stays valid from any directory
+    spec = replace(spec, settings=settings, model=str(local.absolute()) if local is not None else spec.model)
     folder = JobFolder(job_dir(spec.output))
     if folder.exists() and not overwrite and folder.options() == spec.options():
         return resolve_resume(folder.path, preview, loaded)

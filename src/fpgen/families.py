@@ -15,11 +15,25 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from fpgen.framepack import FRAMEPACK_PARTS
 from fpgen.geometry import FPS, latents_to_frames, section_count
+from fpgen.helios import HELIOS_PARTS, HELIOS_PYRAMID_PARTS, HELIOS_ZERO_STAR_PARTS
 from fpgen.packing import PackedContext, forward_context, helios_context, inverted_context
+from fpgen.parts import Parts
 from fpgen.plan import Order, Section, SectionPlan
 from fpgen.sampling import get_schedule, sample_unipc
-from fpgen.spec import Defaults
+
+@dataclass(frozen=True)
+class Defaults:
+    """Settings a job takes from its model family unless it sets them."""
+
+    steps: int = 25
+    window: int = 9
+    distilled_guidance: float = 10.0
+    cfg: float = 1.0  # real classifier-free guidance
+    size: tuple[int, int] | None = None  # (height, width) without --size; None: the bucket nearest the picture
+
+
 
 ContextBuilder = Callable[[SectionPlan, torch.Tensor, Section, torch.Tensor, torch.Tensor | None], PackedContext]
 
@@ -40,47 +54,6 @@ FORWARD = SectionOrder("forward", forward_context, pins_end=True, tail_frame=0, 
 HELIOS_FORWARD = SectionOrder("forward", helios_context, pins_end=False, tail_frame=0, start_from_tail=False)
 
 
-@dataclass(frozen=True)
-class Parts:
-    """The code a family brings to the engine's one section loop (see ``fpgen.engine.FRAMEPACK_PARTS``)."""
-
-    components: type  # the ``fpgen.loading.Components`` (sub)class that loads and lends the models
-    encode: Callable  # (components, pictures, texts, negative, settings) -> JobInputs
-    conditioning: Callable  # (prompt embedding, image embeds, device, dtype) -> what the denoiser is conditioned on
-    denoiser: Callable  # (transformer, blocks, positive, negative, context, guidance) -> the sampler's model function
-    sample: Callable  # (components, denoiser, noise, steps, tokens, on_step, generator) -> latents
-    decode_section: Callable  # (components, video, plan, section, pending, lead) -> (frames, first frame, pending)
-    resume_pending: Callable  # (components, video, plan, sections done) -> what the next section's decode blends into
-    skip_encoding_noise: Callable  # (generator, inputs, window): advance the job's generator past what encoding drew from it
-    skip_section_noise: Callable  # (components, generator, noise shape): advance it past what one section drew (resuming)
-
-
-def framepack_parts() -> Parts:
-    from fpgen.engine import FRAMEPACK_PARTS  # the engine imports this module
-
-    return FRAMEPACK_PARTS
-
-
-def helios_parts() -> Parts:
-    from fpgen.helios import HELIOS_PARTS
-
-    return HELIOS_PARTS
-
-
-def helios_mid_parts() -> Parts:
-    """Helios-Mid: the pyramid stages with CFG-zero* (HeliosPyramidPipeline with is_cfg_zero_star)."""
-    from fpgen.helios import HELIOS_ZERO_STAR_PARTS
-
-    return HELIOS_ZERO_STAR_PARTS
-
-
-def helios_distilled_parts() -> Parts:
-    """Helios-Distilled: the pyramid stages stepped by the repo's DMD scheduler, no CFG by default."""
-    from fpgen.helios import HELIOS_PYRAMID_PARTS
-
-    return HELIOS_PYRAMID_PARTS
-
-
 def planned_frames(plan: SectionPlan) -> int:
     return plan.num_frames
 
@@ -93,7 +66,7 @@ class Family:
     schedule: Callable[[int, int], torch.Tensor] = get_schedule  # (steps, window tokens) -> sigmas
     sampler: Callable = sample_unipc  # (denoise, noise, sigmas, callback) -> latents
     defaults: Defaults = Defaults()
-    parts: Callable[[], Parts] = framepack_parts
+    parts: Parts = FRAMEPACK_PARTS
     fps: int = FPS
     section_count: Callable[[float, int], int] = section_count  # (seconds, window) -> sections
     frame_count: Callable[[SectionPlan], int] = planned_frames  # frames of a planned video (FramePack: its latents, decoded overlapping)
@@ -122,7 +95,7 @@ HELIOS_REFUSES = (
 HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 
 
-def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Callable[[], Parts] = helios_parts) -> Family:
+def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Parts = HELIOS_PARTS) -> Family:
     """A Helios checkpoint: F1's context layout, UMT5 prompts, the Wan VAE, text-to-video without a picture, 24 fps."""
     return Family(
         name, HELIOS_FORWARD, HELIOS_COMPONENTS, defaults=defaults, parts=parts, fps=HELIOS_FPS,
@@ -133,8 +106,8 @@ def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Callab
 FRAMEPACK = Family("framepack", INVERTED)
 FRAMEPACK_F1 = Family("framepack-f1", FORWARD)
 HELIOS = helios_family("helios")
-HELIOS_MID = helios_family("helios-mid", replace(HELIOS_DEFAULTS, steps=10), helios_mid_parts)
-HELIOS_DISTILLED = helios_family("helios-distilled", replace(HELIOS_DEFAULTS, steps=1, cfg=1.0), helios_distilled_parts)
+HELIOS_MID = helios_family("helios-mid", replace(HELIOS_DEFAULTS, steps=10), HELIOS_ZERO_STAR_PARTS)  # pyramid stages with CFG-zero*
+HELIOS_DISTILLED = helios_family("helios-distilled", replace(HELIOS_DEFAULTS, steps=1, cfg=1.0), HELIOS_PYRAMID_PARTS)  # pyramid stages, DMD scheduler
 FAMILIES = {family.name: family for family in (FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_MID, HELIOS_DISTILLED)}
 
 

@@ -32,7 +32,8 @@ from fpgen.buckets import resize_and_center_crop
 from fpgen.conditioning import JobInputs, PromptEmbedding
 from fpgen.denoiser import guided_velocity
 from fpgen.errors import ModelMissingError
-from fpgen.families import Parts
+from fpgen.framepack import skip_section_noise
+from fpgen.parts import Parts
 from fpgen.geometry import LATENT_CHANNELS, latent_size, latents_to_frames
 from fpgen.loading import Components
 from fpgen.packing import PackedContext, window_bounds
@@ -361,6 +362,11 @@ class HeliosComponents(Components):
             yield self
 
 
+def nothing_pending(components, video, plan, done):
+    """Every chunk decodes on its own: a resumed job blends into nothing."""
+    return None
+
+
 HELIOS_PARTS = Parts(
     components=HeliosComponents,
     encode=encode,
@@ -368,9 +374,9 @@ HELIOS_PARTS = Parts(
     denoiser=make_velocity,
     sample=sample_chunk,
     decode_section=decode_chunk,
-    resume_pending=lambda components, video, plan, done: None,  # every chunk decodes on its own
+    resume_pending=nothing_pending,
     skip_encoding_noise=skip_encoding_noise,
-    skip_section_noise=lambda components, generator, shape: torch.randn(shape, generator=generator),
+    skip_section_noise=skip_section_noise,
 )
 
 HELIOS_PYRAMID_PARTS = replace(HELIOS_PARTS, sample=sample_pyramid, skip_section_noise=skip_pyramid_noise)

@@ -16,19 +16,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from fpgen.acceleration import compile_blocks, float8_linears
 from fpgen.attention import use_attention
 from fpgen.conditioning import check_prompt_template
-from fpgen.hub import ModelFiles
 from fpgen.lora import Lora, LoraChoice, apply_loras
 from fpgen.offload import StreamedBlockStack, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
 from fpgen.runtime import RuntimePlan
 from fpgen.teacache import TeaCacheHook
 from fpgen.transformer import BlockStack, use_float32_head
 from fpgen.vae_reuse import reuse_vae_tiles
+
+if TYPE_CHECKING:
+    from fpgen.hub import ModelFiles
 
 
 
@@ -86,7 +89,7 @@ class Components:
 
     def __new__(cls, files: ModelFiles, *args, **kwargs):
         """Constructed as plain ``Components``, the object is of the family's own class (``Parts.components``)."""
-        chosen = files.spec.family.parts().components if cls is Components else cls
+        chosen = files.spec.family.parts.components if cls is Components else cls
         return super().__new__(chosen)
 
     def __init__(self, files: ModelFiles, runtime: RuntimePlan, loras: Sequence[tuple[Lora, LoraChoice]] = ()):

@@ -114,12 +114,12 @@ def load_split(job):
 
 def follow(job) -> None:
     """A helper process's share of the job: the same engine calls as the first process, writing nothing."""
-    from fpgen.engine import encode, generate_frames
+    from fpgen.engine import generate_frames
 
     components = load_split(job)
     if job.saved is None:
         negative = job.settings.negative_prompt if job.settings.cfg != 1.0 else None
-        inputs, finished = encode(components, job.pictures, job.plan.prompts, negative, job.settings.window), ()
+        inputs, finished = components.family.parts.encode(components, job.pictures, job.plan.prompts, negative, job.settings), ()
     else:
         inputs, finished = job.saved.inputs, job.saved.finished
     generate_frames(components, inputs, job.plan, job.settings, lambda frames, first: None, None, finished)

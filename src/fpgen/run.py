@@ -78,7 +78,7 @@ def start_job(components: Components, job: Job, preview: Path | None) -> tuple[S
     """Encode the inputs and create the job folder (a job exists once its folder does)."""
     settings, pictures, folder = job.settings, job.pictures, job.folder
     negative = settings.negative_prompt if settings.cfg != 1.0 else None
-    inputs = components.family.parts().encode(components, pictures, job.plan.prompts, negative, settings)
+    inputs = components.family.parts.encode(components, pictures, job.plan.prompts, negative, settings)
     folder.clear()
     job.spec.output.parent.mkdir(parents=True, exist_ok=True)
     frame_offset = pictures.tail.frame_offset if pictures.tail is not None else 0

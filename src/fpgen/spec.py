@@ -12,22 +12,15 @@ import difflib
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fpgen.buckets import parse_size
 from fpgen.errors import InputError
 from fpgen.geometry import section_count
 from fpgen.prompts import parse_prompts
 
-
-@dataclass(frozen=True)
-class Defaults:
-    """Settings a job takes from its model family unless it sets them."""
-
-    steps: int = 25
-    window: int = 9
-    distilled_guidance: float = 10.0
-    cfg: float = 1.0  # real classifier-free guidance
-    size: tuple[int, int] | None = None  # (height, width) without --size; None: the bucket nearest the picture
+if TYPE_CHECKING:
+    from fpgen.families import Defaults
 
 
 MAX_SECTIONS = 10_000  # about 50 minutes at the default window; a job folder keeps one file per section
@@ -180,11 +173,6 @@ class JobSpec:
             values["lora"] = tuple(_absolute_lora(item) for item in ([values["lora"]] if isinstance(values["lora"], str) else values["lora"]))
         if values.get("teacache") is None:  # TeaCache is on with --fast unless asked otherwise
             values["teacache"] = bool(values.get("fast"))
-        model = values.get("model")
-        if model and Path(model).expanduser().is_dir():  # a local folder: valid from any directory (a registry name wins)
-            from fpgen.registry import MODELS
-
-            values["model"] = model if model in MODELS else str(Path(model).expanduser().absolute())
         return cls(settings=Settings(**{k: values.pop(k) for k in SETTINGS_FIELDS if k in values}).validate(), **values)
 
 

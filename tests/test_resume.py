@@ -6,12 +6,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN, fpgen_env
+from conftest import GOLDEN, fpgen_env, fpgen_waiting
+from helpers import read_until
 from safetensors.torch import load_file
 
 from fpgen.api import generate_video, resume_video
@@ -25,19 +25,15 @@ JOB = ["--prompt", "a man walks", "--seconds", "4.8", "--steps", "2", "--size", 
 SETTINGS = Settings(prompt="a man walks", seconds=4.8, steps=2, size=(16, 16))
 
 
-def fpgen_process(*args, cache, cwd):
-    return subprocess.Popen([sys.executable, "-m", "fpgen", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=fpgen_env(cache))
-
-
 @pytest.mark.slow
 def test_killed_job_resumes_to_the_identical_video(hf_cache, tiny_models, tmp_path):
-    job = fpgen_process("generate", IMAGE, *JOB, "-o", "cut.mp4", "--save-latents", "cut.safetensors", "--preview", cache=hf_cache, cwd=tmp_path)
+    args = ["generate", IMAGE, *JOB, "-o", "cut.mp4", "--save-latents", "cut.safetensors", "--preview"]
     sections = tmp_path / "cut.mp4.job" / "sections"
-    deadline = time.monotonic() + 300
-    while len(list(sections.glob("*.safetensors"))) < 2 and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    job = fpgen_waiting(*args, wait_after="section 2/4 done", env=fpgen_env(hf_cache), cwd=tmp_path)  # waits there for the signal
+    read = read_until(job.stderr, "section 2/4 done")
     job.send_signal(signal.SIGTERM)
-    _, stderr = job.communicate(timeout=120)
+    _, rest = job.communicate(timeout=120)
+    stderr = "".join(read) + rest
     assert job.returncode == ExitCode.INTERRUPTED, stderr
     message = stderr.strip().splitlines()[-1]
     assert message.startswith("error: interrupted (") and "--resume" in message and "Traceback" not in stderr

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 
 from fpgen.buckets import pick_bucket, resize_and_center_crop
@@ -56,13 +55,6 @@ class VideoTail:
     @property
     def last(self) -> np.ndarray:
         return self.tail[-1]
-
-
-def check_extendable(path: Path, window: int) -> int:
-    """The video's frame count, or an error if it is unreadable or shorter than one section."""
-    iter_mp4(path)
-    count, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-    return _check_length(path, count, window)
 
 
 def _check_length(path: Path, count: int, window: int) -> int:

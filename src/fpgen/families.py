@@ -108,7 +108,6 @@ FRAMEPACK_F1 = Family("framepack-f1", FORWARD)
 HELIOS = helios_family("helios")
 HELIOS_MID = helios_family("helios-mid", replace(HELIOS_DEFAULTS, steps=10), HELIOS_ZERO_STAR_PARTS)  # pyramid stages with CFG-zero*
 HELIOS_DISTILLED = helios_family("helios-distilled", replace(HELIOS_DEFAULTS, steps=1, cfg=1.0), HELIOS_PYRAMID_PARTS)  # pyramid stages, DMD scheduler
-FAMILIES = {family.name: family for family in (FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_MID, HELIOS_DISTILLED)}
 
 
 def family_for_order(order: Order) -> Family:

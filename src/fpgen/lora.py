@@ -224,10 +224,11 @@ class Lora:
     info: str | None = None  # the fpgen provenance JSON, kept verbatim
     skipped: tuple[str, ...] = ()  # the file's keys for modules FramePack has no linear for
     keys: int = 0  # how many keys the file has
+    layout: str = "diffusers"  # the layout the file was in
 
-    def summary(self, source: str, layout: str) -> str:
+    def summary(self, source: str) -> str:
         """One line: what of the file was applied, and what was skipped by name."""
-        line = f"{source}: {layout} layout, {self.keys - len(self.skipped)} keys applied to {len(self.modules)} FramePack modules"
+        line = f"{source}: {self.layout} layout, {self.keys - len(self.skipped)} keys applied to {len(self.modules)} FramePack modules"
         if not self.skipped:
             return line
         names = sorted(printable(key) for key in self.skipped)
@@ -380,10 +381,8 @@ def _peft_alpha(metadata: dict[str, str], beside: Path):
 
 
 def framepack_parts(name: str, module: Module) -> list[tuple[str, Module]] | None:
-    """HunyuanVideo's module ``name`` as FramePack's modules and their share of its update (``[]``: none in
-    FramePack); None when ``name`` is not one of HunyuanVideo's original names."""
-    if any(re.fullmatch(pattern, name) for pattern in HUNYUAN_VIDEO_WITHOUT_FRAMEPACK_LINEAR):
-        return []
+    """HunyuanVideo's module ``name`` as FramePack's modules and their share of its update; None when
+    ``name`` is not one of HunyuanVideo's original names."""
     for pattern, targets, share in HUNYUAN_VIDEO_MODULES:
         match = re.fullmatch(pattern, name)
         if match:
@@ -422,21 +421,22 @@ def read_lora(path: str | Path) -> tuple[Lora, str]:
     foreign = [raw for raw, name in names.items() if name is None]
     if foreign:
         raise _unknown_keys_error(path, foreign, "keys that are not musubi-tuner FramePack or HunyuanVideo LoRA modules")
+    skipped = sorted(key for key in tensors if any(re.fullmatch(pattern + r"\..*", _strip_prefix(key)) for pattern in HUNYUAN_VIDEO_WITHOUT_FRAMEPACK_LINEAR))
     peft_alpha = _peft_alpha(metadata, path.parent)
     built, incomplete = {}, []
     for raw, parts in grouped.items():
+        if any(re.fullmatch(pattern, names[raw]) for pattern in HUNYUAN_VIDEO_WITHOUT_FRAMEPACK_LINEAR):
+            continue
         default = (lambda rank: float(rank)) if kohya else (lambda rank, name=names[raw]: peft_alpha(name, rank))
         built[raw] = _module(path, raw, parts, default)
         if built[raw] is None:
             incomplete.append(raw)
     if incomplete:
         raise _unknown_keys_error(path, incomplete, "these LoRA modules miss their down or up matrix")
-    modules, skipped, original = {}, [], False
+    modules, original = {}, bool(skipped)
     for raw, module in built.items():
         parts = framepack_parts(names[raw], module)
         original = original or parts is not None
-        if parts == []:
-            skipped += [key for key in tensors if key.startswith(raw + ".")]
         for name, part in parts if parts is not None else [(names[raw], module)]:
             if name in modules:
                 raise InputError(f"{path}: two updates for FramePack's {name} (one is {printable(raw)})", "the file mixes layouts; keep one")
@@ -445,7 +445,8 @@ def read_lora(path: str | Path) -> tuple[Lora, str]:
         raise _unknown_keys_error(path, skipped, "nothing to apply: FramePack has none of these modules")
     layout = ("hunyuanvideo" + ("-kohya" if kohya else "")) if original else "musubi" if kohya else "diffusers"
     kinds = sorted({KIND_NAMES[type(m)] for m in modules.values()} - {"LoRA"})
-    return Lora(modules, metadata.get(FPGEN_METADATA_KEY), tuple(sorted(skipped)), len(tensors)), " ".join([layout, *kinds])
+    layout = " ".join([layout, *kinds])
+    return Lora(modules, metadata.get(FPGEN_METADATA_KEY), tuple(skipped), len(tensors), layout), layout
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -549,6 +550,11 @@ def merge_lora(model: torch.nn.Module, lora: Lora, scale: float = 1.0) -> None:
 def load_loras(choices: Iterable[LoraChoice | tuple[Lora, LoraChoice]]) -> list[tuple[Lora, LoraChoice]]:
     """Read the files (those not read already) before any model is loaded, so a bad LoRA fails fast."""
     return [item if isinstance(item, tuple) else (read_lora(item.path)[0], item) for item in choices]
+
+
+def lora_notes(loras: Iterable[tuple[Lora, LoraChoice]]) -> tuple[str, ...]:
+    """What the user should see about LoRAs read from another model's layout or with modules left out."""
+    return tuple(lora.summary(str(choice.path)) for lora, choice in loras if lora.skipped or lora.layout.startswith("hunyuanvideo"))
 
 
 def apply_loras(model: torch.nn.Module, loras: list[tuple[Lora, LoraChoice]]) -> None:

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from fpgen.errors import InputError
 from fpgen.loading import load_transformer
-from fpgen.lora import Lora, LoraChoice, LoraModule, apply_loras, merge_lora, read_lora, write_lora
+from fpgen.lora import Lora, LoraChoice, LoraModule, apply_loras, lora_notes, merge_lora, read_lora, write_lora
 
 RANK, ALPHA = 2, 3.0
 
@@ -127,6 +127,8 @@ def test_hunyuanvideo_layouts_merge_like_their_diffusers_equivalent(cli, tmp_pat
     assert (shown["keys"], shown["skipped"]) == (3 * len(original) + 2, ["diffusion_model.img_in.proj.lora_down.weight", "diffusion_model.img_in.proj.lora_up.weight"])
     line = cli("lora", "info", tmp_path / "comfy.safetensors").stdout
     assert f"{3 * len(original)} keys applied to {len(reference.modules)} FramePack modules, 2 skipped because FramePack has no such module: diffusion_model.img_in.proj" in line
+    comfy = read_lora(tmp_path / "comfy.safetensors")[0]
+    assert lora_notes([(comfy, LoraChoice(tmp_path / "c.safetensors")), (reference, LoraChoice(diffusers))]) == (comfy.summary(str(tmp_path / "c.safetensors")),)  # what generate prints
     proc = cli("lora", "convert", tmp_path / "musubi.safetensors", tmp_path / "as_diffusers.safetensors", "--to", "diffusers")
     assert proc.returncode == 0, proc.stderr
     assert_same_weights(merged(read_lora(tmp_path / "as_diffusers.safetensors")[0]), merged(lora))
@@ -159,7 +161,8 @@ def test_loha_and_lokr_merge_as_peft_merges_them(tmp_path):
     with_peft = {k: v.clone() for k, v in loha.merge_and_unload().state_dict().items()}
     ours = merged(lora, 1.0)
     assert max((ours[k] - with_peft[k]).abs().max().item() for k in ours) < 1e-6
-    assert max((ours[k] - tiny().state_dict()[k]).abs().max().item() for k in ours) > 1e-2  # it does something
+    base = loaded().state_dict()
+    assert max((ours[k] - base[k]).abs().max().item() for k in ours) > 1e-2  # it does something
 
     lokr = get_peft_model(tiny(), LoKrConfig(r=RANK, alpha=ALPHA, target_modules=r"(single_)?transformer_blocks\.\d+\.attn\.to_(q|v)", init_weights=False))
     state = {key.removeprefix("base_model.model."): t for key, t in get_peft_model_state_dict(lokr).items()}

@@ -421,11 +421,12 @@ def read_lora(path: str | Path) -> tuple[Lora, str]:
     foreign = [raw for raw, name in names.items() if name is None]
     if foreign:
         raise _unknown_keys_error(path, foreign, "keys that are not musubi-tuner FramePack or HunyuanVideo LoRA modules")
-    skipped = sorted(key for key in tensors if any(re.fullmatch(pattern + r"\..*", _strip_prefix(key)) for pattern in HUNYUAN_VIDEO_WITHOUT_FRAMEPACK_LINEAR))
+    without = {raw for raw, name in names.items() if any(re.fullmatch(pattern, name) for pattern in HUNYUAN_VIDEO_WITHOUT_FRAMEPACK_LINEAR)}
+    skipped = sorted(key for key in tensors if any(key.startswith(raw + ".") for raw in without))
     peft_alpha = _peft_alpha(metadata, path.parent)
     built, incomplete = {}, []
     for raw, parts in grouped.items():
-        if any(re.fullmatch(pattern, names[raw]) for pattern in HUNYUAN_VIDEO_WITHOUT_FRAMEPACK_LINEAR):
+        if raw in without:
             continue
         default = (lambda rank: float(rank)) if kohya else (lambda rank, name=names[raw]: peft_alpha(name, rank))
         built[raw] = _module(path, raw, parts, default)
@@ -444,16 +445,19 @@ def read_lora(path: str | Path) -> tuple[Lora, str]:
     if not modules:
         raise _unknown_keys_error(path, skipped, "nothing to apply: FramePack has none of these modules")
     layout = ("hunyuanvideo" + ("-kohya" if kohya else "")) if original else "musubi" if kohya else "diffusers"
-    kinds = sorted({KIND_NAMES[type(m)] for m in modules.values()} - {"LoRA"})
-    layout = " ".join([layout, *kinds])
+    layout = " ".join([layout, *_lycoris_kinds(modules)])
     return Lora(modules, metadata.get(FPGEN_METADATA_KEY), tuple(skipped), len(tensors), layout), layout
 
 
 # ---------------------------------------------------------------------------------------------- writing
 
 
+def _lycoris_kinds(modules: Mapping[str, Module]) -> list[str]:
+    return sorted({KIND_NAMES[type(m)] for m in modules.values()} - {"LoRA"})
+
+
 def _only_low_rank(lora: Lora, layout: str) -> None:
-    kinds = sorted({KIND_NAMES[type(m)] for m in lora.modules.values()} - {"LoRA"})
+    kinds = _lycoris_kinds(lora.modules)
     if kinds:
         raise InputError(f"the LoRA has {' and '.join(kinds)} modules, which the {layout} layout cannot hold", "apply it as it is: fpgen generate --lora FILE")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 
 import pytest
@@ -20,8 +22,14 @@ from fpgen.training.adapters import lora_of
 from fpgen.transformer import BlockStack, Conditioning, packed_forward
 
 
-def tiny():
+@functools.cache
+def loaded():
     return load_transformer(TRANSFORMER, torch.float32)
+
+
+def tiny():
+    """A fresh copy of the tiny transformer (copying is far cheaper than loading)."""
+    return copy.deepcopy(loaded())
 
 
 def trained_lora(rank: int = 4, alpha: float = 2.0):

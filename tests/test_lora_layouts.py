@@ -3,30 +3,19 @@ diffusers-keyed LoRA (or peft adapter), and must merge to the same weights as th
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 
 import pytest
 import torch
-from helpers import TRANSFORMER
 from safetensors.torch import save_file
+from test_lora import loaded, tiny
 
 from fpgen.errors import InputError
-from fpgen.loading import load_transformer
 from fpgen.lora import Lora, LoraChoice, LoraModule, apply_loras, lora_notes, merge_lora, read_lora, write_lora
 
 RANK, ALPHA = 2, 3.0
 
 
-@functools.cache
-def loaded():
-    return load_transformer(TRANSFORMER, torch.float32)
-
-
-def tiny():
-    """A fresh copy of the tiny transformer (copying is far cheaper than loading)."""
-    return copy.deepcopy(loaded())
 
 
 def original_modules() -> dict[str, tuple[str, ...]]:

@@ -183,8 +183,8 @@ class LokrModule:
     """LyCORIS LoKr: ``dW = kron(w1, w2) * alpha / rank``, each factor stored whole or as a product ``a @ b``.
 
     ``rank`` is the inner size of a factor stored as a product; with both whole, LyCORIS scales by 1
-    (alpha = rank = 1 here). ``index`` keeps only those output rows: a Kronecker product's rows do not
-    split into smaller Kronecker products in general, so a fused layer's share is taken after the product.
+    (alpha = rank = 1 here). ``index`` keeps only those output rows (a fused layer's share): a Kronecker
+    product's rows do not split into smaller Kronecker products in general, so just those rows are made.
     """
 
     w1: tuple[torch.Tensor, ...]  # (w1,) or (w1_a, w1_b)
@@ -203,8 +203,11 @@ class LokrModule:
             parts = [part.to(device, torch.float32) for part in parts]
             return parts[0] if len(parts) == 1 else parts[0] @ parts[1]
 
-        delta = torch.kron(factor(self.w1), factor(self.w2)) * (self.alpha / self.rank)
-        return delta if self.index is None else delta[self.index.to(device)]
+        w1, w2 = factor(self.w1), factor(self.w2)
+        if self.index is None:
+            return torch.kron(w1, w2) * (self.alpha / self.rank)
+        rows = self.index.to(device)  # row i of kron(w1, w2) is w1[i // h] (x) w2[i % h], h = w2's row count
+        return (w1[rows // w2.shape[0], :, None] * w2[rows % w2.shape[0], None, :]).flatten(1) * (self.alpha / self.rank)
 
     def rows(self, index: torch.Tensor) -> LokrModule:
         return replace(self, index=index if self.index is None else self.index[index])

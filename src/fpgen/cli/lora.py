@@ -18,7 +18,15 @@ Examples:
 
   fpgen lora convert my_musubi_lora.safetensors my_lora.safetensors --to diffusers
 
-  fpgen lora info hunyuanvideo_style_lora.safetensors
+  fpgen lora convert hunyuanvideo_style.safetensors style_framepack.safetensors --to diffusers
+"""
+
+INFO_EXAMPLES = """
+Examples:
+
+  fpgen lora info runs/dance
+
+  fpgen lora info hunyuanvideo_style.safetensors --json
 """
 
 
@@ -49,12 +57,12 @@ def convert(
     )
 
 
-@lora_app.command()
+@lora_app.command(epilog=INFO_EXAMPLES)
 def info(
     path: Path = typer.Argument(..., help="A LoRA file, or a folder holding one."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Show a LoRA's layout, modules, ranks and alphas, and how it was trained (for fpgen's own)."""
+    """Show a LoRA's layout, what of it applies to FramePack (and what is skipped), ranks and alphas, and how it was trained (for fpgen's own)."""
     import json
 
     from fpgen.cli.report import Reporter

@@ -129,6 +129,12 @@ def test_a_lora_of_another_model_is_refused_by_name(tmp_path):
     model = tiny()
     with pytest.raises(InputError, match="modules this FramePack transformer does not have: double_blocks.0.img_attn.qkv"):
         apply_loras(model, [(read_lora(tmp_path / "flux.safetensors")[0], LoraChoice(tmp_path / "flux.safetensors"))])
+    attention_only = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(RANK, 32), "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(96, RANK)}
+    save_file(attention_only, str(tmp_path / "flux_kohya.safetensors"), metadata={"modelspec.architecture": "flux-1-dev/lora"})
+    with pytest.raises(InputError, match=r"flux_kohya.safetensors is a LoRA for flux-1-dev/lora \(its modelspec.architecture\), not for FramePack or HunyuanVideo"):
+        read_lora(tmp_path / "flux_kohya.safetensors")
+    save_file(attention_only, str(tmp_path / "hv_kohya.safetensors"), metadata={"modelspec.architecture": "hunyuan_video/lora"})
+    assert read_lora(tmp_path / "hv_kohya.safetensors")[1] == "hunyuanvideo-kohya"
     save_file({"lora_unet_single_blocks_0_linear1.lora_down.weight": torch.zeros(RANK, 32), "lora_unet_single_blocks_0_linear1.lora_up.weight": torch.zeros(64, RANK)}, str(tmp_path / "small.safetensors"))
     with pytest.raises(InputError, match="single_blocks.0.linear1's update has 64 output rows, which do not split into FramePack's layers"):
         read_lora(tmp_path / "small.safetensors")

@@ -114,6 +114,10 @@ FOREIGN_PREFIXES = ("transformer.", "diffusion_model.", "base_model.model.")
 MUSUBI_PREFIX = "lora_unet_"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' safetensors header entry
 FPGEN_METADATA_KEY = "fpgen"  # provenance (base model, order, training settings), carried through conversions
+# The SAI model spec entry kohya's and musubi-tuner's LoRAs carry (``flux-1-dev/lora``, ``framepack/lora``):
+# Flux's kohya names for its attention layers are HunyuanVideo's, so only this tells such a LoRA apart.
+ARCHITECTURE_KEY = "modelspec.architecture"
+ARCHITECTURES = ("framepack", "hunyuan")
 LORA_FILE_NAMES = ("lora.safetensors", "pytorch_lora_weights.safetensors", "adapter_model.safetensors")
 # Tensor name endings of every kind of module, and the part each one is.
 SUFFIXES = {
@@ -416,6 +420,9 @@ def read_lora(path: str | Path) -> tuple[Lora, str]:
     tensors, metadata = _read_safetensors(path)
     if not tensors:
         raise InputError(f"{path} holds no tensors", "pass a LoRA .safetensors file")
+    architecture = metadata.get(ARCHITECTURE_KEY, "")
+    if architecture and not any(name in architecture.lower() for name in ARCHITECTURES):
+        raise InputError(f"{path} is a LoRA for {printable(architecture)} (its {ARCHITECTURE_KEY}), not for FramePack or HunyuanVideo", "pass a FramePack or HunyuanVideo LoRA")
     grouped, unknown = _group(tensors)
     if unknown:
         raise _unknown_keys_error(path, unknown, "keys that are not LoRA weights")

@@ -116,11 +116,27 @@ def test_hunyuanvideo_layouts_merge_like_their_diffusers_equivalent(cli, tmp_pat
     assert (shown["keys"], shown["skipped"]) == (3 * len(original) + 2, ["diffusion_model.img_in.proj.lora_down.weight", "diffusion_model.img_in.proj.lora_up.weight"])
     line = cli("lora", "info", tmp_path / "comfy.safetensors").stdout
     assert f"{3 * len(original)} keys applied to {len(reference.modules)} FramePack modules, 2 skipped because FramePack has no such module: diffusion_model.img_in.proj" in line
-    comfy = read_lora(tmp_path / "comfy.safetensors")[0]
-    assert lora_notes([(comfy, LoraChoice(tmp_path / "c.safetensors")), (reference, LoraChoice(diffusers))]) == (comfy.summary(str(tmp_path / "c.safetensors")),)  # what generate prints
+    comfy_lora = read_lora(tmp_path / "comfy.safetensors")[0]
+    assert lora_notes([(comfy_lora, LoraChoice(tmp_path / "c.safetensors")), (reference, LoraChoice(diffusers))]) == (comfy_lora.summary(str(tmp_path / "c.safetensors")),)  # what generate prints
     proc = cli("lora", "convert", tmp_path / "musubi.safetensors", tmp_path / "as_diffusers.safetensors", "--to", "diffusers")
     assert proc.returncode == 0, proc.stderr
     assert_same_weights(merged(read_lora(tmp_path / "as_diffusers.safetensors")[0]), merged(lora))
+
+
+def test_the_mapping_is_diffusers_converters(tmp_path):
+    """diffusers' ``_convert_hunyuan_video_lora_to_diffusers`` gives the same keys and tensors, except where it cannot be
+    compared: it splits ``linear1`` at a hidden size of 3072 (the tiny model's is 32), and for the refiner's qkv and the
+    final modulation it also splits or swaps the down matrix, which changes the product (ours keeps it whole)."""
+    from diffusers.loaders.lora_conversion_utils import _convert_hunyuan_video_lora_to_diffusers
+
+    _, original = random_diffusers_lora(loaded())
+    kept = {n: pair for n, pair in original.items() if not n.endswith("linear1") and not n.startswith("txt_in.individual_token_refiner")}
+    file = {f"diffusion_model.{n}.lora_{ab}.weight": t for n, (down, up) in kept.items() for ab, t in (("A", down), ("B", up))}
+    save_file({k: t.contiguous() for k, t in file.items()}, str(tmp_path / "hv.safetensors"))
+    theirs = _convert_hunyuan_video_lora_to_diffusers(dict(file))
+    ours = {f"transformer.{n}.lora_{ab}.weight": t for n, m in read_lora(tmp_path / "hv.safetensors")[0].modules.items() for ab, t in (("A", m.down), ("B", m.up))}
+    assert ours.keys() == theirs.keys() and len(ours) == 2 * (len(kept) + 2 * 2 * 2)  # each qkv is three modules
+    assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == ["transformer.norm_out.linear.lora_A.weight"]
 
 
 def test_a_lora_of_another_model_is_refused_by_name(tmp_path):

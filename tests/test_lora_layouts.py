@@ -88,10 +88,9 @@ def kohya(name: str) -> str:
 
 
 def test_hunyuanvideo_layouts_merge_like_their_diffusers_equivalent(cli, tmp_path):
-    base = tiny()
-    reference, original = random_diffusers_lora(base)
-    expected = merged(reference)
-    assert sum(not torch.equal(w, base.state_dict()[k]) for k, w in expected.items()) == len(reference.modules) == 2 * 14 + 2 * 6 + 7 + 13
+    reference, original = random_diffusers_lora(loaded())
+    expected, base = merged(reference), loaded().state_dict()
+    assert sum(not torch.equal(w, base[k]) for k, w in expected.items()) == len(reference.modules) == 2 * 14 + 2 * 6 + 7 + 13
 
     diffusers = write_lora(tmp_path / "diffusers.safetensors", reference)  # diffusers' HunyuanVideo keys are FramePack's
     (tmp_path / "pipe").mkdir()  # diffusion-pipe: peft keys on the original names, alpha in adapter_config.json

@@ -69,7 +69,7 @@ def test_api_reproduces_golden(name, loaded):
         assert rel_l2(as_transformer(inputs.negative.embeds), golden["negative_prompt_embeds"]) < 1e-5
 
     pieces = []
-    result = generate_frames(models, inputs, job.plan, job.settings, lambda frames, start: pieces.append((start, frames)))
+    result = generate_frames(models, inputs, job.plan, job.settings, lambda frames, start: pieces.append((start, frames)), step_cache=job.step_cache)
     assert result.plan.count == case["sections"]
     for section in result.plan.sections:
         i = section.index

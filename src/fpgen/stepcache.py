@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from fpgen.acceleration import fpgen_cache
 from fpgen.errors import InputError
 
 # Rescale polynomial for HunyuanVideo, highest power first (from the official implementation).
@@ -233,7 +234,7 @@ class StepCachePlan:
 
 def calibration_folder() -> Path:
     """Where ``fpgen calibrate`` keeps MagCache's ratios (under fpgen's cache folder)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fpgen" / "magcache"
+    return fpgen_cache() / "magcache"
 
 
 def calibration_key(transformer: Path, loras: tuple[str, ...], sigmas: torch.Tensor) -> str:

@@ -19,11 +19,11 @@ from fpgen.buckets import buckets_for
 from fpgen.engine import generate_frames
 from fpgen.errors import InputError
 from fpgen.spec import JobSpec, Settings
-from fpgen.stepcache import MagCache, MagnitudeRecorder, StepCachePlan, read_calibration
+from fpgen.stepcache import MagCache, MagnitudeRecorder, StepCachePlan
 
-STEPS = 8
+STEPS = 6
 SETTINGS = Settings(prompt="a man walks", seconds=1.2, seed=3, steps=STEPS, size=(32, 32))
-RATIOS = (1.0, 0.9, 0.98, 0.99, 1.01, 1.0, 0.97, 1.2)
+RATIOS = (1.0, 0.9, 0.98, 0.99, 1.01, 1.2)
 
 
 @pytest.fixture(scope="module")
@@ -45,20 +45,21 @@ def test_each_cache_skips_nothing_at_threshold_0_and_its_most_at_a_huge_one(kind
     assert torch.equal(exact.latents, uncached.latents)  # bit for bit: the hook only ever ran the blocks
     assert exact.transformer_passes == exact.transformer_calls == [STEPS] and exact.skip_rates == [0.0]
     skipping = generate(StepCachePlan(kind, 1e9, RATIOS))
-    # TeaCache and First-Block-Cache compute only the section's first and last step; MagCache also its
-    # retained first fifth (steps 0-1), and after 3 skips in a row one more (step 5).
-    computed = 4 if kind == "magcache" else 2
+    # TeaCache and First-Block-Cache compute only the section's first and last step; MagCache also
+    # step 4, after 3 skips in a row (its retained first fifth is step 0 alone).
+    computed = 3 if kind == "magcache" else 2
     assert skipping.transformer_calls == [STEPS] and skipping.transformer_passes == [computed]
     assert skipping.skip_rates == [round(1 - computed / STEPS, 4)]
     assert not torch.equal(skipping.latents, uncached.latents) and torch.isfinite(skipping.latents).all()
 
 
 def test_magcache_accumulates_the_ratios_error():
-    """Steps 2.. skip while the summed |1 - running product of ratios| stays under the threshold (0.05 here)."""
-    cache = MagCache(RATIOS, STEPS, threshold=0.05)
-    decisions = [cache.skip(step, None, step in (0, STEPS - 1)) for step in range(STEPS)]
-    # step 2: |1-0.98| = 0.02 -> skip; step 3: 0.02 + |1-0.9702| = 0.0498 -> skip; step 4: + |1-0.97990| -> 0.070 -> compute
-    # step 5: ratio 1.0, error 0 -> skip; step 6: |1-0.97| = 0.03 -> skip; step 7: last
+    """After the retained steps, skip while the summed |1 - running product of ratios| stays under the threshold."""
+    ratios = (1.0, 0.9, 0.98, 0.99, 1.01, 1.0, 0.97, 1.2)
+    cache = MagCache(ratios, 8, threshold=0.05)
+    decisions = [cache.skip(step, None, step in (0, 7)) for step in range(8)]
+    # steps 0-1 retained; step 2: |1-0.98| = 0.02 -> skip; step 3: 0.02 + |1-0.9702| = 0.0498 -> skip;
+    # step 4: + |1-0.97990| = 0.070 -> compute (and start again); step 5: error 0 -> skip; step 6: 0.03 -> skip; step 7: last
     assert decisions == [False, False, True, True, False, True, True, False]
 
 
@@ -85,7 +86,7 @@ def test_step_cache_options_and_older_names():
             JobSpec.from_options({**out, **bad})
 
 
-def test_calibrate_then_magcache(cli, monkeypatch, tmp_path):
+def test_calibrate_then_magcache(cli, tiny_models, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     common = ["--steps", "4", "--size", "32x32", "--seconds", "1.2", "--device", "cpu"]
     missing = cli("generate", GOLDEN / "input.png", *common, "--step-cache", "magcache", "-o", "a.mp4")
@@ -95,13 +96,13 @@ def test_calibrate_then_magcache(cli, monkeypatch, tmp_path):
     calibration = json.loads(made.stdout)
     ratios = calibration["ratios"]
     assert len(ratios) == 4 and ratios[0] == 1.0 and all(math.isfinite(r) and r > 0 for r in ratios) and ratios != [1.0] * 4
-    key = calibration["path"].rsplit("/", 1)[1].removesuffix(".json")
-    assert read_calibration(key, 4, "") == tuple(ratios)
-    done = cli("generate", GOLDEN / "input.png", *common, "--step-cache", "magcache", "--step-cache-threshold", "1e9", "-o", "a.mp4", "--json")
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    # 4 steps: step 0 retained (a fifth of 4, rounded), 1 and 2 skipped with the ratios' error under the threshold, 3 the last
-    assert (result["step_cache"], result["transformer_passes"], result["skip_rates"]) == ("magcache", [2], [0.5])
+    assert calibration["path"].startswith(str(tmp_path / "cache" / "fpgen" / "magcache"))
+    settings = replace(SETTINGS, steps=4, step_cache="magcache", step_cache_threshold=1e9)
+    job, inputs = prepare(tiny_models(), GOLDEN / "input.png", settings)
+    assert job.step_cache.ratios == tuple(ratios)  # found by the same key from generate's side
+    result = generate_frames(tiny_models(), inputs, job.plan, job.settings, lambda frames, first: None, step_cache=job.step_cache)
+    # 4 steps: step 0 retained (a fifth of 4, rounded), 1 and 2 skipped (the ratios' error is under the threshold), 3 the last
+    assert (result.transformer_passes, result.skip_rates) == ([2], [0.5])
     other_steps = cli("generate", GOLDEN / "input.png", *common[2:], "--steps", "5", "--step-cache", "magcache", "-o", "b.mp4")
     assert other_steps.returncode == 2 and "--steps 5" in other_steps.stderr  # calibrations are per step count
 

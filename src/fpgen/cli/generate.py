@@ -72,8 +72,8 @@ def generate(
     cfg: float | None = typer.Option(None, "--cfg", help="Real classifier-free guidance; above 1 doubles the cost per step. [default: the model's, 1 for FramePack, 5 for helios and helios-mid]", show_default=False),
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale for real CFG, 0..1."),
     step_cache: str | None = typer.Option(
-        None, "--step-cache", metavar="teacache|magcache|fbcache|none", help="Skip transformer passes that would change little (faster, slightly different result): "
-        "teacache (the official one), magcache (needs `fpgen calibrate` once per model and step count) or fbcache (First-Block-Cache). [default: teacache with --fast, else none]", show_default=False,
+        None, "--step-cache", metavar="NAME", help="Skip transformer passes that change little (faster, slightly different): teacache, magcache (after `fpgen calibrate`), fbcache "
+        "(First-Block-Cache) or none. [default: teacache with --fast, else none]", show_default=False,
     ),  # fmt: skip
     step_cache_threshold: float | None = typer.Option(None, "--step-cache-threshold", help="Higher skips more; 0 skips nothing. [default: teacache 0.15, magcache 0.06, fbcache 0.05]", show_default=False),
     teacache: bool | None = typer.Option(None, "--teacache/--no-teacache", hidden=True),  # older name of --step-cache teacache/none

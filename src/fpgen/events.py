@@ -36,7 +36,7 @@ class SectionDone:
     transformer_passes: int
     frames: torch.Tensor  # frames that became final, (1, 3, T, H, W)
     first_frame: int  # their position in the video
-    transformer_calls: int = 0  # passes asked for: those a step cache skipped are calls - transformer_passes
+    transformer_calls: int  # passes asked for: a step cache skipped calls - transformer_passes of them
 
     @property
     def skip_rate(self) -> float:

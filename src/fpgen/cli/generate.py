@@ -72,8 +72,8 @@ def generate(
     cfg: float | None = typer.Option(None, "--cfg", help="Real classifier-free guidance; above 1 doubles the cost per step. [default: the model's, 1 for FramePack, 5 for helios and helios-mid]", show_default=False),
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale for real CFG, 0..1."),
     step_cache: str | None = typer.Option(
-        None, "--step-cache", metavar="NAME", help="Skip transformer passes that change little (faster, slightly different): teacache, magcache (after `fpgen calibrate`), fbcache "
-        "(First-Block-Cache) or none. [default: teacache with --fast, else none]", show_default=False,
+        None, "--step-cache", metavar="NAME", help="Skip passes that change little (faster, slightly different): teacache, magcache (after fpgen calibrate), "
+        "fbcache or none. [default: teacache with --fast, else none]", show_default=False,
     ),  # fmt: skip
     step_cache_threshold: float | None = typer.Option(None, "--step-cache-threshold", help="Higher skips more; 0 skips nothing. [default: teacache 0.15, magcache 0.06, fbcache 0.05]", show_default=False),
     teacache: bool | None = typer.Option(None, "--teacache/--no-teacache", hidden=True),  # older name of --step-cache teacache/none
@@ -252,7 +252,7 @@ def _run(components, job, report):
         "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height, "fps": 30,
         "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": settings.seed, "model": job.spec.model,
         "order": job.plan.order, "sections": job.plan.count, "resumed_sections": video.resumed_sections,
-        "mode": job.runtime.mode, "step_cache": settings.step_cache, "step_cache_threshold": job.step_cache.threshold, "loras": list(job.spec.lora),
+        "mode": job.runtime.mode, "step_cache": settings.step_cache, "step_cache_threshold": job.step_cache.threshold if settings.step_cache != "none" else None, "loras": list(job.spec.lora),
         "transformer_passes": video.result.transformer_passes, "skip_rates": video.result.skip_rates, "latents": str(job.spec.save_latents) if job.spec.save_latents else None,
         "metadata": str(sidecar_path(video.output)),
     }  # fmt: skip

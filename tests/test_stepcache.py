@@ -105,6 +105,8 @@ def test_calibrate_then_magcache(cli, tiny_models, monkeypatch, tmp_path):
     assert (result.transformer_passes, result.skip_rates) == ([2], [0.5])
     other_steps = cli("generate", GOLDEN / "input.png", *common[2:], "--steps", "5", "--step-cache", "magcache", "-o", "b.mp4")
     assert other_steps.returncode == 2 and "--steps 5" in other_steps.stderr  # calibrations are per step count
+    split = cli("generate", GOLDEN / "input.png", *common, "--step-cache", "fbcache", "--gpus", "2", "-o", "c.mp4")
+    assert split.returncode == 2 and "fbcache" in split.stderr  # block 0 apart cannot run on a split sequence; said before loading
 
 
 def test_warmup_plan_and_listing(cli, monkeypatch, tmp_path):

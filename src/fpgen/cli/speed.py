@@ -69,6 +69,8 @@ def calibrate(
             "dtype": dtype, "step_cache": "none", "output": Path(work) / "calibration.mp4",
         }  # fmt: skip
         job = resolve(JobSpec.from_options(options), overwrite=True)  # every check before the models load
+        if "step_cache" in dict(job.model.spec.family.refuses):
+            raise InputError(f"{job.model.spec.name} has no step cache to calibrate", "calibrate a FramePack model (framepack, framepack-f1)")
         settings, (height, width) = job.settings, job.pictures.size
         report.info(f"loading {job.model.spec.name} ...")
         report.info(job.runtime.describe())

@@ -40,8 +40,8 @@ def generate_frames(
     """Make the whole video: ``sink(frames, first_frame)`` receives every frame exactly once, in pieces.
 
     ``plan`` holds the sections and each one's prompt; ``finished`` are sections made earlier by the
-    same job, in generation order; ``step_cache`` the cache that may skip passes. What differs between families (conditioning, denoiser, sampler,
-    decode) comes from the family's ``Parts``.
+    same job, in generation order; ``step_cache`` may skip transformer passes. What differs between
+    families (conditioning, denoiser, sampler, decode) comes from the family's ``Parts``.
     """
     emit = on_event or (lambda event: None)
     family, parts, device, dtype = components.family, components.family.parts, components.runtime.device, components.runtime.transformer_dtype

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from fpgen.cli import app
-from fpgen.errors import InputError
+from fpgen.errors import DiskFullError, InputError, Interrupted, OutOfMemoryError
 
 CALIBRATE_EXAMPLES = """
 Examples:
@@ -80,8 +80,11 @@ def calibrate(
         recorder = MagnitudeRecorder(settings.steps)
         components.blocks.hooks.append(recorder)
         report.info(f"calibrating: {job.plan.count} section(s) of {settings.steps} steps at {height}x{width}, every pass computed")
-        with report.job_progress(job.plan.count, settings.steps, settings.window) as progress:
-            run_job(components, job, progress)
+        try:
+            with report.job_progress(job.plan.count, settings.steps, settings.window) as progress:
+                run_job(components, job, progress)
+        except (Interrupted, OutOfMemoryError, DiskFullError) as stop:  # its job folder goes with the temporary one: nothing to resume
+            raise type(stop)(stop.message, "nothing was kept; run the same fpgen calibrate again") from stop
         recorder.reset()  # the last section's ratios join the others
     ratios = recorder.ratios()
     about = {"model": job.spec.model, "loras": list(job.spec.lora), "steps": settings.steps, "window": settings.window, "size": f"{height}x{width}", "sections": recorder.sections}

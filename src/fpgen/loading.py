@@ -205,7 +205,7 @@ class Components:
         """The job's step cache (``fpgen.stepcache``) on the block stack while it runs."""
         if self.transformer is None:
             self.load_transformer()
-        hook = plan.hook(self.transformer, self.blocks, steps)
+        hook = plan.hook(self.blocks, steps)
         if hook is None:
             yield
             return

@@ -129,6 +129,18 @@ class StreamedBlockStack(BlockStack):
         for name, tensor in [*block.named_parameters(), *block.named_buffers()]:
             tensor.data = tensors[name]
 
+    def lend(self, index: int, use):
+        block, (tensors, ready) = self.order[index], self._fetch(index)
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_event(ready)
+        for tensor in tensors.values():
+            tensor.record_stream(compute)
+        self._point(block, tensors)
+        try:
+            return use(block)
+        finally:
+            self._point(block, self.host[index])
+
     def run_span(self, start: int, stop: int | None, hidden, context, temb, attention_mask, rope):
         compute = torch.cuda.current_stream(self.device)
         indices = range(len(self.order))[start:stop]

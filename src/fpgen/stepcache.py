@@ -95,8 +95,8 @@ class TeaCache(StepCache):
 
     default_threshold = 0.15
 
-    def __init__(self, transformer, steps: int, threshold: float = default_threshold):
-        self.first_block = transformer.transformer_blocks[0]
+    def __init__(self, blocks, steps: int, threshold: float = default_threshold):
+        self.blocks = blocks
         super().__init__(steps, threshold)
 
     def reset(self) -> None:
@@ -104,7 +104,7 @@ class TeaCache(StepCache):
         self.accumulated, self.previous = 0.0, None
 
     def head(self, hidden, context, temb, attention_mask, rope):
-        return hidden, context, self.first_block.norm1(hidden, emb=temb)[0]
+        return hidden, context, self.blocks.lend(0, lambda block: block.norm1(hidden, emb=temb)[0])
 
     def skip(self, step: int, signal, edge: bool) -> bool:
         previous, self.previous = self.previous, signal
@@ -222,9 +222,9 @@ class StepCachePlan:
     threshold: float = 0.0
     ratios: tuple[float, ...] = ()
 
-    def hook(self, transformer, blocks, steps: int) -> StepCache | None:
+    def hook(self, blocks, steps: int) -> StepCache | None:
         if self.kind == "teacache":
-            return TeaCache(transformer, steps, self.threshold)
+            return TeaCache(blocks, steps, self.threshold)
         if self.kind == "fbcache":
             return FirstBlockCache(blocks, steps, self.threshold)
         if self.kind == "magcache":

@@ -137,6 +137,10 @@ class BlockStack(torch.nn.Module):
         self.computed += 1
         return self.run_span(0, None, hidden, context, temb, attention_mask, rope)[0]
 
+    def lend(self, index: int, use):
+        """``use(block)`` with block ``index`` ready to compute (a streamed stack fetches its weights for the call)."""
+        return use((*self.transformer_blocks, *self.single_transformer_blocks)[index])
+
     def run_span(self, start: int, stop: int | None, hidden, context, temb, attention_mask, rope):
         """Blocks ``start:stop`` of the 60 (dual-stream first): ``(hidden, context)`` after them."""
         checkpoint = torch.is_grad_enabled() and getattr(self.model, "gradient_checkpointing", False)

@@ -215,8 +215,9 @@ def _recorded(values: dict, given: set, report) -> dict:
     options = {k: v for k, v in recorded.items() if k in known and k not in ("output", "save_latents")}
     given = given | ({"prompt"} if "prompts_file" in given else set())
     options.update({k: v for k, v in job_options(values).items() if k in given or k == "output"})
-    if "fast" in given and not given & {"step_cache", "teacache"}:
-        options.pop("step_cache", None), options.pop("teacache", None)  # decided again from --fast
+    if given & {"fast", "step_cache", "teacache"}:  # the step cache is chosen again (--fast picks one): the recorded one and its threshold go
+        for name in {"step_cache", "step_cache_threshold", "teacache", "teacache_threshold"} - given:
+            options.pop(name, None)
     if options.get("image") and not Path(options["image"]).exists() and "image" not in given:
         raise InputError(f"the recorded start picture {printable(str(options['image']))} is missing", "pass the picture as IMAGE")
     return options

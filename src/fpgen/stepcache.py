@@ -52,8 +52,8 @@ def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
 class StepCache:
     """The shared part of a step cache; a subclass says what it measures (``head``) and when to skip (``skip``).
 
-    Counts per section: ``calls`` of the stack and ``skipped`` ones. The step is the call's index
-    modulo ``steps`` (as the official TeaCache counts).
+    The step is the index of the section's call modulo ``steps`` (as the official TeaCache counts;
+    with ``--cfg`` above 1 two calls make a step, so the count runs ahead as it does there).
     """
 
     def __init__(self, steps: int, threshold: float):
@@ -61,7 +61,7 @@ class StepCache:
         self.reset()
 
     def reset(self) -> None:
-        self.calls = self.skipped = 0
+        self.calls = 0
         self.residual: torch.Tensor | None = None
 
     def __call__(self, run, hidden, context, temb, attention_mask, rope) -> torch.Tensor:
@@ -70,7 +70,6 @@ class StepCache:
         start, context, signal = self.head(hidden, context, temb, attention_mask, rope)
         edge = step == 0 or step == self.steps - 1 or self.residual is None
         if self.skip(step, signal, edge):
-            self.skipped += 1
             return start + self.residual
         out = self.tail(run, start, context, temb, attention_mask, rope)
         self.remember(out - start)

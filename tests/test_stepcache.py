@@ -22,7 +22,7 @@ from fpgen.spec import JobSpec, Settings
 from fpgen.stepcache import MagCache, MagnitudeRecorder, StepCachePlan
 
 STEPS = 6
-SETTINGS = Settings(prompt="a man walks", seconds=1.2, seed=3, steps=STEPS, size=(32, 32))
+SETTINGS = Settings(prompt="a man walks", seconds=1.2, seed=3, steps=STEPS, size=(16, 16))
 RATIOS = (1.0, 0.9, 0.98, 0.99, 1.01, 1.2)
 
 
@@ -88,7 +88,7 @@ def test_step_cache_options_and_older_names():
 
 def test_calibrate_then_magcache(cli, tiny_models, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    common = ["--steps", "4", "--size", "32x32", "--seconds", "1.2", "--device", "cpu"]
+    common = ["--steps", "4", "--size", "16x16", "--seconds", "1.2", "--device", "cpu"]
     missing = cli("generate", GOLDEN / "input.png", *common, "--step-cache", "magcache", "-o", "a.mp4")
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "fpgen calibrate" in missing.stderr
     made = cli("calibrate", GOLDEN / "input.png", *common, "--json")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 MAX_SECTIONS = 10_000  # about 50 minutes at the default window; a job folder keeps one file per section
 MAX_PROMPT_CHARS = 100_000  # far beyond the 256 tokens the text encoder reads; bounds metadata and job files
 MAX_PIXELS = 4096 * 4096  # a frame size beyond this is impossible, not merely out of memory
-STEP_CACHES = ("teacache", "magcache", "fbcache", "none")  # fpgen.stepcache.KINDS, named here without torch
+STEP_CACHES = ("teacache", "magcache", "fbcache", "none")  # the caches fpgen.stepcache implements, named here without torch
 LEGACY_OPTIONS = ("teacache", "teacache_threshold")  # older videos' and batch files' names for --step-cache teacache and its threshold
 
 

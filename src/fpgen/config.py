@@ -19,7 +19,7 @@ from fpgen.buckets import load_picture, pick_bucket
 from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
 from fpgen.families import Family
-from fpgen.geometry import whole_sections
+from fpgen.geometry import whole_sections, window_tokens
 from fpgen.hub import ModelFiles, find_model
 from fpgen.jobfolder import JobFolder, SavedJob, check_job_paths, find_job, job_dir
 from fpgen.lora import Lora, LoraChoice, load_loras, lora_notes
@@ -30,6 +30,7 @@ from fpgen.prompts import describe, parse_prompts, section_prompts
 from fpgen.registry import resolve_model
 from fpgen.runtime import RuntimePlan, plan_runtime
 from fpgen.spec import JobSpec, Settings
+from fpgen.stepcache import DEFAULT_THRESHOLDS, StepCachePlan, calibration_key, read_calibration
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Job:
     saved: SavedJob | None = None  # the unfinished job in its folder, to continue
     overwrite: bool = False
     preview: bool = False
+    step_cache: StepCachePlan = StepCachePlan()
 
     @property
     def settings(self) -> Settings:
@@ -95,7 +97,8 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     offset = whole_sections(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
-    return Job(spec, files, runtime, loras, plan, pictures, (*lora_notes(loras), *pictures.notes, *notes), None, overwrite, preview)
+    step_cache = plan_step_cache(spec, files, pictures.size)
+    return Job(spec, files, runtime, loras, plan, pictures, (*lora_notes(loras), *pictures.notes, *notes), None, overwrite, preview, step_cache)
 
 
 def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> None:
@@ -104,9 +107,29 @@ def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> Non
         raise InputError(f"missing IMAGE: {spec.model} makes videos from a start picture", "pass one (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
     options = spec.options()
     for option, reason in family.refuses:
-        if options[option]:
+        if options[option] and options[option] != "none":
             flag = "--" + option.replace("_", "-")
-            raise InputError(f"{flag}: {spec.model} {reason}", f"drop {flag}" + (" (with --fast, add --no-teacache)" if option == "teacache" else ""))
+            raise InputError(f"{flag}: {spec.model} {reason}", f"drop {flag}" + (" (with --fast, add --step-cache none)" if option == "step_cache" else ""))
+
+
+def step_cache_key(spec: JobSpec, files: ModelFiles, size: tuple[int, int]) -> str:
+    """The key of MagCache's ratios for a job (settings complete): its transformer, LoRAs and step schedule at ``size``."""
+    settings = spec.settings
+    sigmas = files.spec.family.schedule(settings.steps, window_tokens(settings.window, *size))
+    return calibration_key(files.paths["transformer"], spec.lora, sigmas)
+
+
+def plan_step_cache(spec: JobSpec, files: ModelFiles, size: tuple[int, int]) -> StepCachePlan:
+    """The job's step cache with its threshold; MagCache's calibrated ratios read now (a one-line error when missing)."""
+    kind, threshold = spec.settings.step_cache, spec.settings.step_cache_threshold
+    if kind == "none":
+        return StepCachePlan()
+    threshold = DEFAULT_THRESHOLDS[kind] if threshold is None else threshold
+    if kind != "magcache":
+        return StepCachePlan(kind, threshold)
+    loras = "".join(f" --lora {item}" for item in spec.lora)
+    how_to = f"fpgen calibrate PICTURE -m {spec.model} --steps {spec.settings.steps} --window {spec.settings.window} --size {size[0]}x{size[1]}{loras}"
+    return StepCachePlan(kind, threshold, read_calibration(step_cache_key(spec, files, size), spec.settings.steps, how_to))
 
 
 def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = None) -> Pictures:
@@ -150,7 +173,8 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
     damage = (f"{found.damage}: it and the later sections will be made again",) if found.damage else ()
-    return Job(spec, files, runtime, loras, plan, None, (*lora_notes(loras), *damage, *notes), saved, False, preview)
+    step_cache = plan_step_cache(spec, files, saved.inputs.image.shape[:2])
+    return Job(spec, files, runtime, loras, plan, None, (*lora_notes(loras), *damage, *notes), saved, False, preview, step_cache)
 
 
 def check_output_file(output: Path, overwrite: bool) -> None:

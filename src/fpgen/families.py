@@ -89,7 +89,7 @@ HELIOS_DEFAULTS = Defaults(steps=50, window=9, cfg=5.0, size=(384, 640))
 HELIOS_REFUSES = (
     ("end_image", "has no end-frame mechanism"),
     ("extend", "cannot continue a video in fpgen yet (video-to-video is not implemented)"),
-    ("teacache", "has no TeaCache calibration (TeaCache's is HunyuanVideo's; --fast turns it on)"),
+    ("step_cache", "has no step cache (TeaCache's calibration is HunyuanVideo's; --fast turns it on)"),
     ("lora", "cannot load LoRAs in fpgen yet (FramePack LoRAs do not fit its Wan transformer)"),
 )
 HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")

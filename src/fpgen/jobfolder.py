@@ -159,7 +159,7 @@ class JobFolder:
         """An event listener: save each finished section (its frames are already written), naming the segment they went to."""
         if isinstance(event, SectionDone):
             written = {"first_frame": str(event.first_frame), "frames": str(event.frames.shape[2])}
-            save_tensors(self.section_file(event.section.index), {"latents": event.latents}, {"transformer_passes": str(event.transformer_passes)} | written)
+            save_tensors(self.section_file(event.section.index), {"latents": event.latents}, {"transformer_passes": str(event.transformer_passes), "transformer_calls": str(event.transformer_calls)} | written)
 
     def done(self) -> int:
         count = 0
@@ -175,7 +175,8 @@ class JobFolder:
         finished = []
         for index in range(self.done()):
             tensors, metadata = load_tensors(self.section_file(index))
-            finished.append(FinishedSection(tensors["latents"], int(metadata["transformer_passes"])))
+            passes = int(metadata["transformer_passes"])
+            finished.append(FinishedSection(tensors["latents"], passes, int(metadata.get("transformer_calls", passes))))  # folders older than the count: taken as nothing skipped
         return SavedJob(record["job"], record["order"], record["frame_offset"], self._inputs(), finished)
 
     def _record(self) -> dict:

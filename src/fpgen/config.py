@@ -32,6 +32,8 @@ from fpgen.retime import NATIVE, FrameRate, output_rate
 from fpgen.runtime import RuntimePlan, plan_runtime
 from fpgen.spec import JobSpec, Settings
 
+MIN_INTERPOLATED = 32  # ffmpeg's minterpolate makes no frame from a smaller picture (its 16-pixel blocks need neighbours)
+
 
 @dataclass(frozen=True)
 class Pictures:
@@ -100,15 +102,18 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     offset = whole_sections(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
-    return Job(spec, files, runtime, loras, plan, pictures, (*pictures.notes, *notes), None, overwrite, preview, *decide_output(spec, family, pictures.start is not None))
+    return Job(spec, files, runtime, loras, plan, pictures, (*pictures.notes, *notes), None, overwrite, preview, *decide_output(spec, family, pictures.start is not None, pictures.size))
 
 
-def decide_output(spec: JobSpec, family: Family, has_picture: bool) -> tuple[FrameRate, bool]:
+def decide_output(spec: JobSpec, family: Family, has_picture: bool, size: tuple[int, int]) -> tuple[FrameRate, bool]:
     """The output's frame rate and whether colours are matched (the family's default for the video's length where not asked)."""
     color_match = spec.color_match if spec.color_match is not None else family.color_match_after is not None and spec.settings.seconds > family.color_match_after
     if color_match and not has_picture:
         raise InputError("--color-match matches colours to the start picture, and this job has none", "pass a start picture, or drop --color-match")
-    return output_rate(family.fps, spec.fps, spec.interpolate), color_match
+    rate = output_rate(family.fps, spec.fps, spec.interpolate)
+    if rate.interpolates and min(size) < MIN_INTERPOLATED:
+        raise InputError(f"--fps {rate.output} is motion-interpolated, which needs frames of at least {MIN_INTERPOLATED}x{MIN_INTERPOLATED} pixels", f"use a larger --size, or an --fps that divides {family.fps}")
+    return rate, color_match
 
 
 def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> None:
@@ -163,7 +168,7 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
     damage = (f"{found.damage}: it and the later sections will be made again",) if found.damage else ()
-    return Job(spec, files, runtime, loras, plan, None, (*damage, *notes), saved, False, preview, *decide_output(spec, family, True))
+    return Job(spec, files, runtime, loras, plan, None, (*damage, *notes), saved, False, preview, *decide_output(spec, family, True, saved.inputs.image.shape[:2]))
 
 
 def check_output_file(output: Path, overwrite: bool) -> None:

@@ -124,7 +124,7 @@ class SegmentedMp4:
         try:
             concat_mp4(self.segments(), joined, None if interpolates else metadata)
             if interpolates:
-                interpolate_mp4(joined, interpolated, self.rate.output, self.crf, metadata)
+                interpolate_mp4(joined, interpolated, self.rate.native, self.rate.output, self.crf, metadata)
                 os.replace(interpolated, joined)
         except BaseException:
             joined.unlink(missing_ok=True)

@@ -153,14 +153,15 @@ def _tags_input(folder: Path, metadata: dict[str, str] | None) -> list[str]:
     return ["-f", "ffmetadata", "-i", ffmpeg_url(folder / "tags.txt")]
 
 
-def interpolate_mp4(source: Path, output: Path, fps: int, crf: int = 16, metadata: dict[str, str] | None = None) -> None:
-    """Re-encode ``source`` at ``fps`` by motion-compensated interpolation (ffmpeg's ``minterpolate``, ``mci``).
+def interpolate_mp4(source: Path, output: Path, native: int, fps: int, crf: int = 16, metadata: dict[str, str] | None = None) -> None:
+    """Re-encode ``source`` (frames at ``native`` fps) at ``fps`` by motion-compensated interpolation (ffmpeg's ``minterpolate``, ``mci``).
 
-    The last frame is held one frame longer first (``tpad``): minterpolate makes frames only between
-    two inputs, and without it the video would lose its end (a loop's closing frame).
+    Frame ``n`` is first put at exactly ``n/native`` s (joined segments carry rounding in their
+    timestamps) and the last frame held one frame longer (``tpad``): minterpolate makes frames only
+    between two inputs, and without it the video would lose its end (a loop's closing frame).
     """
     with disk_full_as_error(output), tempfile.TemporaryDirectory(prefix="fpgen-interpolate-") as folder:
-        filters = f"tpad=stop_mode=clone:stop=1,minterpolate=fps={int(fps)}:mi_mode=mci"
+        filters = f"setpts=N/{int(native)}/TB,tpad=stop_mode=clone:stop=1,minterpolate=fps={int(fps)}:mi_mode=mci"
         arguments = ["-i", ffmpeg_url(source), *_tags_input(Path(folder), metadata), "-map", "0:v", "-map_metadata", "1", "-vf", filters]
         encode = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-preset", "medium", "-movflags", "+faststart", "-f", "mp4"]
         _run_ffmpeg([*arguments, *encode, ffmpeg_url(output)], output)

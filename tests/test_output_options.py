@@ -24,7 +24,7 @@ from fpgen.families import HELIOS
 from fpgen.pixels import to_pixels
 from fpgen.retime import FrameRate
 from fpgen.spec import JobSpec, Settings
-from fpgen.video import interpolate_mp4, read_mp4, write_mp4
+from fpgen.video import interpolate_mp4, read_mp4, read_tags, write_mp4
 
 IMAGE = GOLDEN / "input.png"
 TWO_SECTIONS = Settings(prompt="a man walks", seconds=2.4, steps=1, size=(16, 16))  # 73 frames
@@ -71,7 +71,8 @@ def test_interpolation_doubles_the_rate_and_keeps_every_frame(tmp_path):
     write_mp4(tmp_path / "native.mp4", clip, crf=0)
     native = read_mp4(tmp_path / "native.mp4")[0]
     for fps in (60, 24):
-        interpolate_mp4(tmp_path / "native.mp4", tmp_path / f"{fps}.mp4", 30, fps, crf=0)
+        interpolate_mp4(tmp_path / "native.mp4", tmp_path / f"{fps}.mp4", 30, fps, crf=0, metadata={"comment": f"made at {fps}"})
+        assert read_tags(tmp_path / f"{fps}.mp4")["comment"] == f"made at {fps}"  # the description fpgen info reads survives
         times = timestamps(tmp_path / f"{fps}.mp4")
         assert len(times) == FrameRate(30, fps).frames(19) == {60: 37, 24: 15}[fps]
         assert np.allclose(times, np.arange(len(times)) / fps, atol=1e-3)  # frame n at n/fps, the last at the clip's last frame

@@ -57,6 +57,8 @@ def test_color_match_pulls_colours_back_and_leaves_frame_zero():
     assert torch.equal(matched[:, :, 0], pixels[:, :, 0])  # the start frame is never touched
     pieces = torch.cat([match_colors(pixels[:, :, :33], 0, target, 30), match_colors(pixels[:, :, 33:], 33, target, 30)], dim=2)
     assert torch.equal(pieces, matched)  # a pure function of each frame and its number: sections (and a resume) cut anywhere
+    extended = match_colors(pixels[:, :, 20:], 20, target, 30, ramp_from=20)  # --extend: the ramp starts at the job's first frame
+    assert torch.equal(extended[:, :, 0], pixels[:, :, 20]) and not torch.equal(extended[:, :, 1], pixels[:, :, 21])
 
     out = ((matched[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().numpy().astype(np.uint8)
     before, after = lab_mean_distance(drifted, target), lab_mean_distance(out, target)

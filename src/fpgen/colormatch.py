@@ -49,13 +49,16 @@ def ramp(frame_numbers: torch.Tensor, fps: int) -> torch.Tensor:
     return (frame_numbers / (RAMP_SECONDS * fps)).clamp(0, 1)
 
 
-def match_colors(pixels: torch.Tensor, first_frame: int, target: torch.Tensor, fps: int) -> torch.Tensor:
-    """(1, 3, T, H, W) pixels in [-1, 1] starting at video frame ``first_frame``, matched to ``target`` (``lab_stats``); frame 0 returned as it is.
+def match_colors(pixels: torch.Tensor, first_frame: int, target: torch.Tensor, fps: int, ramp_from: int = 0) -> torch.Tensor:
+    """(1, 3, T, H, W) pixels in [-1, 1] starting at video frame ``first_frame``, matched to ``target`` (``lab_stats``).
+
+    The ramp starts at video frame ``ramp_from`` (the job's first frame of its own: 0, or where an
+    extended video's frames start to blend into the new ones); that frame is returned as it is.
 
     One frame at a time (each laid out alike, so a frame's result never depends on its neighbours):
     a section's frames at 640 would take gigabytes at once.
     """
-    strengths = ramp(torch.arange(first_frame, first_frame + pixels.shape[2]), fps)
+    strengths = ramp(torch.arange(first_frame, first_frame + pixels.shape[2]) - ramp_from, fps)
     out = pixels.clone()
     for t, strength in enumerate(strengths.tolist()):
         if strength > 0:

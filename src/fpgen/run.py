@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
 from fpgen.colormatch import lab_stats, match_colors
 from fpgen.conditioning import JobInputs
 from fpgen.config import Job
@@ -24,7 +22,7 @@ from fpgen.engine import generate_frames
 from fpgen.errors import DiskFullError, Interrupted, OutOfMemoryError, is_out_of_memory
 from fpgen.events import Event, Listener, Result
 from fpgen.extend import head_frames
-from fpgen.geometry import FPS
+from fpgen.geometry import FPS, latent_to_frame
 from fpgen.jobfolder import JobFolder
 from fpgen.loading import Components
 from fpgen.metadata import describe_video, mp4_tags, write_sidecar
@@ -63,7 +61,7 @@ def make_frames(components: Components, job: Job, folder: JobFolder, on_event: L
             (sink, inputs), finished = start_job(components, job, preview), []
         else:
             inputs, finished = job.saved.inputs, job.saved.finished
-            sink = job_sink(job, folder, preview, job.saved.frame_offset, inputs.image)
+            sink = job_sink(job, folder, preview, job.saved.frame_offset, inputs)
 
         def listen(event: Event) -> None:
             folder.record(event)
@@ -88,16 +86,21 @@ def start_job(components: Components, job: Job, preview: Path | None) -> tuple[S
     folder.clear()
     job.spec.output.parent.mkdir(parents=True, exist_ok=True)
     frame_offset = pictures.tail.frame_offset if pictures.tail is not None else 0
-    sink = job_sink(job, folder, preview, frame_offset, inputs.image)
+    sink = job_sink(job, folder, preview, frame_offset, inputs)
     if pictures.tail is not None:  # before the job exists: a resumed job always has the given video's frames
         sink.write(head_frames(pictures.tail, settings.window), 0)
     folder.create(job.spec.options(), inputs, job.plan.order, frame_offset, job.rate.step)
     return sink, inputs
 
 
-def job_sink(job: Job, folder: JobFolder, preview: Path | None, frame_offset: int, start: np.ndarray) -> SegmentedMp4:
-    """The job's segmented MP4 at its output rate, its frames colour-matched to the (bucketed) start picture if asked."""
-    transform = partial(match_colors, target=lab_stats(start), fps=job.rate.native) if job.color_match else None
+def job_sink(job: Job, folder: JobFolder, preview: Path | None, frame_offset: int, inputs: JobInputs) -> SegmentedMp4:
+    """The job's segmented MP4 at its output rate, its frames colour-matched to the (bucketed) start picture if asked.
+
+    Colour matching ramps in from the first frame the job makes: 0, or with ``--extend`` the first
+    of the given video's frames that are cross-faded into the new ones (those before stay as they were).
+    """
+    own_first = frame_offset + (latent_to_frame(inputs.prefix.shape[2] - job.plan.window) if inputs.lead is not None else 0)
+    transform = partial(match_colors, target=lab_stats(inputs.image), fps=job.rate.native, ramp_from=own_first) if job.color_match else None
     return SegmentedMp4(folder.segments_dir, job.spec.crf, preview, frame_offset, job.rate, transform)
 
 

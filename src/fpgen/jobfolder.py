@@ -385,10 +385,11 @@ def _refuse_foreign(folder: JobFolder) -> NoReturn:
 
 
 def _is_job_record(record) -> bool:
-    """What ``create`` writes: the settings, the section order and the frame offset."""
+    """What ``create`` writes: the settings, the section order, the frame offset and step."""
     if not isinstance(record, dict):
         return False
-    return isinstance(record.get("job"), dict) and isinstance(record.get("frame_offset"), int) and record.get("order") in ("inverted", "forward")
+    step = record.get("frame_step", 1)  # jobs started before --fps have none: every frame kept
+    return isinstance(record.get("job"), dict) and isinstance(record.get("frame_offset"), int) and record.get("order") in ("inverted", "forward") and isinstance(step, int) and step >= 1
 
 
 def _is_open(path: Path, handle: IO) -> bool:

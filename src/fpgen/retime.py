@@ -41,7 +41,7 @@ class FrameRate:
         return kept_count(0, native_frames, self.step)
 
     def describe(self) -> str:
-        how = "motion-interpolated (ffmpeg minterpolate)" if self.interpolates else f"every {self.step} frame(s) kept" if self.step > 1 else "native"
+        how = "motion-interpolated (ffmpeg minterpolate)" if self.interpolates else f"1 frame in {self.step} kept" if self.step > 1 else "native"
         return f"{self.output} fps ({how})"
 
 

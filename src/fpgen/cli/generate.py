@@ -50,7 +50,7 @@ Examples:
 
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 
-  fpgen generate face.png -p "waves roll in" --loop --fps 60     (a seamless loop, interpolated to 60 fps)
+  fpgen generate face.png -p "waves roll in" --loop --fps 60     (ends on its start picture; 60 fps by interpolation)
 """
 
 RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "gpus", "shard", "trust_jobs", "prompts_file")

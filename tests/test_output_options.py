@@ -21,6 +21,7 @@ from fpgen.config import check_family_inputs, resolve
 from fpgen.errors import InputError, OutOfMemoryError
 from fpgen.events import SectionDone, SectionStarted
 from fpgen.families import HELIOS
+from fpgen.metadata import read_description
 from fpgen.pixels import to_pixels
 from fpgen.retime import FrameRate
 from fpgen.spec import JobSpec, Settings
@@ -82,6 +83,17 @@ def test_interpolation_doubles_the_rate_and_keeps_every_frame(tmp_path):
     assert np.abs(doubled[::2] - native).mean() < 3  # the native frames are all there (the last one too)
     between = np.abs(doubled[1::2] - (native[:-1] + native[1:].astype(float)) / 2).mean()
     assert between < np.abs(doubled[1::2] - native[:-1]).mean()  # made frames lie between their neighbours
+
+
+def test_a_job_interpolated_to_twice_its_rate(tiny_models, tmp_path):
+    """The whole way: segments at 30 fps, joined, interpolated in ``finish``, described at 60 fps (fpgen info reads the MP4's tags)."""
+    one = Settings(prompt="a man walks", seconds=1.2, steps=1, size=(32, 32))  # 1 section: 37 frames
+    video = generate_video(tiny_models("framepack"), IMAGE, tmp_path / "doubled.mp4", one, interpolate=2)
+    times = timestamps(video.output)
+    assert video.frames == len(times) == 73 and video.fps == 60 and np.allclose(times, np.arange(73) / 60, atol=1e-3)
+    described = read_description(video.output)
+    assert described["video"]["fps"] == 60 and described["video"]["frames"] == 73 and described["job"]["interpolate"] == 2
+    assert not (tmp_path / "doubled.mp4.job").exists()
 
 
 @pytest.fixture(scope="module")

@@ -159,7 +159,7 @@ def test_loop_ends_where_it_starts(f1, reference, tiny_models, tmp_path):
     seam, plain = wrap_seam(looped.result.latents[0], 1), wrap_seam(reference.result.latents[0], 1)
     assert seam == 0 and plain > 0.5  # latent frames: the wrap-around is no jump at all, where the plain video jumps like any frame
     pixels, plain_pixels = wrap_seam(read_mp4(looped.output)[0], 0), wrap_seam(read_mp4(reference.output)[0], 0)
-    print(f"framepack-f1 wrap-around seam, decoded (random VAE): {pixels:.2f}x the median change with --loop, {plain_pixels:.2f}x without")
+    print(f"framepack-f1 wrap-around seam: latents {seam:.2f}x / {plain:.2f}x, decoded (random VAE) {pixels:.2f}x / {plain_pixels:.2f}x the median change with / without --loop")
 
     inverted = tiny_models("framepack")  # its end picture's path into the first section is test_endpoints' test_end_image_original_model
     job = resolve(JobSpec(tmp_path / "inverted.mp4", TWO_SECTIONS, image=IMAGE, model="framepack", loop=True), loaded=inverted)

@@ -28,6 +28,8 @@ MAX_PROMPT_CHARS = 100_000  # far beyond the 256 tokens the text encoder reads; 
 MAX_PIXELS = 4096 * 4096  # a frame size beyond this is impossible, not merely out of memory
 STEP_CACHES = ("teacache", "magcache", "fbcache", "none")  # the caches fpgen.stepcache implements, named here without torch
 LEGACY_OPTIONS = ("teacache", "teacache_threshold")  # older videos' and batch files' names for --step-cache teacache and its threshold
+MAX_FPS = 240
+MAX_INTERPOLATE = 8  # minterpolate's cost grows with every frame it makes
 
 
 @dataclass(frozen=True)
@@ -128,13 +130,28 @@ class JobSpec:
     vram_budget: float | None = None
     crf: int = 16
     save_latents: Path | None = None
+    fps: int | None = None  # the output's frame rate; None: the model family's
+    interpolate: int = 1  # the output's frame rate as a multiple of the family's
+    color_match: bool | None = None  # None: the family's default for the video's length
+    loop: bool = False
 
     def __post_init__(self):
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be between 0 and 51 (got {self.crf})", "16 is the official default; lower is better quality")
+        _check(self.output_checks())
         for path in (self.image, self.end_image, self.extend):
             if path is not None and not path.exists():
                 raise InputError(f"{'image' if path != self.extend else 'video'} not found: {path}", "check the path")
+
+    def output_checks(self) -> list[tuple[bool, str, str]]:
+        """``--fps``, ``--interpolate`` and ``--loop`` against each other (the family's rate is checked by ``fpgen.config``)."""
+        return [
+            (self.fps is None or 1 <= self.fps <= MAX_FPS, f"--fps must be between 1 and {MAX_FPS} (got {self.fps})", "e.g. --fps 15 (drops every other frame) or --fps 24 (interpolated)"),
+            (1 <= self.interpolate <= MAX_INTERPOLATE, f"--interpolate must be between 1 and {MAX_INTERPOLATE} (got {self.interpolate})", "--interpolate 2 doubles the frame rate"),
+            (self.fps is None or self.interpolate == 1, "--fps and --interpolate cannot be combined", "give the rate you want with --fps alone (--interpolate 2 is --fps 60 at 30 native)"),
+            (not (self.loop and self.end_image is not None), "--loop ends the video on its start picture, so it takes no --end-image", "drop --end-image (or --loop)"),
+            (not (self.loop and self.extend is not None), "--loop cannot be combined with --extend: the extended video's first frame is not part of the job", "loop the first video, or drop --loop"),
+        ]
 
     @property
     def runtime_request(self) -> RuntimeRequest:

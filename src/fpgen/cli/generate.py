@@ -51,6 +51,8 @@ Examples:
   fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
 
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
+
+  fpgen generate face.png -p "waves roll in" --loop --fps 60     (ends on its start picture; 60 fps by interpolation)
 """
 
 RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "gpus", "shard", "trust_jobs", "prompts_file")
@@ -94,6 +96,10 @@ def generate(
     resolution: int = typer.Option(640, "--resolution", help="Size bucket class; the picture is resized and centre-cropped to the nearest bucket."),
     size: str | None = typer.Option(None, "--size", help="Exact size HEIGHTxWIDTH in pixels (multiples of 16), e.g. 640x608; overrides the bucket."),
     crf: int = typer.Option(16, "--crf", help="H.264 quality, 0 (lossless) to 51; 16 is the official default."),
+    fps: int | None = typer.Option(None, "--fps", help="Output frame rate. One that divides the model's (30; helios 24) drops frames exactly; any other is motion-interpolated by ffmpeg once the video is complete. [default: the model's]", show_default=False),
+    interpolate: int = typer.Option(1, "--interpolate", help="Multiply the output frame rate by motion interpolation (2: 60 fps from 30)."),
+    color_match: bool | None = typer.Option(None, "--color-match/--no-color-match", help="Match each frame's colours (Lab mean and spread) to the start picture, ramping in over 2 s; frame 0 is never changed. [default: on for framepack-f1 videos over 30 s, else off]", show_default=False),
+    loop: bool = typer.Option(False, "--loop", help="End the video where it starts: the start picture is also the end picture (framepack: its first section's future frame; framepack-f1: its last frame pinned)."),
     output: Path | None = typer.Option(None, "--output", "-o", help="MP4 to write [default: outputs/<time>_<seed>.mp4]; its metadata also goes to <name>.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output if it exists (and start over an unfinished job for it)."),
     save_latents: Path | None = typer.Option(None, "--save-latents", help="Also save the video's latents (safetensors, tensor `latents`, time order)."),
@@ -218,6 +224,9 @@ def _recorded(values: dict, given: set, report) -> dict:
     if given & {"fast", "step_cache", "teacache"}:  # the step cache is chosen again (--fast picks one): the recorded one and its threshold go
         for name in {"step_cache", "step_cache_threshold", "teacache", "teacache_threshold"} - given:
             options.pop(name, None)
+    for rate, other in (("fps", "interpolate"), ("interpolate", "fps")):
+        if rate in given and other not in given:
+            options.pop(other, None)  # a new rate replaces the recorded one, however it was given
     if options.get("image") and not Path(options["image"]).exists() and "image" not in given:
         raise InputError(f"the recorded start picture {printable(str(options['image']))} is missing", "pass the picture as IMAGE")
     return options
@@ -250,7 +259,7 @@ def _run(components, job, report):
             report.warn(f"the job is kept in {job.folder.path}; once the problem is fixed: fpgen generate --resume {job.spec.output}")
         raise
     result = {
-        "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height, "fps": 30,
+        "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height, "fps": video.fps,
         "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": settings.seed, "model": job.spec.model,
         "order": job.plan.order, "sections": job.plan.count, "resumed_sections": video.resumed_sections,
         "mode": job.runtime.mode, "step_cache": settings.step_cache, "step_cache_threshold": job.step_cache.threshold if settings.step_cache != "none" else None, "loras": list(job.spec.lora),

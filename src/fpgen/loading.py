@@ -24,7 +24,8 @@ from fpgen.acceleration import compile_blocks, float8_linears
 from fpgen.attention import use_attention
 from fpgen.conditioning import check_prompt_template
 from fpgen.lora import Lora, LoraChoice, apply_loras
-from fpgen.offload import StreamedBlockStack, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
+from fpgen.checkpoint import TransformerWeights
+from fpgen.offload import MappedBlockStack, StreamedBlockStack, empty_transformer, fill_parameters, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
 from fpgen.runtime import RuntimePlan
 from fpgen.teacache import TeaCacheHook
 from fpgen.transformer import BlockStack, use_float32_head
@@ -51,9 +52,14 @@ def load_tokenizers(paths: dict[str, Path]):
 
 
 def load_transformer(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu"):
+    """The transformer of a diffusers folder, or of a single checkpoint file (``fpgen.checkpoint``)."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
+    if Path(path).is_file():
+        weights = TransformerWeights.of(path)
+        model = fill_parameters(empty_transformer(weights.config), weights, lambda key, mapped: mapped.to(device=device, dtype=dtype, copy=True))
+    else:
+        model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     use_float32_head(model)
     return model.to(device).eval().requires_grad_(False)
 
@@ -138,8 +144,8 @@ class Components:
 
     def load_transformer(self) -> Components:
         mode, device = self.runtime.mode, self.runtime.device
-        if self.runtime.is_cuda and mode == "low-vram":  # blocks straight into pinned host memory, the rest onto the GPU
-            model = load_transformer_for_streaming(self.paths["transformer"], self.runtime.transformer_dtype, device)
+        if self.runtime.streaming is not None:  # the blocks into pinned host memory or left in the file, the rest onto the GPU
+            model = load_transformer_for_streaming(self.paths["transformer"], self.runtime.transformer_dtype, device, mapped=self.runtime.streaming == "mapped")
             use_float32_head(model)
         else:
             model = load_transformer(self.paths["transformer"], self.runtime.transformer_dtype, device if mode == "exact" else "cpu")
@@ -157,8 +163,12 @@ class Components:
 
     def use_transformer(self, model: torch.nn.Module) -> Components:
         """Use ``model`` (loaded here, or the transformer being trained) with the block stack the plan calls for."""
-        streamed = self.runtime.is_cuda and self.runtime.mode == "low-vram"
-        self.transformer, self.blocks = model, StreamedBlockStack(model, self.runtime.device) if streamed else BlockStack(model)
+        device, streaming = self.runtime.device, self.runtime.streaming
+        if streaming == "mapped":
+            blocks = MappedBlockStack(model, device, TransformerWeights.of(self.paths["transformer"]), self.runtime.transformer_dtype)
+        else:
+            blocks = StreamedBlockStack(model, device) if streaming == "pinned" else BlockStack(model)
+        self.transformer, self.blocks = model, blocks
         return self
 
     def load(self) -> Components:

@@ -38,6 +38,7 @@ class RuntimeRequest:
     low_vram: bool = False
     vram_budget: float | None = None
     compile: bool = True
+    ram_budget: float | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class JobSpec:
     low_vram: bool = False
     compile: bool = True
     vram_budget: float | None = None
+    ram_budget: float | None = None
     crf: int = 16
     save_latents: Path | None = None
 
@@ -135,7 +137,7 @@ class JobSpec:
 
     @property
     def runtime_request(self) -> RuntimeRequest:
-        return RuntimeRequest(self.device, self.dtype, self.fast, self.low_vram, self.vram_budget, self.compile)
+        return RuntimeRequest(self.device, self.dtype, self.fast, self.low_vram, self.vram_budget, self.compile, self.ram_budget)
 
     def models_key(self) -> tuple:
         """What decides the models a job needs: jobs with equal keys share loaded models."""

@@ -26,6 +26,7 @@ from fpgen.conditioning import check_prompt_template
 from fpgen.lora import Lora, LoraChoice, apply_loras
 from fpgen.checkpoint import TransformerWeights
 from fpgen.offload import MappedBlockStack, StreamedBlockStack, empty_transformer, fill_parameters, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
+from fpgen.quantize import quantize_blocks
 from fpgen.runtime import RuntimePlan
 from fpgen.teacache import TeaCacheHook
 from fpgen.transformer import BlockStack, use_float32_head
@@ -62,6 +63,12 @@ def load_transformer(path: Path, dtype: torch.dtype, device: torch.device | str 
         model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     use_float32_head(model)
     return model.to(device).eval().requires_grad_(False)
+
+
+def all_but_blocks_to(model: torch.nn.Module, device: torch.device) -> None:
+    for name, child in model.named_children():
+        if name not in ("transformer_blocks", "single_transformer_blocks"):
+            child.to(device)
 
 
 def load_vae(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu"):
@@ -148,15 +155,17 @@ class Components:
             model = load_transformer_for_streaming(self.paths["transformer"], self.runtime.transformer_dtype, device, mapped=self.runtime.streaming == "mapped")
             use_float32_head(model)
         else:
-            model = load_transformer(self.paths["transformer"], self.runtime.transformer_dtype, device if mode == "exact" else "cpu")
-        apply_loras(model, self.loras)
+            resident = mode == "exact" and not self.runtime.quantize
+            model = load_transformer(self.paths["transformer"], self.runtime.transformer_dtype, device if resident else "cpu")
+        apply_loras(model, self.loras)  # in the compute dtype, before any quantization
         if self.runtime.is_cuda:
             use_attention(model, self.runtime.attention)  # before compiling: the processor is traced into the graph
         if self.runtime.is_cuda and mode == "fast":  # the blocks arrive on the GPU converted to FP8, one at a time; the rest moves as it is
-            for name, child in model.named_children():
-                if name not in ("transformer_blocks", "single_transformer_blocks"):
-                    child.to(device)
+            all_but_blocks_to(model, device)
             float8_linears(model, device)
+        if self.runtime.quantize:  # likewise, quantized
+            all_but_blocks_to(model, device)
+            quantize_blocks(model, self.runtime.quantize, device)
         if self.runtime.is_cuda and self.runtime.compile:
             compile_blocks(model, match_eager_rounding=mode != "fast")
         return self.use_transformer(model)

@@ -22,6 +22,7 @@ import torch
 
 from fpgen.attention import attention_for
 from fpgen.errors import InputError
+from fpgen.quantize import BY_ACCURACY, SIZE_VS_BF16, check_quantization_available
 from fpgen.spec import RuntimeRequest
 
 Mode = Literal["exact", "fast", "low-vram"]
@@ -50,6 +51,8 @@ class RuntimePlan:
     attention_reason: str = "not on CUDA"
     streaming: Streaming | None = None  # low-vram: blocks pinned in host memory, or read from the memory-mapped file
     streaming_reason: str = ""
+    quantize: str | None = None  # the blocks' weights quantized (fpgen.quantize), resident on the device
+    quantize_reason: str = ""
 
     @property
     def is_cuda(self) -> bool:
@@ -58,8 +61,9 @@ class RuntimePlan:
     def describe(self) -> str:
         visiting = ", encoders visit the GPU per call" if self.offload_encoders and self.mode != "low-vram" else ""
         streaming = f", blocks {STREAMING_WORDS[self.streaming]} ({self.streaming_reason})" if self.streaming else ""
+        weights = f" with {self.quantize} weights ({self.quantize_reason})" if self.quantize else ""
         return (
-            f"mode: {self.mode} ({self.reason}{visiting}{streaming}) on {self.device}, transformer {str(self.transformer_dtype).removeprefix('torch.')}, "
+            f"mode: {self.mode} ({self.reason}{visiting}{streaming}) on {self.device}, transformer {str(self.transformer_dtype).removeprefix('torch.')}{weights}, "
             f"attention: {self.attention} ({self.attention_reason})"
         )
 
@@ -114,6 +118,21 @@ def choose_mode(budget_gib: float, transformer_bytes: int, request: RuntimeReque
     return "exact", f"{budget_gib:.0f} GiB of GPU memory holds every model"
 
 
+def choose_quantization(budget_gib: float, transformer_bytes: int, request: RuntimeRequest) -> tuple[str | None, str]:
+    """The blocks' weight quantization: the one asked for; with ``auto``, none when the bf16 transformer
+    fits ``budget_gib`` (or low-vram is asked for), else the least lossy one that fits, else none
+    (low-vram then streams bf16 blocks)."""
+    if request.quantize != "auto":
+        return request.quantize, f"asked for with --quantize {request.quantize}" if request.quantize else ""
+    if request.low_vram:
+        return None, ""
+    for kind, factor in (("bf16", 1.0), *((kind, SIZE_VS_BF16[kind]) for kind in BY_ACCURACY)):
+        needed = transformer_bytes * factor / GIB + WORKSPACE_GIB
+        if budget_gib >= needed:
+            return (None, "") if kind == "bf16" else (kind, f"--quantize auto: {budget_gib:.0f} GiB holds the {kind} transformer ({needed:.0f} GiB), not bf16")
+    return None, ""
+
+
 def choose_streaming(ram_gib: float, transformer_bytes: int, loras: bool) -> tuple[Streaming, str]:
     """Where low-vram keeps the blocks: pinned in host memory (fastest) when ``ram_gib`` holds them and
     the rest of the job, else read block by block from the memory-mapped checkpoint (two blocks of
@@ -130,18 +149,27 @@ def plan_runtime(request: RuntimeRequest, transformer: Path | None = None, loras
     """The one runtime decision: what was asked for, or low-vram when the transformer and its workspace do not fit
     (and then where its blocks stream from, by ``--ram-budget`` or this machine's RAM)."""
     device, transformer_dtype, encoder_dtype = choose_device(request.device, request.dtype)
+    if request.quantize:
+        check_quantization_available()
     if device.type != "cuda":
         if request.fast or request.low_vram or request.vram_budget or request.ram_budget:
             raise InputError("--fast, --low-vram, --vram-budget and --ram-budget need a CUDA GPU", "drop them, or run with --device cuda")
-        return RuntimePlan(device, transformer_dtype, encoder_dtype)
+        if request.quantize == "auto":
+            raise InputError("--quantize auto picks by GPU memory", "on the CPU name one: --quantize int8, fp8 or nf4")
+        return RuntimePlan(device, transformer_dtype, encoder_dtype, quantize=request.quantize, quantize_reason=f"asked for with --quantize {request.quantize}")
     if request.vram_budget is not None and request.vram_budget <= 0:
         raise InputError(f"--vram-budget must be positive (got {request.vram_budget})", "e.g. --vram-budget 6")
     budget = request.vram_budget or gpu_memory_gib(device)
     size = transformer_parameter_bytes(transformer, transformer_dtype) if transformer is not None else 0
-    mode, reason = choose_mode(budget, size, request)
+    quantize, quantize_reason = choose_quantization(budget, size, request)
+    if quantize and (request.fast or request.low_vram):
+        raise InputError(f"--quantize {request.quantize} cannot be combined with {'--fast' if request.fast else '--low-vram'}", "use one of them")
+    mode, reason = choose_mode(budget, int(size * SIZE_VS_BF16[quantize]) if quantize else size, request)
+    if quantize and mode == "low-vram":
+        raise InputError(f"the {quantize} transformer does not fit {budget:.0f} GiB of GPU memory ({reason})", "drop --quantize: low-vram mode streams the blocks instead")
     if request.ram_budget is not None and request.ram_budget <= 0:
         raise InputError(f"--ram-budget must be positive (got {request.ram_budget})", "e.g. --ram-budget 16")
     streaming, streaming_reason = choose_streaming(request.ram_budget or host_memory_gib(), size, loras) if mode == "low-vram" else (None, "")
     offload = mode == "low-vram" or budget < ALL_RESIDENT_GIB
     attention, why = attention_for(device, fast=mode == "fast")
-    return RuntimePlan(device, transformer_dtype, encoder_dtype, mode, reason, offload, request.compile, attention, why, streaming, streaming_reason)
+    return RuntimePlan(device, transformer_dtype, encoder_dtype, mode, reason, offload, request.compile, attention, why, streaming, streaming_reason, quantize, quantize_reason)

@@ -99,6 +99,10 @@ def generate(
         None, "--ram-budget", help="Host memory (GiB) fpgen may plan for [default: this machine's RAM]; in low-vram mode, below the pinned blocks' need "
         "(about 30 GiB) the blocks are read from the memory-mapped checkpoint instead.", show_default=False,
     ),  # fmt: skip
+    quantize: str | None = typer.Option(
+        None, "--quantize", metavar="int8|fp8|nf4|auto", help="Store the transformer blocks' weights quantized (weight-only, needs fpgen[quantize]): int8 is closest to bf16, "
+        "nf4 smallest; auto picks the least lossy one that keeps the transformer on the GPU, none when bf16 fits. Output is no longer the official one.", show_default=False,
+    ),  # fmt: skip
     dtype: str = typer.Option("auto", "--dtype", help="Transformer compute dtype: auto (bf16 on CUDA, float32 on CPU), bfloat16 or float32."),
     preview: bool = typer.Option(False, "--preview", help="Keep <output>.partial.mp4 playable with everything made so far, updated after each section (framepack makes the end first: the preview is the video's tail).", rich_help_panel=LONG),
     resume: Path | None = typer.Option(None, "--resume", help="Finish an interrupted job with its saved settings: the output path it was started with, or its .job folder.", rich_help_panel=LONG),

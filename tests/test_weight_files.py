@@ -121,3 +121,47 @@ def test_blocks_streamed_from_the_mapped_file_compute_bit_exactly(folder_model, 
     slot_bytes = streamed.slots[0].numel()
     block_bytes = [sum(p.numel() * 4 for p in block.parameters()) for block in (*folder_model.transformer_blocks, *folder_model.single_transformer_blocks)]
     assert max(block_bytes) <= slot_bytes < max(block_bytes) + 512 * 64  # one block (aligned), not the whole stack
+
+
+def write_gguf(folder_model, path, quantized: bool):
+    """The tiny transformer as a GGUF file, as conversion tools write one: the blocks' linear weights
+    Q8_0 (``quantized``) or F32, everything else F32; the config beside it (16-wide heads)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "framepack")
+    for name, tensor in folder_model.state_dict().items():
+        array = tensor.float().numpy()
+        if quantized and name.startswith(("transformer_blocks.", "single_transformer_blocks.")) and array.ndim == 2 and array.shape[1] % 32 == 0:
+            packed = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, array)
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    shutil.copy(TRANSFORMER / "config.json", path.with_name("config.json"))
+    return path
+
+
+def test_gguf_loads_the_same_transformer_as_the_folder(folder_model, tmp_path):
+    """F32 GGUF: the folder's output bit for bit. Q8_0 GGUF: the blocks' linears stay quantized (diffusers'
+    GGUFLinear) and compute exactly what the folder computes with its weights rounded through Q8_0 (and fp16, as diffusers dequantizes)."""
+    import gguf
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter, dequantize_gguf_tensor
+
+    (tmp_path / "f32").mkdir(), (tmp_path / "q8").mkdir()
+    plain = load_transformer(write_gguf(folder_model, tmp_path / "f32" / "framepack-F32.gguf", quantized=False), torch.float32)
+    inputs = block_inputs(folder_model)
+    assert torch.equal(BlockStack(plain)(*inputs), BlockStack(folder_model)(*inputs))
+
+    path = write_gguf(folder_model, tmp_path / "q8" / "framepack-Q8_0.gguf", quantized=True)
+    assert resolve_model(str(path)).order == "inverted"
+    model = load_transformer(path, torch.float32)
+    linear = model.transformer_blocks[0].attn.to_q
+    assert isinstance(linear, GGUFLinear) and linear.weight.quant_type == gguf.GGMLQuantizationType.Q8_0
+    rounded = load_transformer(TRANSFORMER, torch.float32)
+    with torch.no_grad():
+        for name, parameter in rounded.named_parameters():
+            if isinstance(model.get_submodule(name.rpartition(".")[0]), GGUFLinear) and name.endswith(".weight"):
+                packed = torch.from_numpy(gguf.quants.quantize(parameter.numpy(), gguf.GGMLQuantizationType.Q8_0))  # diffusers dequantizes Q8_0 in fp16
+                parameter.copy_(dequantize_gguf_tensor(GGUFParameter(packed, quant_type=gguf.GGMLQuantizationType.Q8_0)).float())
+    expected = BlockStack(rounded)(*inputs)
+    assert torch.equal(BlockStack(model)(*inputs), expected) and not torch.equal(expected, BlockStack(folder_model)(*inputs))

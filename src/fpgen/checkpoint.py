@@ -36,13 +36,18 @@ MAX_HEADER_BYTES = 100 * 2**20
 
 @dataclass(frozen=True)
 class TensorRef:
-    """Where one tensor's bytes are in a safetensors file."""
+    """Where one tensor's bytes are in a safetensors or GGUF file."""
 
     file: Path
-    dtype: str  # a torch dtype name
+    dtype: str  # a torch dtype name, or ``gguf:TYPE`` (Q8_0, Q4_K...) for a GGUF tensor
     shape: tuple[int, ...]
     start: int  # absolute byte offsets in the file
     end: int
+
+    @property
+    def quantized(self) -> bool:
+        """A GGUF block-quantized tensor (kept so on load), not a plain float one."""
+        return self.dtype.startswith("gguf:") and self.dtype not in ("gguf:F32", "gguf:F16", "gguf:BF16")
 
 
 def read_header(file: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
@@ -66,7 +71,24 @@ def read_header(file: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
     return refs, metadata
 
 
-def strip_prefix(refs: dict[str, TensorRef]) -> dict[str, TensorRef]:
+def read_gguf_header(file: Path) -> dict[str, TensorRef]:
+    """The tensors of a GGUF file (shapes in PyTorch's order); the data stays in the file."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise InputError(f"{file} is a GGUF file, which needs the gguf package", "pip install 'fpgen[gguf]'") from None
+    try:
+        reader = GGUFReader(str(file))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{file} is not a readable GGUF file ({exc})", "pass a GGUF transformer checkpoint") from None
+    refs = {}
+    for tensor in reader.tensors:  # GGUF lists the innermost dimension first
+        shape = tuple(int(size) for size in reversed(tensor.shape.tolist()))
+        refs[tensor.name] = TensorRef(Path(file), "gguf:" + tensor.tensor_type.name, shape, int(tensor.data_offset), int(tensor.data_offset) + int(tensor.n_bytes))
+    return refs
+
+
+def strip_prefix(refs: dict) -> dict:
     """The tensors under FramePack's own names: a prefix every key shares (ComfyUI's ``model.diffusion_model.``...) removed."""
     for prefix in PREFIXES:
         if refs and all(key.startswith(prefix) for key in refs):
@@ -130,7 +152,7 @@ class TransformerWeights:
     def of(cls, path: Path) -> TransformerWeights:
         path = Path(path)
         if path.is_file():
-            refs = strip_prefix(read_header(path)[0])
+            refs = strip_prefix(read_gguf_header(path) if is_gguf(path) else read_header(path)[0])
             return cls(path, config_from_shapes(refs, path), refs)
         refs = {}
         for file in sorted(path.glob("*.safetensors")):
@@ -138,11 +160,15 @@ class TransformerWeights:
         return cls(path, json.loads((path / "config.json").read_text()), refs)
 
     def nbytes(self, element_size: int) -> int:
-        """The weights' size at ``element_size`` bytes per value."""
-        return sum(_numel(ref.shape) for ref in self.refs.values()) * element_size
+        """The weights' size once loaded at ``element_size`` bytes per value (GGUF's quantized tensors stay as stored)."""
+        return sum(ref.end - ref.start if ref.quantized else _numel(ref.shape) * element_size for ref in self.refs.values())
 
     def stored_dtypes(self) -> set[str]:
         return {ref.dtype for ref in self.refs.values()}
+
+
+def is_gguf(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".gguf"
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -24,8 +24,8 @@ from fpgen.acceleration import compile_blocks, float8_linears
 from fpgen.attention import use_attention
 from fpgen.conditioning import check_prompt_template
 from fpgen.lora import Lora, LoraChoice, apply_loras
-from fpgen.checkpoint import TransformerWeights
-from fpgen.offload import MappedBlockStack, StreamedBlockStack, empty_transformer, fill_parameters, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
+from fpgen.checkpoint import TransformerWeights, is_gguf, strip_prefix
+from fpgen.offload import STREAMED_PREFIXES, MappedBlockStack, StreamedBlockStack, empty_transformer, fill_parameters, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
 from fpgen.quantize import quantize_blocks
 from fpgen.runtime import RuntimePlan
 from fpgen.teacache import TeaCacheHook
@@ -56,7 +56,9 @@ def load_transformer(path: Path, dtype: torch.dtype, device: torch.device | str 
     """The transformer of a diffusers folder, or of a single checkpoint file (``fpgen.checkpoint``)."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-    if Path(path).is_file():
+    if is_gguf(path):
+        model = load_gguf_transformer(path, dtype, device)
+    elif Path(path).is_file():
         weights = TransformerWeights.of(path)
         model = fill_parameters(empty_transformer(weights.config), weights, lambda key, mapped: mapped.to(device=device, dtype=dtype, copy=True))
     else:
@@ -69,6 +71,32 @@ def all_but_blocks_to(model: torch.nn.Module, device: torch.device) -> None:
     for name, child in model.named_children():
         if name not in ("transformer_blocks", "single_transformer_blocks"):
             child.to(device)
+
+
+def load_gguf_transformer(path: Path, dtype: torch.dtype, device: torch.device | str):
+    """A GGUF transformer through diffusers' GGUF support: the blocks' quantized linear weights stay
+    quantized (``GGUFLinear`` dequantizes them per call, in ``dtype``); every other tensor is dequantized
+    to ``dtype`` as it loads."""
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter, dequantize_gguf_tensor
+
+    weights = TransformerWeights.of(path)
+    tensors = strip_prefix(load_gguf_checkpoint(str(path), return_tensors=True))
+    model = empty_transformer(weights.config)
+    for block_name, block in model.named_modules():
+        if not block_name.startswith(STREAMED_PREFIXES):
+            continue
+        for name, linear in list(block.named_children()):
+            if isinstance(linear, torch.nn.Linear) and isinstance(tensors.get(f"{block_name}.{name}.weight"), GGUFParameter):
+                with torch.device("meta"):
+                    setattr(block, name, GGUFLinear(linear.in_features, linear.out_features, linear.bias is not None, compute_dtype=dtype).requires_grad_(False))
+
+    def place(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if isinstance(tensor, GGUFParameter) and isinstance(model.get_submodule(key.rpartition(".")[0]), GGUFLinear):
+            return tensor.to(device)
+        return dequantize_gguf_tensor(tensor).to(device=device, dtype=dtype)
+
+    return fill_parameters(model, weights, place, tensors)
 
 
 def load_vae(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu"):

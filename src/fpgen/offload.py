@@ -72,9 +72,10 @@ def empty_transformer(config: dict):
         return HunyuanVideoFramepackTransformer3DModel.from_config(config)
 
 
-def fill_parameters(model: torch.nn.Module, weights: TransformerWeights, place: Callable[[str, torch.Tensor], torch.Tensor | None]) -> torch.nn.Module:
-    """Give ``model``'s meta parameters their tensors from ``weights``, each made by ``place(name, mapped)``
-    from a view of the memory-mapped file: one copy of each tensor at most, never a second one on the way.
+def fill_parameters(model: torch.nn.Module, weights: TransformerWeights, place: Callable[[str, torch.Tensor], torch.Tensor | None], tensors=None) -> torch.nn.Module:
+    """Give ``model``'s meta parameters their tensors, each made by ``place(name, tensor)`` from a view of
+    the memory-mapped file (or from ``tensors``, name -> tensor, when given): one copy of each tensor at
+    most, never a second one on the way.
 
     ``place`` returning None leaves that parameter in the file (streamed later).
     """
@@ -85,9 +86,9 @@ def fill_parameters(model: torch.nn.Module, weights: TransformerWeights, place: 
             module = model.get_submodule(module_name)
         except AttributeError:
             raise InputError(f"{weights.path} holds {key}, which the FramePack transformer does not have", "pass a FramePack transformer checkpoint") from None
-        tensor = place(key, files.tensor(ref))
+        tensor = place(key, tensors[key] if tensors is not None else files.tensor(ref))
         if tensor is not None:
-            module._parameters[name] = torch.nn.Parameter(tensor, requires_grad=False)
+            module._parameters[name] = tensor if isinstance(tensor, torch.nn.Parameter) else torch.nn.Parameter(tensor, requires_grad=False)
     missing = [name for name, p in model.named_parameters() if p.is_meta and not name.startswith(STREAMED_PREFIXES)]
     missing += [name for name in (n for n, _ in model.named_parameters() if n.startswith(STREAMED_PREFIXES)) if name not in weights.refs]
     if missing:

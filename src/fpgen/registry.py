@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fpgen.checkpoint import config_from_shapes, read_header, strip_prefix
+from fpgen.checkpoint import config_from_shapes, is_gguf, read_gguf_header, read_header, strip_prefix
 from fpgen.errors import InputError
 from fpgen.families import FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_DISTILLED, HELIOS_MID, Family, family_for_order
 from fpgen.plan import Order
@@ -97,12 +97,12 @@ def resolve_model(model: str, revision: str | None = None) -> ModelSpec:
 
 
 def checkpoint_spec(path: Path) -> ModelSpec:
-    """A single transformer file (kijai's FramePackI2V_HY_bf16 / _fp8_e4m3fn and the like) with the shared encoders.
+    """A single transformer file (kijai's FramePackI2V_HY_bf16 / _fp8_e4m3fn, a GGUF) with the shared encoders.
 
-    F1 and the original model have the same tensors, so the order comes from the file's
-    ``__metadata__`` (``order``, as fpgen writes it) or its name ("f1" in it: forward).
+    F1 and the original model have the same tensors, so the order comes from a safetensors file's
+    ``__metadata__`` (``order``, as fpgen writes it) or the file's name ("f1" in it: forward).
     """
-    refs, metadata = read_header(path)
+    refs, metadata = (read_gguf_header(path), {}) if is_gguf(path) else read_header(path)
     config_from_shapes(strip_prefix(refs), path)  # not a FramePack transformer: said now, before anything loads
     order = metadata.get("order") if metadata.get("order") in ("forward", "inverted") else _guess_order(path.name)
     return ModelSpec(str(path), family_for_order(order), Source(str(path), files=(path.name,), local=path))
@@ -112,7 +112,7 @@ def _resolve(model: str) -> ModelSpec:
     if model in MODELS:
         return MODELS[model]
     path = Path(model).expanduser()
-    if path.is_file() and path.suffix == ".safetensors":
+    if path.is_file() and path.suffix.lower() in (".safetensors", ".gguf"):
         return checkpoint_spec(path)
     if path.is_dir():
         if not (path / "config.json").is_file():

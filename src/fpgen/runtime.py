@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from fpgen.attention import attention_for
+from fpgen.checkpoint import is_gguf
 from fpgen.errors import InputError
 from fpgen.quantize import BY_ACCURACY, SIZE_VS_BF16, check_quantization_available
 from fpgen.spec import RuntimeRequest
@@ -149,6 +150,9 @@ def plan_runtime(request: RuntimeRequest, transformer: Path | None = None, loras
     """The one runtime decision: what was asked for, or low-vram when the transformer and its workspace do not fit
     (and then where its blocks stream from, by ``--ram-budget`` or this machine's RAM)."""
     device, transformer_dtype, encoder_dtype = choose_device(request.device, request.dtype)
+    gguf = transformer is not None and is_gguf(transformer)
+    if gguf and (request.quantize or request.fast or request.low_vram):
+        raise InputError("a GGUF transformer is quantized already and stays on the GPU", "drop --quantize, --fast and --low-vram, or load a safetensors file for them")
     if request.quantize:
         check_quantization_available()
     if device.type != "cuda":
@@ -165,6 +169,8 @@ def plan_runtime(request: RuntimeRequest, transformer: Path | None = None, loras
     if quantize and (request.fast or request.low_vram):
         raise InputError(f"--quantize {request.quantize} cannot be combined with {'--fast' if request.fast else '--low-vram'}", "use one of them")
     mode, reason = choose_mode(budget, int(size * SIZE_VS_BF16[quantize]) if quantize else size, request)
+    if gguf and mode == "low-vram":
+        raise InputError(f"the GGUF transformer does not fit {budget:.0f} GiB of GPU memory ({reason})", "use a smaller GGUF, or a safetensors file (low-vram mode streams it)")
     if quantize and mode == "low-vram":
         raise InputError(f"the {quantize} transformer does not fit {budget:.0f} GiB of GPU memory ({reason})", "drop --quantize: low-vram mode streams the blocks instead")
     if request.ram_budget is not None and request.ram_budget <= 0:

@@ -108,7 +108,7 @@ def quantized_step(args, kind: str) -> tuple[dict, torch.Tensor]:
     files = find_model("framepack", args.models)
     cuda = torch.cuda.is_available()
     quantize = None if kind == "bf16" else kind
-    request = RuntimeRequest(dtype="bfloat16" if cuda else "float32", compile=False, quantize=quantize)
+    request = RuntimeRequest(dtype="bfloat16", compile=False, quantize=quantize)
     plan = plan_runtime(request, files.paths["transformer"])
     if cuda:
         release_cached_memory(plan.device)

@@ -165,3 +165,19 @@ def test_gguf_loads_the_same_transformer_as_the_folder(folder_model, tmp_path):
                 parameter.copy_(dequantize_gguf_tensor(GGUFParameter(packed, quant_type=gguf.GGMLQuantizationType.Q8_0)).float())
     expected = BlockStack(rounded)(*inputs)
     assert torch.equal(BlockStack(model)(*inputs), expected) and not torch.equal(expected, BlockStack(folder_model)(*inputs))
+
+
+def test_the_mapped_llama_is_the_loaded_one_without_its_own_copy():
+    """Low-vram's streamed Llama: its weights are views of the file's pages (no copy in the process), and it
+    encodes bit for bit what the loaded one does."""
+    from transformers import LlamaModel
+
+    from fpgen.loading import load_encoder
+    from fpgen.offload import load_mapped_encoder
+
+    path = TRANSFORMER.parents[1] / "hunyuanvideo-community/HunyuanVideo/text_encoder"
+    mapped, loaded = load_mapped_encoder(LlamaModel, path, torch.float32), load_encoder("text_encoder", path, torch.float32)
+    ids = torch.tensor([[1, 5, 9, 33, 7, 2]])
+    assert torch.equal(mapped(ids).last_hidden_state, loaded(ids).last_hidden_state)
+    weight = mapped.layers[0].mlp.down_proj.weight
+    assert not weight.untyped_storage().resizable() and all(not p.is_meta for p in mapped.parameters())  # frombuffer storage: the mapping itself

@@ -25,7 +25,7 @@ from fpgen.attention import use_attention
 from fpgen.conditioning import check_prompt_template
 from fpgen.lora import Lora, LoraChoice, apply_loras
 from fpgen.checkpoint import TransformerWeights, is_gguf, strip_prefix
-from fpgen.offload import STREAMED_PREFIXES, MappedBlockStack, StreamedBlockStack, empty_transformer, fill_parameters, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
+from fpgen.offload import STREAMED_PREFIXES, MappedBlockStack, StreamedBlockStack, empty_transformer, fill_parameters, load_mapped_encoder, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
 from fpgen.quantize import quantize_blocks
 from fpgen.runtime import RuntimePlan
 from fpgen.teacache import TeaCacheHook
@@ -158,7 +158,12 @@ class Components:
         device, dtype = self.runtime.device, self.runtime.encoder_dtype
         self.tokenizer, self.tokenizer_2 = load_tokenizers(self.paths)
         if self.runtime.mode == "low-vram":
-            self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, "cpu")
+            if self.runtime.streaming == "mapped":  # its layers read from the file as they stream, like the blocks
+                from transformers import LlamaModel
+
+                self.text_encoder = load_mapped_encoder(LlamaModel, self.paths["text_encoder"], dtype)
+            else:
+                self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, "cpu")
             stream_module_layers(self.text_encoder, device)
         else:
             self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, self._resident)

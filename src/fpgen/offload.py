@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fpgen.checkpoint import MappedFiles, TransformerWeights
+from fpgen.checkpoint import MappedFiles, TransformerWeights, read_header
 from fpgen.errors import InputError
 from fpgen.transformer import BlockStack
 
@@ -173,6 +173,11 @@ class StreamedBlockStack(BlockStack):
                 for tensor in tensors.values():
                     tensor.record_stream(compute)  # its memory is not reused until this block's kernels finish
             self._point(block, tensors)
+            hidden, context = block(hidden, context, temb, attention_mask, rope)  # queued: the GPU works while the next block is fetched
+            done = None
+            if compute is not None:
+                done = torch.cuda.Event()
+                done.record(compute)
             if index + 1 < len(self.order):
                 # Kernels run behind the Python loop: without this wait the loop would queue copies of
                 # many blocks ahead, each needing fresh memory. Once block i-1 is done, its weights'
@@ -180,10 +185,7 @@ class StreamedBlockStack(BlockStack):
                 if previous_done is not None:
                     previous_done.synchronize()
                 upcoming = self._fetch(index + 1)
-            hidden, context = block(hidden, context, temb, attention_mask, rope)
-            if compute is not None:
-                previous_done = torch.cuda.Event()
-                previous_done.record(compute)
+            previous_done = done
             self._point(block, self._resting(index))
         return hidden
 
@@ -243,6 +245,26 @@ def _numel(shape) -> int:
 
 def _aligned(size: int) -> int:
     return -(-size // ALIGNMENT) * ALIGNMENT
+
+
+def load_mapped_encoder(cls, path: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """A transformers model (the Llama) whose weights are views of its memory-mapped safetensors files
+    where they are stored in ``dtype``: the kernel's page cache, not the process's own memory, read as
+    ``stream_module_layers`` moves each layer to the GPU. Tensors stored in another dtype are cast copies."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # buffers (the rotary table) computed as usual
+        model = cls(cls.config_class.from_pretrained(path))
+    files = MappedFiles()
+    for file in sorted(Path(path).glob("*.safetensors")):
+        for key, ref in read_header(file)[0].items():
+            module_name, _, name = key.rpartition(".")
+            tensor = files.tensor(ref)
+            model.get_submodule(module_name)._parameters[name] = torch.nn.Parameter(tensor if tensor.dtype == dtype else tensor.to(dtype), requires_grad=False)
+    missing = [name for name, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise InputError(f"{path} lacks {len(missing)} weights, e.g. {missing[0]}", "download the model again with fpgen download")
+    return model.eval()
 
 
 def stream_module_layers(module: torch.nn.Module, device: torch.device) -> None:

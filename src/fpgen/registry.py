@@ -122,4 +122,4 @@ def _resolve(model: str) -> ModelSpec:
         return ModelSpec(str(path), family_for_order(saved or _guess_order(path.name)), Source(str(path), files=TRANSFORMER_FILES, local=path))
     if model.count("/") == 1 and all(model.split("/")) and not path.exists():
         return ModelSpec(model, family_for_order(_guess_order(model)), Source(model, files=TRANSFORMER_FILES))
-    raise InputError(f"unknown model {model!r}", "use one of: " + ", ".join(MODELS) + ", a Hub repo id (owner/name), a local folder or a .safetensors transformer file")
+    raise InputError(f"unknown model {model!r}", "use one of: " + ", ".join(MODELS) + ", a Hub repo id (owner/name), a local folder, or a .safetensors or .gguf transformer file")

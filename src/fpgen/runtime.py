@@ -178,4 +178,5 @@ def plan_runtime(request: RuntimeRequest, transformer: Path | None = None, loras
     streaming, streaming_reason = choose_streaming(request.ram_budget or host_memory_gib(), size, loras) if mode == "low-vram" else (None, "")
     offload = mode == "low-vram" or budget < ALL_RESIDENT_GIB
     attention, why = attention_for(device, fast=mode == "fast")
-    return RuntimePlan(device, transformer_dtype, encoder_dtype, mode, reason, offload, request.compile, attention, why, streaming, streaming_reason, quantize, quantize_reason)
+    compile = request.compile and not (quantize or gguf)  # quantized weights run eager: their compiled kernels are not measured yet
+    return RuntimePlan(device, transformer_dtype, encoder_dtype, mode, reason, offload, compile, attention, why, streaming, streaming_reason, quantize, quantize_reason)

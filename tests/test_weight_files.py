@@ -15,6 +15,8 @@ from fpgen.errors import InputError
 from fpgen.loading import load_transformer
 from fpgen.offload import MappedBlockStack, load_transformer_for_streaming
 from fpgen.registry import resolve_model
+from fpgen.runtime import plan_runtime
+from fpgen.spec import RuntimeRequest
 from fpgen.transformer import BlockStack
 
 
@@ -165,6 +167,8 @@ def test_gguf_loads_the_same_transformer_as_the_folder(folder_model, tmp_path):
                 parameter.copy_(dequantize_gguf_tensor(GGUFParameter(packed, quant_type=gguf.GGMLQuantizationType.Q8_0)).float())
     expected = BlockStack(rounded)(*inputs)
     assert torch.equal(BlockStack(model)(*inputs), expected) and not torch.equal(expected, BlockStack(folder_model)(*inputs))
+    with pytest.raises(InputError, match="GGUF transformer is quantized already"):
+        plan_runtime(RuntimeRequest(device="cpu"), path, loras=True)  # a LoRA cannot merge into quantized blocks
 
 
 def test_the_mapped_llama_is_the_loaded_one_without_its_own_copy():

@@ -151,8 +151,8 @@ def plan_runtime(request: RuntimeRequest, transformer: Path | None = None, loras
     (and then where its blocks stream from, by ``--ram-budget`` or this machine's RAM)."""
     device, transformer_dtype, encoder_dtype = choose_device(request.device, request.dtype)
     gguf = transformer is not None and is_gguf(transformer)
-    if gguf and (request.quantize or request.fast or request.low_vram):
-        raise InputError("a GGUF transformer is quantized already and stays on the GPU", "drop --quantize, --fast and --low-vram, or load a safetensors file for them")
+    if gguf and (request.quantize or request.fast or request.low_vram or loras):
+        raise InputError("a GGUF transformer is quantized already and stays on the GPU as it is", "drop --quantize, --fast, --low-vram and --lora, or load a safetensors file for them")
     if request.quantize:
         check_quantization_available()
     if device.type != "cuda":

@@ -48,6 +48,12 @@ Examples:
 
   fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
 
+  fpgen generate face.png -p "A dog runs" --low-vram --ram-budget 16   # a 6 GB GPU and 16 GB of RAM
+
+  fpgen generate face.png -p "A dog runs" --quantize int8  # a 24 GB GPU, transformer resident in int8
+
+  fpgen generate face.png -p "A dog runs" --model FramePackI2V_HY_fp8_e4m3fn.safetensors   # a single file (or .gguf)
+
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 """
 
@@ -97,7 +103,7 @@ def generate(
     vram_budget: float | None = typer.Option(None, "--vram-budget", help="GPU memory (GiB) fpgen may plan for; low-vram mode is picked when the models do not fit.", show_default=False),
     ram_budget: float | None = typer.Option(
         None, "--ram-budget", help="Host memory (GiB) fpgen may plan for [default: this machine's RAM]; in low-vram mode, below the pinned blocks' need "
-        "(about 30 GiB) the blocks are read from the memory-mapped checkpoint instead.", show_default=False,
+        "(about 32 GiB) the blocks and the Llama are read from their memory-mapped files instead.", show_default=False,
     ),  # fmt: skip
     quantize: str | None = typer.Option(
         None, "--quantize", metavar="int8|fp8|nf4|auto", help="Store the transformer blocks' weights quantized (weight-only, needs fpgen[quantize]): int8 is closest to bf16, "

@@ -184,12 +184,20 @@ class MappedFiles:
     def __init__(self):
         self.maps: dict[Path, mmap.mmap] = {}
 
+    def _map(self, file: Path) -> mmap.mmap:
+        if file not in self.maps:
+            with open(file, "rb") as f:
+                self.maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        return self.maps[file]
+
     def tensor(self, ref: TensorRef):
         import torch
 
-        if ref.file not in self.maps:
-            with open(ref.file, "rb") as f:
-                self.maps[ref.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         dtype = getattr(torch, ref.dtype)
         count = (ref.end - ref.start) // dtype.itemsize
-        return torch.frombuffer(self.maps[ref.file], dtype=dtype, count=count, offset=ref.start).view(ref.shape)
+        return torch.frombuffer(self._map(ref.file), dtype=dtype, count=count, offset=ref.start).view(ref.shape)
+
+    def prefetch(self, ref: TensorRef) -> None:
+        """Ask the kernel to start reading a tensor's pages (from disk when the page cache has dropped them)."""
+        start = ref.start - ref.start % mmap.PAGESIZE
+        self._map(ref.file).madvise(mmap.MADV_WILLNEED, start, ref.end - start)

@@ -228,6 +228,8 @@ class MappedBlockStack(StreamedBlockStack):
             tensors[name] = self.slots[slot][used : used + count * self.dtype.itemsize].view(self.dtype).view(ref.shape)
             tensors[name].copy_(self.files.tensor(ref))
             used += _aligned(count * self.dtype.itemsize)
+        for ref in self.refs[(index + 1) % len(self.refs)].values():  # the next block's pages read ahead while this one computes
+            self.files.prefetch(ref)
         return tensors
 
     def _fetch(self, index: int):

@@ -22,9 +22,9 @@ import torch
 
 from fpgen.acceleration import compile_blocks, float8_linears
 from fpgen.attention import use_attention
+from fpgen.checkpoint import TransformerWeights, is_gguf, strip_prefix
 from fpgen.conditioning import check_prompt_template
 from fpgen.lora import Lora, LoraChoice, apply_loras
-from fpgen.checkpoint import TransformerWeights, is_gguf, strip_prefix
 from fpgen.offload import STREAMED_PREFIXES, MappedBlockStack, StreamedBlockStack, empty_transformer, fill_parameters, load_mapped_encoder, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
 from fpgen.quantize import quantize_blocks
 from fpgen.runtime import RuntimePlan

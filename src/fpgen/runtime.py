@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from fpgen.attention import attention_for
-from fpgen.checkpoint import is_gguf
+from fpgen.checkpoint import TransformerWeights, is_gguf
 from fpgen.errors import InputError
 from fpgen.quantize import BY_ACCURACY, SIZE_VS_BF16, check_quantization_available
 from fpgen.spec import RuntimeRequest
@@ -96,9 +96,7 @@ STREAMING_WORDS = {"pinned": "pinned in host memory", "mapped": "read from the m
 
 
 def transformer_parameter_bytes(path: Path, dtype: torch.dtype) -> int:
-    """Size of the transformer (a folder or a single file) in ``dtype``, read from the safetensors headers (nothing is loaded)."""
-    from fpgen.checkpoint import TransformerWeights
-
+    """Size of the transformer (a folder or a single file) in ``dtype``, read from the files' headers (nothing is loaded)."""
     return TransformerWeights.of(path).nbytes(dtype.itemsize)
 
 

@@ -124,7 +124,7 @@ def quantized_step(args, kind: str) -> tuple[dict, torch.Tensor]:
     if cuda:
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
         result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
-    components = None  # noqa: F841 (the transformer goes before the next kind loads)
+    components = None  # the transformer goes before the next kind loads
     release_cached_memory(plan.device)
     return result, out.float().cpu()
 

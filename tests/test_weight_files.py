@@ -109,16 +109,18 @@ def test_a_bad_single_file_is_a_one_line_usage_error(cli, tmp_path):
     assert_one_line_error(cli("generate", "--model", path, "-p", "x", "--device", "cpu"), 2, "broken.safetensors")
 
 
-def test_blocks_streamed_from_the_mapped_file_compute_bit_exactly(folder_model, tmp_path):
-    """Low-vram's file streaming: blocks read into two reused slots, block by block, give the resident blocks' output
+@pytest.mark.parametrize("stored", [torch.float32, torch.float8_e4m3fn])
+def test_blocks_streamed_from_the_mapped_file_compute_bit_exactly(folder_model, tmp_path, stored):
+    """Low-vram's file streaming: blocks read into two reused slots, block by block, give the loaded blocks' output
     bit for bit, call after call (slots overwritten in turn); the blocks hold no weights between calls."""
-    path = write_single_file(folder_model, tmp_path / "FramePackI2V_HY.safetensors")
+    path = write_single_file(folder_model, tmp_path / "FramePackI2V_HY.safetensors", dtype=stored)
     model = load_transformer_for_streaming(path, torch.float32, torch.device("cpu"), mapped=True)
     streamed = MappedBlockStack(model, torch.device("cpu"), TransformerWeights.of(path), torch.float32)
     assert len(streamed.slots) == 2 and all(p.numel() == 0 for p in streamed.parameters())
+    loaded = load_transformer(path, torch.float32)
     for seed in (0, 1):
         inputs = block_inputs(model, seed=seed)
-        assert torch.equal(streamed(*inputs), BlockStack(folder_model)(*inputs))
+        assert torch.equal(streamed(*inputs), BlockStack(loaded)(*inputs))
     assert all(p.numel() == 0 for p in streamed.parameters())
     slot_bytes = streamed.slots[0].numel()
     block_bytes = [sum(p.numel() * 4 for p in block.parameters()) for block in (*folder_model.transformer_blocks, *folder_model.single_transformer_blocks)]

@@ -151,10 +151,13 @@ class StreamedBlockStack(BlockStack):
         if self.device.type != "cuda":
             return host, None
         with torch.cuda.stream(self.copy_stream):
-            tensors = {name: t.to(self.device, non_blocking=True) for name, t in host.items()}
+            tensors = {name: self._to_device(t) for name, t in host.items()}
             ready = torch.cuda.Event()
             ready.record(self.copy_stream)
         return tensors, ready
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=True)
 
     @staticmethod
     def _point(block: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -191,10 +194,11 @@ class StreamedBlockStack(BlockStack):
 
 
 class MappedBlockStack(StreamedBlockStack):
-    """Blocks streamed from the memory-mapped checkpoint: each block is read (and cast to the compute
-    dtype) into one of two pinned slots just before it is copied to the GPU, so the process holds two
-    blocks of its own host memory instead of all 60; the file's pages are the kernel's page cache,
-    which it can drop and read again. ``model``'s block parameters are left in the file by
+    """Blocks streamed from the memory-mapped checkpoint: each block is read into one of two pinned
+    slots just before it is copied to the GPU, so the process holds two blocks of its own host memory
+    instead of all 60; the file's pages are the kernel's page cache, which it can drop and read again.
+    Weights cross as stored (an fp8 file's are half the bytes) and are cast to the compute dtype on the
+    GPU; on the CPU, in the slot. ``model``'s block parameters are left in the file by
     ``load_transformer_for_streaming(..., mapped=True)``.
     """
 
@@ -212,7 +216,7 @@ class MappedBlockStack(StreamedBlockStack):
             for name, _ in block.named_parameters():
                 module_name, _, leaf = name.rpartition(".")
                 block.get_submodule(module_name)._parameters[leaf] = torch.nn.Parameter(self.empty, requires_grad=False)
-        size = max(sum(_aligned(_numel(ref.shape) * dtype.itemsize) for ref in refs.values()) for refs in self.refs)
+        size = max(sum(_aligned(_numel(ref.shape) * self._slot_dtype(ref).itemsize) for ref in refs.values()) for refs in self.refs)
         pinned = self.device.type == "cuda"
         self.slots = [torch.empty(size, dtype=torch.uint8, pin_memory=pinned) for _ in range(self.SLOTS)]
         self.copied: list[torch.cuda.Event | None] = [None] * self.SLOTS  # the GPU copy out of each slot
@@ -224,13 +228,20 @@ class MappedBlockStack(StreamedBlockStack):
             self.copied[slot].synchronize()  # the slot's last block has reached the GPU: it can be overwritten
         tensors, used = {}, 0
         for name, ref in self.refs[index].items():
-            count = _numel(ref.shape)
-            tensors[name] = self.slots[slot][used : used + count * self.dtype.itemsize].view(self.dtype).view(ref.shape)
+            dtype = self._slot_dtype(ref)
+            size = _numel(ref.shape) * dtype.itemsize
+            tensors[name] = self.slots[slot][used : used + size].view(dtype).view(ref.shape)
             tensors[name].copy_(self.files.tensor(ref))
-            used += _aligned(count * self.dtype.itemsize)
+            used += _aligned(size)
         for ref in self.refs[(index + 1) % len(self.refs)].values():  # the next block's pages read ahead while this one computes
             self.files.prefetch(ref)
         return tensors
+
+    def _slot_dtype(self, ref) -> torch.dtype:
+        return getattr(torch, ref.dtype) if self.device.type == "cuda" else self.dtype
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=True).to(self.dtype)
 
     def _fetch(self, index: int):
         tensors, ready = super()._fetch(index)

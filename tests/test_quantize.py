@@ -7,9 +7,7 @@ import copy
 import pytest
 import torch
 from conftest import rel_l2
-from helpers import TRANSFORMER, assert_one_line_error
-from test_runtime import TRANSFORMER_BYTES
-from test_weight_files import block_inputs
+from helpers import TRANSFORMER, TRANSFORMER_BYTES, assert_one_line_error, block_inputs
 
 from fpgen.errors import InputError
 from fpgen.loading import load_transformer

@@ -8,6 +8,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from helpers import TRANSFORMER_BYTES
 
 import fpgen.loading as loading
 from fpgen.errors import InputError
@@ -15,7 +16,6 @@ from fpgen.hub import find_model
 from fpgen.runtime import RuntimePlan, RuntimeRequest, choose_mode, choose_streaming, plan_runtime
 from fpgen.spec import Settings
 
-TRANSFORMER_BYTES = 25_748_629_632  # the released transformer in bf16
 
 
 def test_cpu_refuses_gpu_only_options():

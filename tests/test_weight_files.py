@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import TRANSFORMER, assert_one_line_error
+from helpers import TRANSFORMER, assert_one_line_error, block_inputs
 from safetensors.torch import save_file
 
 from fpgen.checkpoint import TransformerWeights
@@ -36,16 +36,6 @@ def write_single_file(folder_model, path, dtype=torch.float32, prefix="", metada
     save_file(tensors, str(path), metadata=metadata)
     shutil.copy(TRANSFORMER / "config.json", path.with_name("config.json"))
     return path
-
-
-def block_inputs(model, tokens=12, text=5, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    width = model.config.num_attention_heads * model.config.attention_head_dim
-    head = model.config.attention_head_dim
-    hidden, context = torch.randn(1, tokens, width, generator=generator), torch.randn(1, text, width, generator=generator)
-    temb = torch.randn(1, width, generator=generator)
-    angles = torch.randn(tokens, head, generator=generator)
-    return hidden, context, temb, None, (angles.cos(), angles.sin())
 
 
 def test_single_file_loads_the_same_transformer_as_the_folder(folder_model, tmp_path):

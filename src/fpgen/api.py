@@ -43,7 +43,7 @@ def load_models(
     """
     files = model if isinstance(model, ModelFiles) else find_model(model, model_dir)
     adapters = load_loras(loras)
-    return Components(files, plan_runtime(runtime or RuntimeRequest(**request), files.paths["transformer"]), adapters).load()
+    return Components(files, plan_runtime(runtime or RuntimeRequest(**request), files.paths["transformer"], loras=bool(adapters)), adapters).load()
 
 
 def generate_video(

@@ -42,6 +42,11 @@ class RuntimeRequest:
     low_vram: bool = False
     vram_budget: float | None = None
     compile: bool = True
+    ram_budget: float | None = None
+    quantize: str | None = None  # int8, fp8, nf4 or auto
+
+
+QUANTIZE_CHOICES = ("int8", "fp8", "nf4", "auto")
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,8 @@ class JobSpec:
     low_vram: bool = False
     compile: bool = True
     vram_budget: float | None = None
+    ram_budget: float | None = None
+    quantize: str | None = None
     crf: int = 16
     save_latents: Path | None = None
     fps: int | None = None  # the output's frame rate; None: the model family's
@@ -139,6 +146,8 @@ class JobSpec:
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be between 0 and 51 (got {self.crf})", "16 is the official default; lower is better quality")
         _check(self.output_checks())
+        if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
+            raise InputError(f"unknown --quantize {self.quantize!r}", "use " + ", ".join(QUANTIZE_CHOICES))
         for path in (self.image, self.end_image, self.extend):
             if path is not None and not path.exists():
                 raise InputError(f"{'image' if path != self.extend else 'video'} not found: {path}", "check the path")
@@ -155,7 +164,7 @@ class JobSpec:
 
     @property
     def runtime_request(self) -> RuntimeRequest:
-        return RuntimeRequest(self.device, self.dtype, self.fast, self.low_vram, self.vram_budget, self.compile)
+        return RuntimeRequest(self.device, self.dtype, self.fast, self.low_vram, self.vram_budget, self.compile, self.ram_budget, self.quantize)
 
     def models_key(self) -> tuple:
         """What decides the models a job needs: jobs with equal keys share loaded models."""

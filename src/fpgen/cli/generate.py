@@ -50,6 +50,12 @@ Examples:
 
   fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
 
+  fpgen generate face.png -p "A dog runs" --low-vram --ram-budget 16   # a 6 GB GPU and 16 GB of RAM
+
+  fpgen generate face.png -p "A dog runs" --quantize int8  # a 24 GB GPU, transformer resident in int8
+
+  fpgen generate face.png -p "A dog runs" --model FramePackI2V_HY_fp8_e4m3fn.safetensors   # a single file (or .gguf)
+
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 
   fpgen generate face.png -p "waves roll in" --loop --fps 60     (ends on its start picture; 60 fps by interpolation)
@@ -89,7 +95,7 @@ def generate(
         "its last 4*window-3 frames cross-faded with the new part's decode. F1 packs its history from the video's last frames and keeps its first frame (or IMAGE) as the start; "
         "framepack starts from its last frame and sees the frames before it.",
     ),  # fmt: skip
-    model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id or a local transformer folder."),
+    model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id, a local transformer folder, or a single .safetensors transformer file (bf16 or fp8; 'f1' in its name means FramePack-F1)."),
     lora: list[str] = typer.Option([], "--lora", help="A LoRA to apply, PATH[:SCALE] (scale 1 by default); repeatable. fpgen, diffusers and musubi-tuner FramePack LoRAs."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="A folder made by `fpgen download --local-dir` to load every model from, instead of the HF cache."),
     revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit of the model's transformer repo to load from the HF cache (as given to `fpgen download --revision`)."),
@@ -108,6 +114,14 @@ def generate(
     low_vram: bool = typer.Option(False, "--low-vram", help="Stream the transformer and text encoder from host memory (under 6 GiB of GPU memory); picked by itself on small cards."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the transformer blocks on CUDA (faster after a one-time compile; needs Triton)."),
     vram_budget: float | None = typer.Option(None, "--vram-budget", help="GPU memory (GiB) fpgen may plan for; low-vram mode is picked when the models do not fit.", show_default=False),
+    ram_budget: float | None = typer.Option(
+        None, "--ram-budget", help="Host memory (GiB) fpgen may plan for [default: this machine's RAM]; in low-vram mode, below the pinned blocks' need "
+        "(about 32 GiB) the blocks and the Llama are read from their memory-mapped files instead.", show_default=False,
+    ),  # fmt: skip
+    quantize: str | None = typer.Option(
+        None, "--quantize", metavar="int8|fp8|nf4|auto", help="Store the transformer blocks' weights quantized (weight-only, needs fpgen[quantize]): int8 is closest to bf16, "
+        "nf4 smallest; auto picks the least lossy one that keeps the transformer on the GPU, none when bf16 fits. Output is no longer the official one.", show_default=False,
+    ),  # fmt: skip
     dtype: str = typer.Option("auto", "--dtype", help="Transformer compute dtype: auto (bf16 on CUDA, float32 on CPU), bfloat16 or float32."),
     preview: bool = typer.Option(False, "--preview", help="Keep <output>.partial.mp4 playable with everything made so far, updated after each section (framepack makes the end first: the preview is the video's tail).", rich_help_panel=LONG),
     resume: Path | None = typer.Option(None, "--resume", help="Finish an interrupted job with its saved settings: the output path it was started with, or its .job folder.", rich_help_panel=LONG),

@@ -25,7 +25,7 @@ from fpgen.jobfolder import JobFolder, SavedJob, check_job_paths, find_job, job_
 from fpgen.lora import Lora, LoraChoice, load_loras
 from fpgen.metadata import sidecar_is_ours, sidecar_path
 from fpgen.output import partial_path
-from fpgen.plan import SectionPlan, plan_sections
+from fpgen.plan import SectionPlan, plan_sections, snap_keyframes
 from fpgen.prompts import describe, parse_prompts, section_prompts
 from fpgen.registry import resolve_model
 from fpgen.runtime import RuntimePlan, plan_runtime
@@ -40,6 +40,7 @@ class Pictures:
     size: tuple[int, int]  # the video's (height, width)
     end: np.ndarray | None = None
     tail: VideoTail | None = None
+    keyframes: tuple[tuple[int, np.ndarray], ...] = ()  # (section boundary counted from the new part's start, picture)
     notes: tuple[str, ...] = ()  # what reading them lost or changed (the CLI prints these)
 
 
@@ -94,7 +95,7 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     pictures = read_pictures(spec, family, picture)
     offset = whole_sections(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
-    plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
+    plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts), settings.prompt_blend)
     return Job(spec, files, runtime, loras, plan, pictures, (*pictures.notes, *notes), None, overwrite, preview)
 
 
@@ -121,10 +122,22 @@ def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = No
     start = read["start"].pixels if "start" in read else picture if picture is not None else tail.tail[sections.tail_frame] if tail is not None else None
     end = read["end"].pixels if "end" in read else None
     size = tuple(tail.tail.shape[1:3]) if tail is not None else settings.size or family.defaults.size or pick_bucket(start.shape[0], start.shape[1], settings.resolution)
-    notes = [note for picture in read.values() for note in picture.notes]
+    keyframes, notes = read_keyframes(spec, family, end is not None)
+    if keyframes and keyframes[-1][0] == family.section_count(settings.seconds, settings.window):  # a keyframe at the video's end is its end picture
+        end, keyframes = keyframes[-1][1], keyframes[:-1]
+    notes += [note for picture in read.values() for note in picture.notes]
     if start is not None and (start.shape[0] < size[0] or start.shape[1] < size[1]):
         notes.append(f"the start picture ({start.shape[1]}x{start.shape[0]}) is upscaled to {size[1]}x{size[0]}; a larger picture gives a sharper video")
-    return Pictures(start, size, end, tail, tuple(notes))
+    return Pictures(start, size, end, tail, keyframes=tuple(keyframes), notes=tuple(notes))
+
+
+def read_keyframes(spec: JobSpec, family: Family, has_end: bool) -> tuple[list[tuple[int, np.ndarray]], list[str]]:
+    """The ``--keyframe`` pictures decoded, each at the section boundary its time snaps to (in time order), and notes."""
+    settings, given = spec.settings, spec.keyframes
+    boundaries, notes = snap_keyframes([seconds for seconds, _ in given], family.section_count(settings.seconds, settings.window), settings.window, has_end)
+    pictures = [load_picture(path) for _, path in given]
+    notes += [note for picture in pictures for note in picture.notes]
+    return sorted(zip(boundaries, (picture.pixels for picture in pictures)), key=lambda item: item[0]), notes
 
 
 def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
@@ -148,7 +161,7 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
     prefix = saved.inputs.prefix
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
-    plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
+    plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts), settings.prompt_blend)
     damage = (f"{found.damage}: it and the later sections will be made again",) if found.damage else ()
     return Job(spec, files, runtime, loras, plan, None, (*damage, *notes), saved, False, preview)
 

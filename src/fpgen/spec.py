@@ -58,6 +58,7 @@ class Settings:
     guidance_rescale: float = 0.0
     teacache: bool = False
     teacache_threshold: float = 0.15
+    prompt_blend: int = 0  # sections over which a timed prompt change blends into the next prompt (0: it switches at once)
     resolution: int = 640
     size: tuple[int, int] | None = None  # (height, width); overrides the bucket
 
@@ -79,6 +80,7 @@ class Settings:
             (self.distilled_guidance is None or self.distilled_guidance > 0, f"--distilled-guidance must be positive (got {self.distilled_guidance})", "the official default is 10"),
             (self.teacache_threshold > 0, f"--teacache-threshold must be positive (got {self.teacache_threshold})", "0.15 is the official value"),
             (0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63-1 (got {self.seed})", "e.g. --seed 31337"),
+            (0 <= self.prompt_blend <= MAX_SECTIONS, f"--prompt-blend must be between 0 and {MAX_SECTIONS} sections (got {self.prompt_blend})", "e.g. --prompt-blend 4; 0 switches at once"),
         ]
         _check(checks)
         _check(self.limits())
@@ -117,6 +119,7 @@ class JobSpec:
     model_dir: Path | None = None
     revision: str | None = None
     lora: tuple[str, ...] = ()  # PATH:SCALE, paths absolute
+    keyframe: tuple[str, ...] = ()  # TIME:IMAGE, paths absolute
     device: str = "auto"
     dtype: str = "auto"
     fast: bool = False
@@ -129,9 +132,14 @@ class JobSpec:
     def __post_init__(self):
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be between 0 and 51 (got {self.crf})", "16 is the official default; lower is better quality")
-        for path in (self.image, self.end_image, self.extend):
+        for path in (self.image, self.end_image, self.extend, *(parse_keyframe(item)[1] for item in self.keyframe)):
             if path is not None and not path.exists():
                 raise InputError(f"{'image' if path != self.extend else 'video'} not found: {path}", "check the path")
+
+    @property
+    def keyframes(self) -> list[tuple[float, Path]]:
+        """The ``--keyframe`` pictures as (seconds, path), in the order given."""
+        return [parse_keyframe(item) for item in self.keyframe]
 
     @property
     def runtime_request(self) -> RuntimeRequest:
@@ -147,6 +155,7 @@ class JobSpec:
         flat.update({name: getattr(self.settings, name) for name in SETTINGS_FIELDS})
         flat["size"] = "x".join(map(str, self.settings.size)) if self.settings.size else None
         flat["lora"] = list(self.lora)
+        flat["keyframe"] = list(self.keyframe)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
 
     @classmethod
@@ -171,6 +180,8 @@ class JobSpec:
             values["size"] = parse_size(values["size"]) if isinstance(values["size"], str) else tuple(values["size"])
         if "lora" in values:
             values["lora"] = tuple(_absolute_lora(item) for item in ([values["lora"]] if isinstance(values["lora"], str) else values["lora"]))
+        if "keyframe" in values:
+            values["keyframe"] = tuple(_absolute_keyframe(item) for item in ([values["keyframe"]] if isinstance(values["keyframe"], str) else values["keyframe"]))
         if values.get("teacache") is None:  # TeaCache is on with --fast unless asked otherwise
             values["teacache"] = bool(values.get("fast"))
         return cls(settings=Settings(**{k: values.pop(k) for k in SETTINGS_FIELDS if k in values}).validate(), **values)
@@ -181,3 +192,20 @@ def _absolute_lora(text: str) -> str:
 
     choice = LoraChoice.parse(text)
     return f"{choice.path.expanduser().absolute()}:{choice.scale:g}"
+
+
+def parse_keyframe(text: str) -> tuple[float, Path]:
+    """``TIME:IMAGE`` (``3:pose.png`` or ``3s:pose.png``) as (seconds, path)."""
+    time, sep, path = str(text).partition(":")
+    try:
+        seconds = float(time.strip().removesuffix("s").removesuffix("S"))
+    except ValueError:
+        seconds = math.nan
+    if not sep or not path or not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"--keyframe {text!r} is not TIME:IMAGE", "give the seconds into the video and a picture, e.g. --keyframe 2.4:pose.png")
+    return seconds, Path(path)
+
+
+def _absolute_keyframe(text: str) -> str:
+    seconds, path = parse_keyframe(text)
+    return f"{seconds:.10g}:{path.expanduser().absolute()}"

@@ -30,6 +30,10 @@ Examples:
 
   fpgen generate face.png --end-image smile.png -p "she turns and smiles" -o turn.mp4
 
+  fpgen generate face.png --keyframe 2.4:wave.png --keyframe 4.8:bow.png -p "she waves, then bows" --seconds 6
+
+  fpgen generate face.png -p "0s: he walks | 4s: he runs" --seconds 8 --prompt-blend 2
+
   fpgen generate --extend walk.mp4 -p "he opens the door" --seconds 3 -o walk2.mp4
 
   fpgen generate --resume walk.mp4          (finish a job stopped by Ctrl-C, a crash or out of memory)
@@ -75,6 +79,11 @@ def generate(
         None, "--end-image", help="Picture to arrive at. framepack: the first section made (the video's end) sees it as the frame right after the video. "
         "framepack-f1: the last section sees it one frame after its window and its last latent frame is pinned to it, so the video ends on it.",
     ),  # fmt: skip
+    keyframe: list[str] = typer.Option(
+        [], "--keyframe", metavar="TIME:IMAGE", help="A picture the video passes through near TIME seconds (snapped to a section boundary, printed); repeatable. "
+        "It enters as --end-image does, for the section that ends there; at the video's end it is the end picture.",
+    ),  # fmt: skip
+    prompt_blend: int = typer.Option(0, "--prompt-blend", metavar="N", help="A timed prompt change blends the prompt embeddings over N sections instead of switching at once (0: at once)."),
     extend: Path | None = typer.Option(
         None, "--extend", help="Continue this video: the output is the video (re-encoded, at its own size if a multiple of 16) followed by --seconds of new frames, "
         "its last 4*window-3 frames cross-faded with the new part's decode. F1 packs its history from the video's last frames and keeps its first frame (or IMAGE) as the start; "
@@ -267,7 +276,7 @@ def _resume(values: dict, given: set, report) -> None:
 def _batch(ctx: typer.Context, values: dict, report) -> None:
     from fpgen.batch import BatchJob, check_outputs, my_share, parse_shard, read_jobs_file, run_batch
     from fpgen.config import resolve
-    from fpgen.spec import PATH_OPTIONS
+    from fpgen.spec import PATH_OPTIONS, parse_keyframe
     from fpgen.errors import FpgenError, Interrupted
     from fpgen.workers import plan_workers, run_parallel
 
@@ -282,6 +291,8 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
             typed = _typed_fields(ctx, params, fields)
             for name in set(typed) & {*PATH_OPTIONS, "prompts_file"}:  # a line's paths are relative to the jobs file
                 typed[name] = Path(path).parent / Path(typed[name]).expanduser() if typed[name] is not None else None
+            if typed.get("keyframe"):
+                typed["keyframe"] = [f"{t}:{Path(path).parent / p.expanduser()}" for t, p in map(parse_keyframe, typed["keyframe"])]
             options = job_options({**values, **typed})
             options["output"] = options.get("output") or Path("outputs") / f"{Path(path).stem}-{number:03d}.mp4"
             spec = _spec(options)

@@ -82,6 +82,24 @@ def pack_forward(start: torch.Tensor, past: torch.Tensor, window: int) -> Packed
     return PackedContext(forward_layout(window), torch.cat([start, post], dim=2), x2, x4)
 
 
+def pack_one_frame(start: torch.Tensor, window: int, target: int, slots: frozenset[str], reference: torch.Tensor | None = None, reference_index: int = 0) -> PackedContext:
+    """Context for sampling one frame at RoPE index ``target`` (one-frame edits, musubi-tuner's ``--one_frame_inference``).
+
+    The inverted layout of a first section without padding: the start latent at 0, the history slots
+    ``slots`` (of "post", "2x", "4x") from ``1 + window`` on, all zeros. A ``reference`` latent (the
+    kisekaeichi variant) takes the post slot's place at ``reference_index``. Left-out slots hold no frames.
+    """
+    layout, empty = inverted_layout(window, 0), start[:, :, :0]
+    post, x2, x4 = _fit_history(None, start, nearest_first=True).split([HISTORY_1X, HISTORY_2X, HISTORY_4X], dim=2)
+    clean, clean_indices = start, layout.clean[:1]
+    if reference is not None:
+        clean, clean_indices = torch.cat([start, reference], dim=2), torch.tensor([0, reference_index])
+    elif "post" in slots:
+        clean, clean_indices = torch.cat([start, post], dim=2), layout.clean
+    indices = IndexLayout(torch.tensor([target]), clean_indices, layout.clean_2x if "2x" in slots else layout.clean_2x[:0], layout.clean_4x if "4x" in slots else layout.clean_4x[:0])
+    return PackedContext(indices, clean, x2 if "2x" in slots else empty, x4 if "4x" in slots else empty)
+
+
 def window_bounds(slot: int, window: int) -> tuple[int, int]:
     """Latent positions [begin, end) of a section's window in the video (position 0 is the start latent)."""
     begin = 1 + slot * window

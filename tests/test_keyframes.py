@@ -119,3 +119,24 @@ def test_prompt_blend_embeddings(tiny_models):
         torch.testing.assert_close(event.conditioning.pooled, walk.pooled + weight * (dog.pooled - walk.pooled), rtol=0, atol=1e-6)
         assert torch.equal(event.conditioning.prompt_mask, walk.mask | dog.mask if weight else walk.mask)
     assert not torch.equal(walk.embeds, dog.embeds)
+
+
+def test_keyframes_in_a_prompts_file(tmp_path):
+    from fpgen.cli.generate import job_options
+
+    (tmp_path / "story.txt").write_text("0s: a man walks in\n2.4s: keyframe: sit.png\n2.4s: he sits down\n")
+    options = job_options({"prompt": "", "prompts_file": tmp_path / "story.txt", "keyframe": ["1:wave.png"]})
+    assert options["prompt"] == "0s: a man walks in\n2.4s: he sits down"
+    assert options["keyframe"] == ["1:wave.png", f"2.4:{tmp_path / 'sit.png'}"]
+    assert job_options({"prompt": "a man | keyframe: x", "keyframe": []})["prompt"] == "a man | keyframe: x"  # not timed: a plain prompt
+
+
+def test_keyframes_survive_a_resume(tmp_path):
+    from fpgen.conditioning import JobInputs, PromptEmbedding
+    from fpgen.jobfolder import load_inputs, save_inputs
+
+    prompt = PromptEmbedding(torch.ones(1, 4, 2), torch.ones(1, 4, dtype=torch.bool), torch.ones(1, 3), 4, False)
+    keyframes = {1: torch.randn(1, 16, 1, 4, 4), 3: torch.randn(1, 16, 1, 4, 4)}
+    save_inputs(tmp_path / "inputs.safetensors", JobInputs(np.zeros((32, 32, 3), np.uint8), torch.zeros(1, 16, 1, 4, 4), torch.zeros(1, 2, 3), prompt, None, keyframes=keyframes))
+    loaded = load_inputs(tmp_path / "inputs.safetensors").keyframes
+    assert loaded.keys() == keyframes.keys() and all(torch.equal(loaded[b], keyframes[b]) for b in keyframes)

@@ -17,6 +17,7 @@ import typer
 
 from fpgen.cli import app
 from fpgen.errors import InputError
+from fpgen.prompts import split_keyframes
 from fpgen.terminal import printable
 
 EXAMPLES = """
@@ -63,8 +64,8 @@ LONG = "Long jobs"
 def generate(
     ctx: typer.Context,
     image: Path | None = typer.Argument(None, help="Start picture (PNG, JPEG, WebP): the video's first frame. Optional with --extend, --from, --resume or --jobs.", show_default=False),
-    prompt: str = typer.Option("", "--prompt", "-p", help='What happens in the video. Timed: "0s: a man walks in | 3s: he sits down" (each prompt takes over at the nearest section boundary).'),
-    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="Read the prompt from a file: one '<seconds>s: <prompt>' per line for timed prompts, or plain text."),
+    prompt: str = typer.Option("", "--prompt", "-p", help='What happens in the video. Timed: "0s: a man walks in | 3s: he sits down" (each prompt takes over at the nearest section boundary); "3s: keyframe: pose.png" is a --keyframe.'),
+    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="Read the prompt from a file: one '<seconds>s: <prompt>' (or '<seconds>s: keyframe: <picture>', relative to the file) per line for timed prompts, or plain text."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="What to avoid; used only with --cfg above 1."),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length (of the new part, with --extend); rounded to whole sections of 4*window frames."),
     seed: int = typer.Option(31337, "--seed", help="Noise seed: the same seed and settings give the same video."),
@@ -162,6 +163,9 @@ def job_options(values: dict) -> dict:
             options["prompt"] = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read prompts file {path} ({type(exc).__name__})", "pass a UTF-8 text file") from None
+    options["prompt"], keyframes = split_keyframes(options.get("prompt") or "")  # "<seconds>s: keyframe: <picture>" entries
+    folder = Path(path).parent if path is not None else Path()  # a prompts file's pictures are relative to it
+    options["keyframe"] = [*(options.get("keyframe") or ()), *(f"{t}:{folder / p}" for t, p in (k.split(":", 1) for k in keyframes))]
     return options
 
 
@@ -213,8 +217,9 @@ def _recorded(values: dict, given: set, report) -> dict:
     for name in sorted(set(recorded) - known):
         report.warn(f"ignoring recorded option {printable(name)!r}, which this fpgen does not have")
     options = {k: v for k, v in recorded.items() if k in known and k not in ("output", "save_latents")}
-    given = given | ({"prompt"} if "prompts_file" in given else set())
-    options.update({k: v for k, v in job_options(values).items() if k in given or k == "output"})
+    given_options = job_options(values)
+    given = given | ({"prompt"} | ({"keyframe"} if given_options["keyframe"] else set()) if "prompts_file" in given else set())
+    options.update({k: v for k, v in given_options.items() if k in given or k == "output"})
     if "fast" in given and "teacache" not in given:
         options.pop("teacache", None)  # decided again from --fast
     if options.get("image") and not Path(options["image"]).exists() and "image" not in given:

@@ -50,6 +50,7 @@ def test_keyframe_original_model(tiny_models, key_picture):
     settings = Settings(prompt="she turns", seconds=3.6, steps=1, size=SIZE)  # 3 sections of 1.2 s
     job, result, started = run(models, settings, keyframe=(f"1.3:{path}",))
     assert job.notes == ("keyframe at 1.3s snaps to the section boundary at 1.20s",)
+    assert "  keyframe at 1.20s (the end of section 1)" in job.describe()
     key = latent_of(models, picture)
     first = started[0]  # the section ending at 1.2 s, made last
     assert first.section.index == 2

@@ -19,7 +19,7 @@ from fpgen.buckets import load_picture, pick_bucket
 from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
 from fpgen.families import Family
-from fpgen.geometry import whole_sections
+from fpgen.geometry import section_seconds, whole_sections
 from fpgen.hub import ModelFiles, find_model
 from fpgen.jobfolder import JobFolder, SavedJob, check_job_paths, find_job, job_dir
 from fpgen.lora import Lora, LoraChoice, load_loras
@@ -71,6 +71,7 @@ class Job:
         """What the CLI prints before the job runs."""
         lines = [f"  prompt {line}" for line in describe(list(self.plan.prompts), self.plan.window)] if len(set(self.plan.prompts)) > 1 else []
         new_frames = self.model.spec.family.frame_count(replace(self.plan, offset=0))
+        lines += [f"  keyframe at {boundary * section_seconds(self.plan.window):.2f}s (the end of section {boundary})" for boundary, _ in (self.pictures.keyframes if self.pictures else ())]
         return lines + [f"{self.plan.count} section(s), {new_frames} new frames, {self.plan.order} order -> {self.spec.output}"]
 
 

@@ -5,7 +5,8 @@ asked for one frame placed ``target_index`` latent frames after the start, it dr
 the prompt says it will look then (musubi-tuner's ``--one_frame_inference``, FramePack-eichi's
 "oichi"). With a reference picture in the post slot, masked, it mixes the two (kisekaeichi).
 ``EditSpec`` is what the user asked (checked without torch), ``resolve_edit`` decides everything
-before models load, ``sample_one_frame`` is the sampling.
+before models load, ``sample_one_frame`` is the sampling. Torch and the models' modules are imported
+inside the functions that need them, so a bad option is refused before they load.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fpgen.errors import InputError
 from fpgen.spec import RuntimeRequest, Settings
+
+if TYPE_CHECKING:
+    from fpgen.hub import ModelFiles
+    from fpgen.runtime import RuntimePlan
 
 SLOTS = ("post", "2x", "4x")
 DEFAULT_REFERENCE_INDEX = 10  # musubi-tuner's kisekaeichi example (control_index=0;10); FramePack-eichi uses 13
@@ -92,8 +98,8 @@ class EditJob:
     """An edit ready to run: the pictures decoded, the model found, the settings complete."""
 
     spec: EditSpec
-    files: object  # fpgen.hub.ModelFiles
-    runtime: object  # fpgen.runtime.RuntimePlan
+    files: ModelFiles
+    runtime: RuntimePlan
     loras: tuple
     start: np.ndarray
     size: tuple[int, int]

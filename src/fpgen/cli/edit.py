@@ -44,7 +44,7 @@ def edit(
     model: str = typer.Option("framepack", "--model", "-m", help="The original FramePack model (framepack), a Hub repo id or a local transformer folder of it."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="A folder made by `fpgen download --local-dir` to load every model from."),
     revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit of the transformer repo in the HF cache."),
-    lora: list[str] = typer.Option([], "--lora", help="A LoRA to apply, PATH[:SCALE]; repeatable (e.g. one trained for one-frame edits)."),
+    lora: list[str] = typer.Option([], "--lora", metavar="PATH[:SCALE]", help="A LoRA to apply, PATH[:SCALE]; repeatable (e.g. one trained for one-frame edits)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda, cuda:N or cpu."),
     dtype: str = typer.Option("auto", "--dtype", help="Transformer compute dtype: auto (bf16 on CUDA, float32 on CPU), bfloat16 or float32."),
     low_vram: bool = typer.Option(False, "--low-vram", help="Stream the transformer and text encoder from host memory (under 6 GiB of GPU memory)."),
@@ -55,7 +55,7 @@ def edit(
 
     The picture is the start latent; one latent frame is sampled at --target-index in RoPE time, with the
     history slots the model was trained with (zeros). With --reference (and masks) it is the kisekaeichi
-    variant. Needs the original model (framepack); about as costly as one section's steps on a single frame.
+    variant. Needs the original model (framepack); costs about a fifth of a video section (one frame and its context).
     """
     from fpgen.buckets import parse_size
     from fpgen.cli.generate import default_output

@@ -138,3 +138,13 @@ def test_keyframes_survive_a_resume(tmp_path):
     save_inputs(tmp_path / "inputs.safetensors", JobInputs(np.zeros((32, 32, 3), np.uint8), torch.zeros(1, 16, 1, 4, 4), torch.zeros(1, 2, 3), prompt, None, keyframes=keyframes))
     loaded = load_inputs(tmp_path / "inputs.safetensors").keyframes
     assert loaded.keys() == keyframes.keys() and all(torch.equal(loaded[b], keyframes[b]) for b in keyframes)
+
+
+def test_helios_refuses_keyframes(key_picture, tmp_path):
+    from fpgen.config import check_family_inputs
+    from fpgen.errors import InputError
+    from fpgen.families import HELIOS
+
+    spec = JobSpec(tmp_path / "out.mp4", image=IMAGE, model="helios", keyframe=(f"1.2:{key_picture[0]}",))
+    with pytest.raises(InputError, match="--keyframe: helios has no end-frame mechanism"):
+        check_family_inputs(spec, HELIOS, False)

@@ -89,15 +89,15 @@ def pack_one_frame(start: torch.Tensor, window: int, target: int, slots: frozens
     ``slots`` (of "post", "2x", "4x") from ``1 + window`` on, all zeros. A ``reference`` latent (the
     kisekaeichi variant) takes the post slot's place at ``reference_index``. Left-out slots hold no frames.
     """
-    layout, empty = inverted_layout(window, 0), start[:, :, :0]
-    post, x2, x4 = _fit_history(None, start, nearest_first=True).split([HISTORY_1X, HISTORY_2X, HISTORY_4X], dim=2)
-    clean, clean_indices = start, layout.clean[:1]
+    layout = inverted_layout(window, 0)
+    zeros = lambda frames: start.new_zeros((*start.shape[:2], frames, *start.shape[3:]))  # noqa: E731
+    post, x2, x4 = (size if name in slots else 0 for name, size in (("post", HISTORY_1X), ("2x", HISTORY_2X), ("4x", HISTORY_4X)))
     if reference is not None:
         clean, clean_indices = torch.cat([start, reference], dim=2), torch.tensor([0, reference_index])
-    elif "post" in slots:
-        clean, clean_indices = torch.cat([start, post], dim=2), layout.clean
-    indices = IndexLayout(torch.tensor([target]), clean_indices, layout.clean_2x if "2x" in slots else layout.clean_2x[:0], layout.clean_4x if "4x" in slots else layout.clean_4x[:0])
-    return PackedContext(indices, clean, x2 if "2x" in slots else empty, x4 if "4x" in slots else empty)
+    else:
+        clean, clean_indices = torch.cat([start, zeros(post)], dim=2), layout.clean[: 1 + post]
+    indices = IndexLayout(torch.tensor([target]), clean_indices, layout.clean_2x[:x2], layout.clean_4x[:x4])
+    return PackedContext(indices, clean, zeros(x2), zeros(x4))
 
 
 def window_bounds(slot: int, window: int) -> tuple[int, int]:

@@ -56,7 +56,7 @@ def generate_video(
 ) -> VideoResult:
     """Generate a video from ``image`` (a path or uint8 RGB array) into ``output`` (an MP4 that exists only once it is complete).
 
-    ``options`` are further ``fpgen generate`` options: ``end_image``, ``extend`` (then ``image``
+    ``options`` are further ``fpgen generate`` options: ``end_image``, ``keyframe`` (``TIME:IMAGE`` strings), ``extend`` (then ``image``
     may be None), ``crf``, ``save_latents``, and ``overwrite`` and ``preview``. The job is kept in
     ``<output>.job/`` until the output is complete; ``resume_video`` finishes an interrupted one.
     """

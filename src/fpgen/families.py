@@ -90,6 +90,7 @@ HELIOS_DEFAULTS = Defaults(steps=50, window=9, cfg=5.0, size=(384, 640))
 HELIOS_REFUSES = (
     ("end_image", "has no end-frame mechanism"),
     ("loop", "has no end-frame mechanism to close a loop with"),
+    ("keyframe", "has no end-frame mechanism, which keyframes use"),
     ("extend", "cannot continue a video in fpgen yet (video-to-video is not implemented)"),
     ("step_cache", "has no step cache (TeaCache's calibration is HunyuanVideo's; --fast turns it on)"),
     ("lora", "cannot load LoRAs in fpgen yet (FramePack LoRAs do not fit its Wan transformer)"),

@@ -67,6 +67,7 @@ class Settings:
     guidance_rescale: float = 0.0
     step_cache: str = "none"  # teacache, magcache, fbcache or none (fpgen.stepcache)
     step_cache_threshold: float | None = None  # None: the cache's own default
+    prompt_blend: int = 0  # sections over which a timed prompt change blends into the next prompt (0: it switches at once)
     resolution: int = 640
     size: tuple[int, int] | None = None  # (height, width); overrides the bucket
 
@@ -89,6 +90,7 @@ class Settings:
             (self.step_cache in STEP_CACHES, f"unknown --step-cache {self.step_cache!r}", f"use one of {', '.join(STEP_CACHES)}"),
             (self.step_cache_threshold is None or self.step_cache_threshold >= 0, f"--step-cache-threshold must be at least 0 (got {self.step_cache_threshold})", "0 skips nothing; higher skips more"),
             (0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63-1 (got {self.seed})", "e.g. --seed 31337"),
+            (0 <= self.prompt_blend <= MAX_SECTIONS, f"--prompt-blend must be between 0 and {MAX_SECTIONS} sections (got {self.prompt_blend})", "e.g. --prompt-blend 4; 0 switches at once"),
         ]
         _check(checks)
         _check(self.limits())
@@ -127,6 +129,7 @@ class JobSpec:
     model_dir: Path | None = None
     revision: str | None = None
     lora: tuple[str, ...] = ()  # PATH:SCALE, paths absolute
+    keyframe: tuple[str, ...] = ()  # TIME:IMAGE, paths absolute
     device: str = "auto"
     dtype: str = "auto"
     fast: bool = False
@@ -148,7 +151,7 @@ class JobSpec:
         _check(self.output_checks())
         if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
             raise InputError(f"unknown --quantize {self.quantize!r}", "use " + ", ".join(QUANTIZE_CHOICES))
-        for path in (self.image, self.end_image, self.extend):
+        for path in (self.image, self.end_image, self.extend, *(parse_keyframe(item)[1] for item in self.keyframe)):
             if path is not None and not path.exists():
                 raise InputError(f"{'image' if path != self.extend else 'video'} not found: {path}", "check the path")
 
@@ -161,6 +164,11 @@ class JobSpec:
             (not (self.loop and self.end_image is not None), "--loop ends the video on its start picture, so it takes no --end-image", "drop --end-image (or --loop)"),
             (not (self.loop and self.extend is not None), "--loop cannot be combined with --extend: the extended video's first frame is not part of the job", "loop the first video, or drop --loop"),
         ]
+
+    @property
+    def keyframes(self) -> list[tuple[float, Path]]:
+        """The ``--keyframe`` pictures as (seconds, path), in the order given."""
+        return [parse_keyframe(item) for item in self.keyframe]
 
     @property
     def runtime_request(self) -> RuntimeRequest:
@@ -176,6 +184,7 @@ class JobSpec:
         flat.update({name: getattr(self.settings, name) for name in SETTINGS_FIELDS})
         flat["size"] = "x".join(map(str, self.settings.size)) if self.settings.size else None
         flat["lora"] = list(self.lora)
+        flat["keyframe"] = list(self.keyframe)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
 
     @classmethod
@@ -203,6 +212,8 @@ class JobSpec:
         _step_cache_from_legacy(values)
         if values.get("step_cache") is None:  # --fast picks TeaCache unless asked otherwise
             values["step_cache"] = "teacache" if values.get("fast") else "none"
+        if "keyframe" in values:
+            values["keyframe"] = tuple(_absolute_keyframe(item) for item in ([values["keyframe"]] if isinstance(values["keyframe"], str) else values["keyframe"]))
         return cls(settings=Settings(**{k: values.pop(k) for k in SETTINGS_FIELDS if k in values}).validate(), **values)
 
 
@@ -223,3 +234,20 @@ def _absolute_lora(text: str) -> str:
 
     choice = LoraChoice.parse(text)
     return f"{choice.path.expanduser().absolute()}:{choice.scale:g}"
+
+
+def parse_keyframe(text: str) -> tuple[float, Path]:
+    """``TIME:IMAGE`` (``3:pose.png`` or ``3s:pose.png``) as (seconds, path)."""
+    time, sep, path = str(text).partition(":")
+    try:
+        seconds = float(time.strip().removesuffix("s").removesuffix("S"))
+    except ValueError:
+        seconds = math.nan
+    if not sep or not path or not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"--keyframe {text!r} is not TIME:IMAGE", "give the seconds into the video and a picture, e.g. --keyframe 2.4:pose.png")
+    return seconds, Path(path)
+
+
+def _absolute_keyframe(text: str) -> str:
+    seconds, path = parse_keyframe(text)
+    return f"{seconds:.10g}:{path.expanduser().absolute()}"

@@ -152,6 +152,7 @@ def _plain(text: str | None) -> str | None:
 
 # Each command module registers its commands on ``app`` when imported; --help lists them in this order.
 from fpgen.cli import generate  # noqa: E402, F401
+from fpgen.cli import edit  # noqa: E402, F401
 from fpgen.cli import download  # noqa: E402, F401
 from fpgen.cli import models  # noqa: E402, F401
 from fpgen.cli import info  # noqa: E402, F401

@@ -17,6 +17,7 @@ import typer
 
 from fpgen.cli import app
 from fpgen.errors import InputError
+from fpgen.prompts import split_keyframes
 from fpgen.terminal import printable
 
 EXAMPLES = """
@@ -29,6 +30,10 @@ Examples:
   fpgen generate face.png -p "0s: a man walks in | 3s: he sits down | 6s: he waves" --seconds 8
 
   fpgen generate face.png --end-image smile.png -p "she turns and smiles" -o turn.mp4
+
+  fpgen generate face.png --keyframe 2.4:wave.png --keyframe 4.8:bow.png -p "she waves, then bows" --seconds 6
+
+  fpgen generate face.png -p "0s: he walks | 4s: he runs" --seconds 8 --prompt-blend 2
 
   fpgen generate --extend walk.mp4 -p "he opens the door" --seconds 3 -o walk2.mp4
 
@@ -69,8 +74,8 @@ LONG = "Long jobs"
 def generate(
     ctx: typer.Context,
     image: Path | None = typer.Argument(None, help="Start picture (PNG, JPEG, WebP): the video's first frame. Optional with --extend, --from, --resume or --jobs.", show_default=False),
-    prompt: str = typer.Option("", "--prompt", "-p", help='What happens in the video. Timed: "0s: a man walks in | 3s: he sits down" (each prompt takes over at the nearest section boundary).'),
-    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="Read the prompt from a file: one '<seconds>s: <prompt>' per line for timed prompts, or plain text."),
+    prompt: str = typer.Option("", "--prompt", "-p", help='What happens in the video. Timed: "0s: a man walks in | 3s: he sits down" (each prompt takes over at the nearest section boundary); "3s: keyframe: pose.png" is a --keyframe.'),
+    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="Read the prompt from a file: one '<seconds>s: <prompt>' (or '<seconds>s: keyframe: <picture>', relative to the file) per line for timed prompts, or plain text."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="What to avoid; used only with --cfg above 1."),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length (of the new part, with --extend); rounded to whole sections of 4*window frames."),
     seed: int = typer.Option(31337, "--seed", help="Noise seed: the same seed and settings give the same video."),
@@ -90,6 +95,11 @@ def generate(
         None, "--end-image", help="Picture to arrive at. framepack: the first section made (the video's end) sees it as the frame right after the video. "
         "framepack-f1: the last section sees it one frame after its window and its last latent frame is pinned to it, so the video ends on it.",
     ),  # fmt: skip
+    keyframe: list[str] = typer.Option(
+        [], "--keyframe", metavar="TIME:IMAGE", help="A picture the video passes through near TIME seconds (snapped to a section boundary, printed); repeatable. "
+        "It enters as --end-image does, for the section that ends there; at the video's end it is the end picture.",
+    ),  # fmt: skip
+    prompt_blend: int = typer.Option(0, "--prompt-blend", metavar="N", help="A timed prompt change blends the prompt embeddings over N sections instead of switching at once (0: at once)."),
     extend: Path | None = typer.Option(
         None, "--extend", help="Continue this video: the output is the video (re-encoded, at its own size if a multiple of 16) followed by --seconds of new frames, "
         "its last 4*window-3 frames cross-faded with the new part's decode. F1 packs its history from the video's last frames and keeps its first frame (or IMAGE) as the start; "
@@ -180,6 +190,9 @@ def job_options(values: dict) -> dict:
             options["prompt"] = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read prompts file {path} ({type(exc).__name__})", "pass a UTF-8 text file") from None
+    options["prompt"], keyframes = split_keyframes(options.get("prompt") or "")  # "<seconds>s: keyframe: <picture>" entries
+    folder = Path(path).parent if path is not None else Path()  # a prompts file's pictures are relative to it
+    options["keyframe"] = [*(options.get("keyframe") or ()), *(f"{t}:{folder / p}" for t, p in (k.split(":", 1) for k in keyframes))]
     return options
 
 
@@ -233,8 +246,9 @@ def _recorded(values: dict, given: set, report) -> dict:
     for name in sorted(set(recorded) - known):
         report.warn(f"ignoring recorded option {printable(name)!r}, which this fpgen does not have")
     options = {k: v for k, v in recorded.items() if k in known and k not in ("output", "save_latents")}
-    given = given | ({"prompt"} if "prompts_file" in given else set())
-    options.update({k: v for k, v in job_options(values).items() if k in given or k == "output"})
+    given_options = job_options(values)
+    given = given | ({"prompt"} | ({"keyframe"} if given_options["keyframe"] else set()) if "prompts_file" in given else set())
+    options.update({k: v for k, v in given_options.items() if k in given or k == "output"})
     if given & {"fast", "step_cache", "teacache"}:  # the step cache is chosen again (--fast picks one): the recorded one and its threshold go
         for name in {"step_cache", "step_cache_threshold", "teacache", "teacache_threshold"} - given:
             options.pop(name, None)
@@ -300,7 +314,7 @@ def _resume(values: dict, given: set, report) -> None:
 def _batch(ctx: typer.Context, values: dict, report) -> None:
     from fpgen.batch import BatchJob, check_outputs, my_share, parse_shard, read_jobs_file, run_batch
     from fpgen.config import resolve
-    from fpgen.spec import PATH_OPTIONS
+    from fpgen.spec import PATH_OPTIONS, parse_keyframe
     from fpgen.errors import FpgenError, Interrupted
     from fpgen.workers import plan_workers, run_parallel
 
@@ -315,6 +329,8 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
             typed = _typed_fields(ctx, params, fields)
             for name in set(typed) & {*PATH_OPTIONS, "prompts_file"}:  # a line's paths are relative to the jobs file
                 typed[name] = Path(path).parent / Path(typed[name]).expanduser() if typed[name] is not None else None
+            if typed.get("keyframe"):
+                typed["keyframe"] = [f"{t}:{Path(path).parent / p.expanduser()}" for t, p in map(parse_keyframe, typed["keyframe"])]
             options = job_options({**values, **typed})
             options["output"] = options.get("output") or Path("outputs") / f"{Path(path).stem}-{number:03d}.mp4"
             spec = _spec(options)

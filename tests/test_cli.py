@@ -51,7 +51,7 @@ def test_download_and_models_help_show_examples(cli):
 def test_commands_are_listed_in_order(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     first_words = [line.strip("│ ").split(" ")[0] for line in cli("--help").stdout.splitlines() if line.startswith("│ ")]
-    assert first_words == ["--version", "--help", "generate", "edit", "download", "models", "info", "finetune", "lora", "calibrate", "warmup"]
+    assert first_words == ["--version", "--help", "generate", "edit", "download", "models", "info", "finetune", "calibrate", "warmup", "lora"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

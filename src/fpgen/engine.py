@@ -23,7 +23,7 @@ from fpgen.denoiser import Guidance, pin_last_frame
 from fpgen.events import FinishedSection, FrameSink, Listener, Result, SectionDone, SectionStarted, StepDone
 from fpgen.geometry import LATENT_CHANNELS, latent_size, latent_to_frame
 from fpgen.loading import Components
-from fpgen.packing import context_to, window_bounds
+from fpgen.packing import context_to, limit_history, window_bounds
 from fpgen.plan import SectionPlan
 
 
@@ -72,7 +72,7 @@ def generate_frames(
     with components.denoising() as (transformer, blocks), components.step_cache(settings.steps, teacache):
         for section in plan.sections[len(finished) :]:
             noise = torch.randn(noise_shape, generator=generator)
-            context = family.sections.context(plan, video, section, inputs.start_latent, inputs.end_latent)
+            context = limit_history(family.sections.context(plan, video, section, inputs.start_latent, inputs.end_latent), settings.history, family.sections.name)
             prompt = plan.prompt_of(section)
             emit(SectionStarted(section, context, prompt, positives[prompt]))
             blocks.reset_hooks()

@@ -86,6 +86,7 @@ def generate(
     revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit of the model's transformer repo to load from the HF cache (as given to `fpgen download --revision`)."),
     resolution: int = typer.Option(640, "--resolution", help="Size bucket class; the picture is resized and centre-cropped to the nearest bucket."),
     size: str | None = typer.Option(None, "--size", help="Exact size HEIGHTxWIDTH in pixels (multiples of 16), e.g. 640x608; overrides the bucket."),
+    history: str | None = typer.Option(None, "--history", metavar="N1,N2,N4", help="Frames kept in the 1x, 2x and 4x packed-history slots, the rest blank: 1,0,0 is the short-history ablation. [default: 1,2,16, the official packing]", show_default=False),
     crf: int = typer.Option(16, "--crf", help="H.264 quality, 0 (lossless) to 51; 16 is the official default."),
     output: Path | None = typer.Option(None, "--output", "-o", help="MP4 to write [default: outputs/<time>_<seed>.mp4]; its metadata also goes to <name>.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output if it exists (and start over an unfinished job for it)."),

@@ -142,6 +142,15 @@ def _text_entry(cache_dir: Path, caption: str, text_id: str) -> Path:
     return cache_dir / "text" / f"{_digest({'v': CACHE_VERSION, 'caption': caption, 'encoders': text_id})}.safetensors"
 
 
+def _text_id(files: ModelFiles) -> str:
+    return _digest({name: weights_id(files.paths[name]) for name in TEXT_ENCODERS})
+
+
+def text_entry(cache_dir: Path, caption: str, files: ModelFiles) -> Path:
+    """Where ``caption``'s embeddings are cached (``build_cache`` makes it when asked for in ``extra_captions``)."""
+    return _text_entry(cache_dir, caption, _text_id(files))
+
+
 def _video_entry(clip: Clip, settings: CacheSettings, encoders: _Encoders, cache_dir: Path, video_id: str) -> tuple[Path, tuple[int, int]]:
     """The clip's cache entry, encoded if missing, and its size; raises ``UnreadableClip``."""
     size = clip_size(clip.video, settings.size, settings.resolution)
@@ -166,13 +175,14 @@ def build_cache(
     cache_dir: Path,
     validation: tuple[Path, str] | None = None,
     on_progress: Progress | None = None,
+    extra_captions: tuple[str, ...] = (),
 ) -> tuple[list[CachedClip], CachedStart | None, CacheReport]:
-    """Make sure every clip (and the validation picture and prompt) is cached; encode only what is missing."""
+    """Make sure every clip (and the validation picture and prompt, and ``extra_captions``) is cached; encode only what is missing."""
     progress = on_progress or (lambda what, done, total: None)
     report = CacheReport()
     encoders = _Encoders(files, runtime, report)
     video_id = _digest({name: weights_id(files.paths[name]) for name in VIDEO_ENCODERS})
-    text_id = _digest({name: weights_id(files.paths[name]) for name in TEXT_ENCODERS})
+    text_id = _text_id(files)
 
     cached = []
     for number, clip in enumerate(clips):
@@ -202,6 +212,7 @@ def build_cache(
     captions = {c.text: c.clip.caption for c in cached if c.sections}
     if start is not None:
         captions[start.text] = validation[1]
+    captions.update({_text_entry(cache_dir, caption, text_id): caption for caption in extra_captions})
     for number, (entry, caption) in enumerate(sorted(captions.items())):
         if entry.is_file():
             report.texts_reused += 1

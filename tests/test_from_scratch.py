@@ -107,3 +107,44 @@ def test_history_option_is_checked_before_any_work():
         TrainConfig(data=GOLDEN, caption_dropout=1.0).validate()
     config = TrainConfig(data=GOLDEN, history=(1, 0, 0), ema=0.99)
     assert TrainConfig.from_json(config.to_json()) == config and config.differences(TrainConfig(data=GOLDEN)) == ["--history (1, 2, 16) -> (1, 0, 0)", "--ema 0.0 -> 0.99"]
+
+
+def test_ema_weights_are_the_result_and_a_resume_continues_them_exactly(offline_cache, tmp_path):
+    """A --full run with every from-scratch option: the written model is the checkpoint's average (not its raw weights),
+    and 2 steps then --resume to 3 write the same average as 3 steps at once."""
+    from synthetic import make_dataset
+    from test_finetune import train_in_process
+
+    from fpgen.training.loop import train
+
+    make_dataset(tmp_path / "clips", 2, 25)
+    options = dict(data=tmp_path / "clips", size=(64, 64), window=3, device="cpu", full=True, learning_rate=1e-2, save_every=1,
+                   ema=0.9, caption_dropout=0.5, history=(1, 0, 0), cache_in_ram=True)  # fmt: skip
+    train_in_process(TrainConfig(output=tmp_path / "straight", max_steps=3, **options), None)
+    train_in_process(TrainConfig(output=tmp_path / "resumed", max_steps=2, **options), None)
+    train(TrainConfig(output=tmp_path / "resumed", max_steps=3, **options), resume=True)
+
+    last = tmp_path / "straight" / "checkpoints" / "step-0000003"
+    average, raw = load_file(last / "ema.safetensors"), load_file(last / "model.safetensors")
+    written = {k: v for shard in (tmp_path / "straight").glob("diffusion_pytorch_model*.safetensors") for k, v in load_file(shard).items()}
+    name = "transformer_blocks.0.attn.to_q.weight"
+    assert torch.equal(written[name], average[name]) and not torch.equal(written[name], raw["transformer." + name])
+    resumed = {k: v for shard in (tmp_path / "resumed").glob("diffusion_pytorch_model*.safetensors") for k, v in load_file(shard).items()}
+    assert resumed.keys() == written.keys() and all(torch.equal(resumed[k], written[k]) for k in written)
+
+
+def test_generate_with_a_short_history(cli, tmp_path):
+    """--history 1,0,0: the first section made (the video's end, no history yet) is the same, the next one differs; the job records it."""
+    from conftest import GOLDEN
+
+    from fpgen.metadata import read_description
+
+    job = (GOLDEN / "input.png", "--size", "16x16", "--steps", "2", "--seconds", "0.8", "--window", "3", "--device", "cpu")  # two sections
+    assert cli("generate", *job, "-o", "full.mp4", "--save-latents", "full.safetensors").returncode == 0
+    assert cli("generate", *job, "-o", "short.mp4", "--save-latents", "short.safetensors", "--history", "1,0,0").returncode == 0
+    full, short = load_file(tmp_path / "full.safetensors")["latents"], load_file(tmp_path / "short.safetensors")["latents"]
+    assert full.shape[2] == 7 and torch.equal(full[:, :, 4:], short[:, :, 4:])  # start latent, then sections 0 and 1 (3 latents each)
+    assert (full[:, :, 1:4] - short[:, :, 1:4]).abs().max() > 1e-3
+    assert read_description(tmp_path / "short.mp4")["job"]["history"] == "1,0,0"
+    bad = cli("generate", *job, "-o", "bad.mp4", "--history", "1,2,17")
+    assert bad.returncode == 2 and "--history must be three counts" in bad.stderr and not (tmp_path / "bad.mp4").exists()

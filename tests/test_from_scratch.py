@@ -133,18 +133,25 @@ def test_ema_weights_are_the_result_and_a_resume_continues_them_exactly(offline_
     assert resumed.keys() == written.keys() and all(torch.equal(resumed[k], written[k]) for k in written)
 
 
-def test_generate_with_a_short_history(cli, tmp_path):
-    """--history 1,0,0: the first section made (the video's end, no history yet) is the same, the next one differs; the job records it."""
-    from conftest import GOLDEN
+def test_generate_packs_the_short_history(offline_cache, tmp_path):
+    """--history 1,0,0 in a generation: the second section made sees its nearest future frame only, its 2x and 4x slots blank."""
+    import fpgen
+    from fpgen.events import SectionStarted
 
-    from fpgen.metadata import read_description
+    contexts = []
+    models = fpgen.load_models("framepack", device="cpu")
+    settings = fpgen.Settings(seconds=0.8, window=3, steps=1, size=(16, 16), history=(1, 0, 0))  # two sections
+    listener = lambda event: contexts.append(event.context) if isinstance(event, SectionStarted) else None  # noqa: E731
+    fpgen.generate_video(models, GOLDEN / "input.png", tmp_path / "short.mp4", settings, on_event=listener)
+    first, second = contexts
+    assert first.clean_2x.abs().sum() == 0 == first.clean_4x.abs().sum()  # the first section made has no future yet
+    assert second.clean[:, :, 1].abs().sum() > 0 and second.clean_2x.abs().sum() == 0 == second.clean_4x.abs().sum()  # packed, it would hold 2 + 1 frames
 
-    job = (GOLDEN / "input.png", "--size", "16x16", "--steps", "2", "--seconds", "0.8", "--window", "3", "--device", "cpu")  # two sections
-    assert cli("generate", *job, "-o", "full.mp4", "--save-latents", "full.safetensors").returncode == 0
-    assert cli("generate", *job, "-o", "short.mp4", "--save-latents", "short.safetensors", "--history", "1,0,0").returncode == 0
-    full, short = load_file(tmp_path / "full.safetensors")["latents"], load_file(tmp_path / "short.safetensors")["latents"]
-    assert full.shape[2] == 7 and torch.equal(full[:, :, 4:], short[:, :, 4:])  # start latent, then sections 0 and 1 (3 latents each)
-    assert (full[:, :, 1:4] - short[:, :, 1:4]).abs().max() > 1e-3
-    assert read_description(tmp_path / "short.mp4")["job"]["history"] == "1,0,0"
-    bad = cli("generate", *job, "-o", "bad.mp4", "--history", "1,2,17")
+
+def test_generate_records_and_checks_the_history_option(cli, tmp_path):
+    from fpgen.spec import JobSpec
+
+    assert JobSpec.from_options({"output": "a.mp4", "history": "1,0,0"}).options()["history"] == "1,0,0"  # what metadata and job folders keep
+    assert JobSpec.from_options(JobSpec.from_options({"output": "a.mp4", "history": [0, 1, 8]}).options()).settings.history == (0, 1, 8)
+    bad = cli("generate", GOLDEN / "input.png", "-o", "bad.mp4", "--history", "1,2,17")
     assert bad.returncode == 2 and "--history must be three counts" in bad.stderr and not (tmp_path / "bad.mp4").exists()

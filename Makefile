@@ -10,7 +10,12 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 
-.PHONY: install test test-fast clean
+DEMO_DATA ?= .demo/data
+CLIPS ?= 2000
+SEED ?= 0
+WORKERS ?= 2
+
+.PHONY: install test test-fast clean demo-data
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +28,10 @@ test:
 
 test-fast:
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The demo model's training clips and held-out clips (demo/data.py; stills fetched with pip): see demo/README.md.
+demo-data:
+	$(BIN)/python demo/data.py $(DEMO_DATA) --clips $(CLIPS) --seed $(SEED) --workers $(WORKERS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

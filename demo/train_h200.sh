@@ -6,8 +6,9 @@
 #   bash benchmarks/on_device.sh bash demo/train_h200.sh vae-export cache train  # call 2: VAE out, cache, both transformers
 #   bash benchmarks/on_device.sh bash demo/train_h200.sh train export            # call 3: both resumed, then exported to $OUT
 #
-# Carry (64 MiB in all): .whl (diffusers 0.42.1, imageio-ffmpeg 0.6.0), .demo/hub (made here by
-# `python demo/build.py .demo/hub --part text`, about 3 MB) and .demo/data/stills (`make demo-data CLIPS=0`).
+# Carry in every call (64 MiB in all; inputs only, never written there): .whl (diffusers 0.42.1, imageio-ffmpeg 0.6.0),
+# .demo/text (`python demo/build.py .demo/text --part text` here, about 8 MB) and .demo/data/stills (`make demo-data CLIPS=0`).
+# Never carry .demo/hub: a carried path replaces the device's copy, which holds what was trained.
 # Every stage skips what is done and continues what was stopped: a training stopped by the time limit
 # (SIGINT, checkpoint written) goes on with --resume, the VAE from its checkpoint. The device keeps ignored
 # files between calls only while it stays warm (30 minutes held at most): a fresh machine redoes the data
@@ -26,8 +27,8 @@ TRAIN=(--full --model-dir "$HUB" --size 128x128 --window 9 --cache-dir "$CACHE" 
 for stage in "$@"; do
   echo "== $stage ($(left) s left)"
   case $stage in
-    data)  # the fresh VAE, SigLIP and transformers (next to the carried text part), then the clips
-      [ -f "$HUB/lllyasviel/FramePackI2V_HY/config.json" ] || python3 demo/build.py "$HUB" --part weights
+    data)  # the carried text part, the fresh VAE, SigLIP and transformers beside it, then the clips
+      [ -f "$HUB/lllyasviel/FramePackI2V_HY/config.json" ] || { mkdir -p "$HUB" && cp -r .demo/text/. "$HUB/" && python3 demo/build.py "$HUB" --part weights; }
       [ -f "$DATA/train/clip-$(printf %05d $((CLIPS - 1))).mp4" ] || python3 demo/data.py "$DATA" --clips "$CLIPS" --workers 14 ;;
     vae)
       python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/vae" --minutes "$(( $(left 30) / 60 ))" --workers 12 ;;
@@ -45,13 +46,14 @@ for stage in "$@"; do
       done
       for pid in "${pids[@]}"; do wait "$pid" || [ $? -eq 130 ]; done  # 130: stopped at the limit, checkpoint kept
       tail -n 3 "$RUNS"/framepack*.err; tail -n 2 "$RUNS"/framepack/log.jsonl "$RUNS"/framepack-f1/log.jsonl ;;
-    export)  # the finished runs' EMA weights into the hub (bf16, shards under 15 MB); the hub minus F1 back through $OUT (~50 MB)
+    export)  # the finished runs' EMA weights into the hub (bf16, shards under 15 MB); the hub minus F1 back through $OUT
+      # ($OUT takes 8 files of 16 MiB: a tar in 15 MB parts, ~50 MB; here: cat hub.tar.part-* | tar -x -C .demo/hub)
       python3 demo/build.py "$HUB" --part export --run "$RUNS/framepack" --order inverted
       python3 demo/build.py "$HUB" --part export --run "$RUNS/framepack-f1" --order forward
-      mkdir -p "$OUT/hub" && tar -C "$HUB" --exclude 'lllyasviel/FramePack_F1_I2V_HY_20250503' -cf - . | tar -C "$OUT/hub" -xf -
-      cp "$RUNS"/framepack/log.jsonl "$OUT/framepack-log.jsonl"; cp "$RUNS"/framepack-f1/log.jsonl "$OUT/framepack-f1-log.jsonl" ;;
-    export-f1)  # a separate call: F1's transformer (41 MB) alone
-      mkdir -p "$OUT/hub/lllyasviel" && cp -r "$HUB/lllyasviel/FramePack_F1_I2V_HY_20250503" "$OUT/hub/lllyasviel/" ;;
+      tar -C "$HUB" --exclude 'lllyasviel/FramePack_F1_I2V_HY_20250503' -cf - . | split -b 15m - "$OUT/hub.tar.part-"
+      tail -n 20 "$RUNS"/framepack/log.jsonl "$RUNS"/framepack-f1/log.jsonl > "$OUT/logs.txt" ;;
+    export-f1)  # a separate call: F1's transformer (41 MB) alone, the same way
+      tar -C "$HUB" -cf - lllyasviel/FramePack_F1_I2V_HY_20250503 | split -b 15m - "$OUT/f1.tar.part-" ;;
     *) echo "unknown stage $stage (data, vae, vae-export, cache, train, export, export-f1)"; exit 2 ;;
   esac
 done

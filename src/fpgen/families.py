@@ -71,6 +71,7 @@ class Family:
     section_count: Callable[[float, int], int] = section_count  # (seconds, window) -> sections
     frame_count: Callable[[SectionPlan], int] = planned_frames  # frames of a planned video (FramePack: its latents, decoded overlapping)
     text_to_video: bool = False  # without a picture it makes a video from the prompt alone (else that is an error)
+    color_match_after: float | None = None  # --color-match is on by default for videos longer than this (seconds); None: only when asked
     refuses: tuple[tuple[str, str], ...] = ()  # (job option, why this family cannot take it)
 
 
@@ -88,8 +89,9 @@ HELIOS_FPS = 24
 HELIOS_DEFAULTS = Defaults(steps=50, window=9, cfg=5.0, size=(384, 640))
 HELIOS_REFUSES = (
     ("end_image", "has no end-frame mechanism"),
+    ("loop", "has no end-frame mechanism to close a loop with"),
     ("extend", "cannot continue a video in fpgen yet (video-to-video is not implemented)"),
-    ("teacache", "has no TeaCache calibration (TeaCache's is HunyuanVideo's; --fast turns it on)"),
+    ("step_cache", "has no step cache (TeaCache's calibration is HunyuanVideo's; --fast turns it on)"),
     ("lora", "cannot load LoRAs in fpgen yet (FramePack LoRAs do not fit its Wan transformer)"),
 )
 HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
@@ -104,7 +106,7 @@ def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Parts 
 
 
 FRAMEPACK = Family("framepack", INVERTED)
-FRAMEPACK_F1 = Family("framepack-f1", FORWARD)
+FRAMEPACK_F1 = Family("framepack-f1", FORWARD, color_match_after=30.0)  # F1's colours drift over long videos (peers.md: FramePack #535, #703)
 HELIOS = helios_family("helios")
 HELIOS_MID = helios_family("helios-mid", replace(HELIOS_DEFAULTS, steps=10), HELIOS_ZERO_STAR_PARTS)  # pyramid stages with CFG-zero*
 HELIOS_DISTILLED = helios_family("helios-distilled", replace(HELIOS_DEFAULTS, steps=1, cfg=1.0), HELIOS_PYRAMID_PARTS)  # pyramid stages, DMD scheduler

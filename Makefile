@@ -17,7 +17,7 @@ BIN = $(VENV)/bin
 DEMO_DATA ?= .demo/data
 CLIPS ?= 2000
 SEED ?= 0
-WORKERS ?= 2
+DEMO_WORKERS ?= 2
 
 .PHONY: install test test-fast clean demo-data
 
@@ -35,7 +35,7 @@ test-fast:
 
 # The demo model's training clips and held-out clips (demo/data.py; stills fetched with pip): see demo/README.md.
 demo-data:
-	$(BIN)/python demo/data.py $(DEMO_DATA) --clips $(CLIPS) --seed $(SEED) --workers $(WORKERS)
+	$(BIN)/python demo/data.py $(DEMO_DATA) --clips $(CLIPS) --seed $(SEED) --workers $(DEMO_WORKERS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from fpgen.conditioning import PROMPT_CROP, check_prompt_template, encode_prompt
+from fpgen.conditioning import PROMPT_CROP, PROMPT_TEMPLATE, encode_prompt
 from fpgen.loading import load_tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where demo/ lives
@@ -21,8 +21,8 @@ def test_identity_llama_hands_back_the_word_vectors(tmp_path):
     build.build_text(tmp_path, WORDS, vectors)
     repo = tmp_path / build.HUNYUAN
     tokenizer, tokenizer_2 = load_tokenizers({"tokenizer": repo / "tokenizer", "tokenizer_2": repo / "tokenizer_2"})  # checks the 95-token prefix
-    check_prompt_template(tokenizer)
-    assert len(tokenizer(build.pieces("x")[0])["input_ids"]) == 2  # BOS + <unk>
+    assert len(tokenizer(PROMPT_TEMPLATE.split("{}")[0])["input_ids"]) == PROMPT_CROP == 95
+    assert tokenizer(" wobbling")["input_ids"] == [build.BOS, build.UNK]
     from transformers import CLIPTextModel, LlamaModel
 
     llama, clip = LlamaModel.from_pretrained(repo / "text_encoder"), CLIPTextModel.from_pretrained(repo / "text_encoder_2")

@@ -22,7 +22,7 @@ from fpgen.denoiser import Guidance, pin_last_frame
 from fpgen.events import FinishedSection, FrameSink, Listener, Result, SectionDone, SectionStarted, StepDone
 from fpgen.geometry import LATENT_CHANNELS, latent_size, latent_to_frame, window_tokens
 from fpgen.loading import Components
-from fpgen.packing import context_to, window_bounds
+from fpgen.packing import context_to, limit_history, window_bounds
 from fpgen.plan import SectionPlan
 from fpgen.stepcache import StepCachePlan
 
@@ -75,7 +75,7 @@ def generate_frames(
         for section in plan.sections[len(finished) :]:
             noise = torch.randn(noise_shape, generator=generator)
             arrival = inputs.arrival(plan, section)
-            context = family.sections.context(plan, video, section, inputs.start_latent, arrival)
+            context = limit_history(family.sections.context(plan, video, section, inputs.start_latent, arrival), settings.history, family.sections.name)
             prompt = plan.prompt_of(section)
             positive = positives[plan.prompt_mix(section)]
             emit(SectionStarted(section, context, prompt, positive))

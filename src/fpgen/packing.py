@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from fpgen.geometry import FULL_HISTORY
 from fpgen.plan import Order, Section, SectionPlan
 
-HISTORY_1X, HISTORY_2X, HISTORY_4X = 1, 2, 16
+HISTORY_1X, HISTORY_2X, HISTORY_4X = FULL_HISTORY
 HISTORY_LENGTH = HISTORY_1X + HISTORY_2X + HISTORY_4X  # 19 latent frames of history
 PAST_LATENTS = 4  # extending with the original model: latents of the given video shown before the start latent (about half a second)
 
@@ -98,6 +99,28 @@ def pack_one_frame(start: torch.Tensor, window: int, target: int, slots: frozens
         clean, clean_indices = torch.cat([start, zeros(post)], dim=2), layout.clean[: 1 + post]
     indices = IndexLayout(torch.tensor([target]), clean_indices, layout.clean_2x[:x2], layout.clean_4x[:x4])
     return PackedContext(indices, clean, zeros(x2), zeros(x4))
+
+
+def limit_history(context: PackedContext, history: tuple[int, int, int], order: Order) -> PackedContext:
+    """``context`` with each history slot (1x, 2x, 4x) keeping only its ``history`` nearest frames, the rest blank (zeros).
+
+    ``--history 1,0,0`` is the short-history ablation: the layout, shapes and RoPE indices stay the
+    official ones, the 2x and 4x slots hold nothing, as at the start of a video. The start latent
+    and any extra context frames (an extended video's) are never blanked. Nearest is the slot's
+    first frame for the inverted order (the history is the future) and its last for the forward one.
+    """
+    if tuple(history) == FULL_HISTORY:
+        return context
+
+    def keep(frames: torch.Tensor, count: int) -> torch.Tensor:
+        kept = torch.zeros_like(frames)
+        if count:
+            nearest = slice(0, count) if order == "inverted" else slice(frames.shape[2] - count, frames.shape[2])
+            kept[:, :, nearest] = frames[:, :, nearest]
+        return kept
+
+    clean = torch.cat([context.clean[:, :, :1], keep(context.clean[:, :, 1:2], history[0]), context.clean[:, :, 2:]], dim=2)
+    return replace(context, clean=clean, clean_2x=keep(context.clean_2x, history[1]), clean_4x=keep(context.clean_4x, history[2]))
 
 
 def window_bounds(slot: int, window: int) -> tuple[int, int]:

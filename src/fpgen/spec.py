@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from fpgen.buckets import parse_size
 from fpgen.errors import InputError
-from fpgen.geometry import section_count
+from fpgen.geometry import FULL_HISTORY, section_count
 from fpgen.prompts import parse_prompts
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class Settings:
     prompt_blend: int = 0  # sections over which a timed prompt change blends into the next prompt (0: it switches at once)
     resolution: int = 640
     size: tuple[int, int] | None = None  # (height, width); overrides the bucket
+    history: tuple[int, int, int] = FULL_HISTORY  # frames kept in the 1x, 2x, 4x history slots (fpgen.packing.limit_history)
 
     def complete(self, defaults: Defaults) -> Settings:
         """These settings with the family's defaults where they are unset (the limits that depend on them checked)."""
@@ -104,6 +105,17 @@ class Settings:
             (len(self.prompt) + len(self.negative_prompt) <= MAX_PROMPT_CHARS, f"the prompt is {len(self.prompt)} characters; at most {MAX_PROMPT_CHARS}", "the text encoder reads its first 256 tokens"),
             (self.size is None or self.size[0] * self.size[1] <= MAX_PIXELS, f"--size {self.size and 'x'.join(map(str, self.size))} is larger than 4096x4096 pixels", "use a smaller --size"),
         ]
+
+
+def parse_history(text: str | list | tuple) -> tuple[int, int, int]:
+    """``--history N1,N2,N4``: frames kept in the 1x, 2x and 4x history slots, each at most the official 1, 2, 16."""
+    try:
+        values = tuple(int(v) for v in (text.split(",") if isinstance(text, str) else text))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 <= v <= top for v, top in zip(values, FULL_HISTORY)):
+        raise InputError(f"--history must be three counts N1,N2,N4 within 0..1, 0..2 and 0..16 (got {text!r})", "1,2,16 is the official packing; 1,0,0 keeps only the nearest frame")
+    return values
 
 
 def _check(checks: list[tuple[bool, str, str]]) -> None:
@@ -183,6 +195,7 @@ class JobSpec:
         flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
         flat.update({name: getattr(self.settings, name) for name in SETTINGS_FIELDS})
         flat["size"] = "x".join(map(str, self.settings.size)) if self.settings.size else None
+        flat["history"] = ",".join(map(str, self.settings.history))
         flat["lora"] = list(self.lora)
         flat["keyframe"] = list(self.keyframe)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
@@ -207,6 +220,8 @@ class JobSpec:
                 values[name] = Path(values[name]).expanduser().absolute()
         if "size" in values:
             values["size"] = parse_size(values["size"]) if isinstance(values["size"], str) else tuple(values["size"])
+        if "history" in values:
+            values["history"] = parse_history(values["history"])
         if "lora" in values:
             values["lora"] = tuple(_absolute_lora(item) for item in ([values["lora"]] if isinstance(values["lora"], str) else values["lora"]))
         _step_cache_from_legacy(values)

@@ -111,6 +111,7 @@ def generate(
     revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit of the model's transformer repo to load from the HF cache (as given to `fpgen download --revision`)."),
     resolution: int = typer.Option(640, "--resolution", help="Size bucket class; the picture is resized and centre-cropped to the nearest bucket."),
     size: str | None = typer.Option(None, "--size", help="Exact size HEIGHTxWIDTH in pixels (multiples of 16), e.g. 640x608; overrides the bucket."),
+    history: str | None = typer.Option(None, "--history", metavar="N1,N2,N4", help="Frames kept in the 1x, 2x and 4x packed-history slots, the rest blank: 1,0,0 is the short-history ablation. [default: 1,2,16, the official packing]", show_default=False),
     crf: int = typer.Option(16, "--crf", help="H.264 quality, 0 (lossless) to 51; 16 is the official default."),
     fps: int | None = typer.Option(None, "--fps", help="Output frame rate. One that divides the model's (30; helios 24) drops frames exactly; any other is motion-interpolated by ffmpeg once the video is complete. [default: the model's]", show_default=False),
     interpolate: int = typer.Option(1, "--interpolate", help="Multiply the output frame rate by motion interpolation (2: 60 fps from 30)."),

@@ -21,6 +21,9 @@ from fpgen.errors import InputError
 SIZE_VS_BF16 = {"int8": 0.5, "fp8": 0.5, "nf4": 0.27}
 NF4_BLOCK, NF4_SCALER_BLOCK = 64, 256  # QLoRA's; every linear of the released transformer is a multiple of 64*256 weights
 BY_ACCURACY = ("int8", "fp8", "nf4")  # least lossy first (relative L2 on random weights: 4e-3, 3e-2, 8e-2)
+# What --quantize auto may pick: the kinds measured to lower the GPU peak. On the H200 (benchmarks/RESULTS.md,
+# 2026-12-01) int8 took the transformer from 27.7 to 16.3 GiB; fp8 (28.0) and nf4 (34.1) did not.
+AUTO_KINDS = ("int8",)
 
 
 def check_quantization_available() -> None:

@@ -23,7 +23,7 @@ import torch
 from fpgen.attention import attention_for
 from fpgen.checkpoint import TransformerWeights, is_gguf
 from fpgen.errors import InputError
-from fpgen.quantize import BY_ACCURACY, SIZE_VS_BF16, check_quantization_available
+from fpgen.quantize import AUTO_KINDS, SIZE_VS_BF16, check_quantization_available
 from fpgen.spec import RuntimeRequest
 
 Mode = Literal["exact", "fast", "low-vram"]
@@ -119,13 +119,13 @@ def choose_mode(budget_gib: float, transformer_bytes: int, request: RuntimeReque
 
 def choose_quantization(budget_gib: float, transformer_bytes: int, request: RuntimeRequest) -> tuple[str | None, str]:
     """The blocks' weight quantization: the one asked for; with ``auto``, none when the bf16 transformer
-    fits ``budget_gib`` (or low-vram is asked for), else the least lossy one that fits, else none
-    (low-vram then streams bf16 blocks)."""
+    fits ``budget_gib`` (or low-vram is asked for), else the least lossy of ``AUTO_KINDS`` that fits, else
+    none (low-vram then streams bf16 blocks)."""
     if request.quantize != "auto":
         return request.quantize, f"asked for with --quantize {request.quantize}" if request.quantize else ""
     if request.low_vram:
         return None, ""
-    for kind, factor in (("bf16", 1.0), *((kind, SIZE_VS_BF16[kind]) for kind in BY_ACCURACY)):
+    for kind, factor in (("bf16", 1.0), *((kind, SIZE_VS_BF16[kind]) for kind in AUTO_KINDS)):
         needed = transformer_bytes * factor / GIB + WORKSPACE_GIB
         if budget_gib >= needed:
             return (None, "") if kind == "bf16" else (kind, f"--quantize auto: {budget_gib:.0f} GiB holds the {kind} transformer ({needed:.0f} GiB), not bf16")

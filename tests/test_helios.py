@@ -97,6 +97,37 @@ def test_image_to_video_equals_helios_pipeline(helios_base, tmp_path):
     assert rel_l2(ours, reference) < 1e-3
 
 
+def test_video_to_video_equals_helios_pipeline(helios_offline, tmp_path, monkeypatch, capsys):
+    """`fpgen generate --extend` (in-process CLI, offline) equals HeliosPipeline(video=...) with real CFG.
+
+    The video has 4 whole chunks and 5 frames more: the pipeline encodes all 4 from frame 5 on (and
+    draws for each), fpgen encodes the last 3 (what the history holds) and drops the first one's draws.
+    """
+    from fpgen.video import read_mp4, write_mp4
+
+    ramp = np.linspace(0, 1, 4 * 33 + 5)[:, None, None, None]
+    pattern = np.random.default_rng(6).random((2, *SIZE, 3))
+    write_mp4(tmp_path / "given.mp4", ((pattern[0] * (1 - ramp) + pattern[1] * ramp) * 255).astype(np.uint8), crf=4, fps=24)
+    given, _ = read_mp4(tmp_path / "given.mp4")
+    monkeypatch.chdir(tmp_path)
+    args = ["--extend", "given.mp4", "-p", PROMPT, "--negative-prompt", NEGATIVE, "--cfg", "3", "--seconds", "1", "--seed", "4", "--steps", "2"]
+    code = fpgen.cli.run(["generate", "-m", "helios", *args, "--device", "cpu", "--dtype", "float32", "-o", "v2v.mp4", "--save-latents", "v2v.safetensors", "-q"])
+    assert code == 0, capsys.readouterr().err
+    ours = load_tensors(tmp_path / "v2v.safetensors")[0]["latents"]
+    models = fpgen.load_models("helios", device="cpu", dtype="float32")
+    reference = reference_pipeline(models)(
+        prompt=PROMPT, negative_prompt=NEGATIVE, video=[Image.fromarray(frame) for frame in given], height=SIZE[0], width=SIZE[1], num_frames=24,
+        num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator("cpu").manual_seed(4), output_type="latent",
+    ).frames  # fmt: skip
+    assert ours.shape == (1, 16, 1 + 27 + 9, 4, 6) and reference.shape == (1, 16, 36 + 9, 4, 6)
+    assert not ours[:, :, 0].any()
+    assert rel_l2(ours[:, :, 1:28], reference[:, :, 9:36]) < 1e-3  # the video's noised chunk latents
+    assert rel_l2(ours[:, :, 28:], reference[:, :, 36:]) < 1e-3  # the new chunk
+    frames, fps = read_mp4(tmp_path / "v2v.mp4")
+    assert fps == 24 and len(frames) == len(given) + 33
+    assert np.abs(frames[: len(given)].astype(int) - given).mean() < 6  # the video's own frames, kept (re-encoded)
+
+
 @pytest.mark.parametrize("name", ["helios-mid", "helios-distilled"])
 def test_pyramid_stages_equal_helios_pyramid_pipeline(name, helios_offline, tmp_path):
     """Two chunks of text-to-video through three resolution stages; Mid with CFG-zero*, Distilled with DMD steps."""

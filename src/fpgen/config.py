@@ -19,7 +19,6 @@ from fpgen.buckets import load_picture, pick_bucket
 from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
 from fpgen.families import Family
-from fpgen.geometry import whole_sections
 from fpgen.hub import ModelFiles, find_model
 from fpgen.jobfolder import JobFolder, SavedJob, check_job_paths, find_job, job_dir
 from fpgen.lora import Lora, LoraChoice, load_loras
@@ -68,7 +67,7 @@ class Job:
 
     def describe(self) -> list[str]:
         """What the CLI prints before the job runs."""
-        lines = [f"  prompt {line}" for line in describe(list(self.plan.prompts), self.plan.window)] if len(set(self.plan.prompts)) > 1 else []
+        lines = [f"  prompt {line}" for line in describe(list(self.plan.prompts), self.model.spec.family.section_seconds(self.plan.window))] if len(set(self.plan.prompts)) > 1 else []
         new_frames = self.model.spec.family.frame_count(replace(self.plan, offset=0))
         return lines + [f"{self.plan.count} section(s), {new_frames} new frames, {self.plan.order} order -> {self.spec.output}"]
 
@@ -89,11 +88,11 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     if folder.exists() and not overwrite and folder.options() == spec.options():
         return resolve_resume(folder.path, preview, loaded)
     check_outputs(spec, overwrite)
-    loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras(LoraChoice.parse(item) for item in spec.lora))
+    loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras((LoraChoice.parse(item) for item in spec.lora), family.lora_kind))
     runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"])
     pictures = read_pictures(spec, family, picture)
-    offset = whole_sections(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
-    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
+    offset = family.sections.tail.whole(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
+    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
     return Job(spec, files, runtime, loras, plan, pictures, (*pictures.notes, *notes), None, overwrite, preview)
 
@@ -104,8 +103,8 @@ def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> Non
         raise InputError(f"missing IMAGE: {spec.model} makes videos from a start picture", "pass one (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
     options = spec.options()
     for option, reason in family.refuses:
-        if options[option]:
-            flag = "--" + option.replace("_", "-")
+        if all(options[name] for name in option.split("+")):  # "a+b": the two together
+            flag = " with ".join("--" + name.replace("_", "-") for name in option.split("+"))
             raise InputError(f"{flag}: {spec.model} {reason}", f"drop {flag}" + (" (with --fast, add --no-teacache)" if option == "teacache" else ""))
 
 
@@ -116,7 +115,7 @@ def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = No
     ``--size`` or the family's default.
     """
     settings, sections = spec.settings, family.sections
-    tail = read_tail(spec.extend, sections.name, settings.window, settings.size, settings.resolution) if spec.extend is not None else None
+    tail = read_tail(spec.extend, sections.tail, settings.window, settings.size, settings.resolution) if spec.extend is not None else None
     read = {name: load_picture(path) for name, path in (("start", spec.image), ("end", spec.end_image)) if path is not None}
     start = read["start"].pixels if "start" in read else picture if picture is not None else tail.tail[sections.tail_frame] if tail is not None else None
     end = read["end"].pixels if "end" in read else None
@@ -143,9 +142,9 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
         raise InputError(f"{taken} exists, so the job in {folder.path} cannot finish there", "move or rename that file, then run the same --resume again")
     check_output_file(spec.output, False)
     runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"])
-    loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras(LoraChoice.parse(item) for item in spec.lora))
+    loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras((LoraChoice.parse(item) for item in spec.lora), family.lora_kind))
     settings = spec.settings
-    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
+    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
     prefix = saved.inputs.prefix
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))

@@ -69,6 +69,7 @@ def generate_frames(
 
     teacache = settings.teacache_threshold if settings.teacache else None
     tokens = plan.window * math.prod(latent_size(height, width)) // 4
+    section_steps = parts.section_steps(components, settings.steps)
     with components.denoising() as (transformer, blocks), components.step_cache(settings.steps, teacache):
         for section in plan.sections[len(finished) :]:
             noise = torch.randn(noise_shape, generator=generator)
@@ -80,7 +81,7 @@ def generate_frames(
             denoise = parts.denoiser(transformer, blocks, positives[prompt], negative, context_to(context, device), guidance)
             if family.sections.pins_end and plan.is_last(section) and inputs.end_latent is not None:
                 denoise = pin_last_frame(denoise, inputs.end_latent.to(device))
-            on_step = lambda i, _x0, s=section: emit(StepDone(s, i + 1, settings.steps))  # noqa: E731
+            on_step = lambda i, _x0, s=section: emit(StepDone(s, i + 1, section_steps))  # noqa: E731
             latents = parts.sample(components, denoise, noise.to(device), settings.steps, tokens, on_step, generator)
             passes = blocks.computed - computed
             begin, end = window_bounds(section.slot, plan.window)

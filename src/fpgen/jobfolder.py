@@ -74,7 +74,7 @@ def save_inputs(path: Path, inputs: JobInputs) -> None:
         tensors |= _prompt_tensors(f"prompt.{i}", inputs.prompts[text])
     if inputs.negative is not None:
         tensors |= _prompt_tensors("negative", inputs.negative)
-    tensors |= {name: getattr(inputs, name) for name in ("end_latent", "prefix", "lead") if getattr(inputs, name) is not None}
+    tensors |= {name: getattr(inputs, name) for name in ("end_latent", "prefix", "lead", "noise_state") if getattr(inputs, name) is not None}
     described = {"positive": inputs.positive, **({"negative": inputs.negative} if inputs.negative else {})}
     described |= {f"prompt.{i}": inputs.prompts[t] for i, t in enumerate(texts)}
     metadata = {"texts": json.dumps(texts), "tokens": json.dumps({k: [p.tokens, p.truncated] for k, p in described.items()})}
@@ -99,6 +99,7 @@ def load_inputs(path: Path) -> JobInputs:
         end_latent=tensors.get("end_latent"),
         prefix=tensors.get("prefix"),
         lead=tensors.get("lead"),
+        noise_state=tensors.get("noise_state"),
     )
 
 

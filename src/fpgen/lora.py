@@ -56,6 +56,8 @@ MUSUBI_PREFIX = "lora_unet_"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' safetensors header entry
 FPGEN_METADATA_KEY = "fpgen"  # provenance (base model, order, training settings), carried through conversions
 LORA_FILE_NAMES = ("lora.safetensors", "pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+# The block lists of the transformers fpgen runs: a LoRA's module names say which kind of model it was made for
+LORA_KINDS = {"transformer_blocks.": "FramePack", "single_transformer_blocks.": "FramePack", "blocks.": "Helios"}
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,7 @@ def check_fits(lora: Lora, model: torch.nn.Module, source: str) -> None:
     layers = dict(model.named_modules())
     missing = [name for name in lora.modules if not isinstance(layers.get(name), torch.nn.Linear)]
     if missing:
-        raise _unknown_keys_error(Path(source), missing, "the LoRA names modules this FramePack transformer does not have")
+        raise _unknown_keys_error(Path(source), missing, "the LoRA names modules this transformer does not have")
     for name, module in lora.modules.items():
         weight = layers[name].weight
         if (module.up.shape[0], module.down.shape[1]) != tuple(weight.shape):
@@ -319,9 +321,20 @@ def merge_lora(model: torch.nn.Module, lora: Lora, scale: float = 1.0) -> None:
         weight.copy_((weight.float() + delta).to(weight.dtype))
 
 
-def load_loras(choices: Iterable[LoraChoice | tuple[Lora, LoraChoice]]) -> list[tuple[Lora, LoraChoice]]:
-    """Read the files (those not read already) before any model is loaded, so a bad LoRA fails fast."""
-    return [item if isinstance(item, tuple) else (read_lora(item.path)[0], item) for item in choices]
+def check_kind(lora: Lora, source: str, kind: str) -> None:
+    """Refuse a LoRA made for another kind of model (``LORA_KINDS``), by its module names, before any model loads."""
+    other = sorted({made for name in lora.modules for prefix, made in LORA_KINDS.items() if name.startswith(prefix)} - {kind})
+    if other:
+        raise InputError(f"{source} is a {other[0]} LoRA; the model is a {kind} model", f"use a LoRA trained for {kind}, or drop --lora {source}")
+
+
+def load_loras(choices: Iterable[LoraChoice | tuple[Lora, LoraChoice]], kind: str | None = None) -> list[tuple[Lora, LoraChoice]]:
+    """Read the files (those not read already) before any model is loaded, so a bad LoRA (or one for another ``kind``) fails fast."""
+    loras = [item if isinstance(item, tuple) else (read_lora(item.path)[0], item) for item in choices]
+    if kind is not None:
+        for lora, choice in loras:
+            check_kind(lora, str(choice.path), kind)
+    return loras
 
 
 def apply_loras(model: torch.nn.Module, loras: list[tuple[Lora, LoraChoice]]) -> None:

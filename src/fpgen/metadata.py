@@ -24,12 +24,12 @@ def sidecar_path(video: Path) -> Path:
     return video.with_suffix(".json")
 
 
-def describe_video(options: dict, order: str, frames: int, height: int, width: int, sections: int, passes: list[int], elapsed: float) -> dict:
+def describe_video(options: dict, order: str, frames: int, height: int, width: int, sections: int, passes: list[int], elapsed: float, fps: int = FPS) -> dict:
     return {
         "fpgen": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "job": options,
-        "video": {"frames": frames, "width": width, "height": height, "fps": FPS, "seconds": round(frames / FPS, 3), "sections": sections, "order": order},
+        "video": {"frames": frames, "width": width, "height": height, "fps": fps, "seconds": round(frames / fps, 3), "sections": sections, "order": order},
         "transformer_passes": passes,
         "elapsed_s": round(elapsed, 2),
     }

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fpgen.errors import FpgenError
+from fpgen.geometry import FPS
 from fpgen.mp4 import GrowingMp4
 from fpgen.pixels import to_uint8
 from fpgen.video import concat_mp4, write_mp4, written_aside
@@ -38,11 +39,12 @@ class SegmentedMp4:
     """A frame sink: ``sink(frames, first_frame)`` writes one segment; ``finish`` makes the MP4.
 
     ``frame_offset`` shifts the job's frame numbers (an extended video's own frames come first);
-    with ``preview`` the playable MP4 of everything so far is kept up to date after each segment.
+    with ``preview`` the playable MP4 of everything so far is kept up to date after each segment;
+    ``fps`` is the model family's frame rate.
     """
 
-    def __init__(self, segments_dir: Path, crf: int = 16, preview: Path | None = None, frame_offset: int = 0):
-        self.segments_dir, self.crf, self.frame_offset = segments_dir, crf, frame_offset
+    def __init__(self, segments_dir: Path, crf: int = 16, preview: Path | None = None, frame_offset: int = 0, fps: int = FPS):
+        self.segments_dir, self.crf, self.frame_offset, self.fps = segments_dir, crf, frame_offset, fps
         self.segments_dir.mkdir(parents=True, exist_ok=True)
         self.preview_path = preview
         self.preview = self._assemble(preview) if preview is not None and self.segments() else None
@@ -62,7 +64,7 @@ class SegmentedMp4:
         path = self.segment_path(first_frame)
         partial = path.with_suffix(PARTIAL)
         try:
-            write_mp4(partial, frames, self.crf)
+            write_mp4(partial, frames, self.crf, self.fps)
         except BaseException:
             partial.unlink(missing_ok=True)  # frees the space a full disk needs back
             raise

@@ -20,6 +20,7 @@ from fpgen.engine import generate_frames
 from fpgen.errors import DiskFullError, Interrupted, OutOfMemoryError, is_out_of_memory
 from fpgen.events import Event, Listener, Result
 from fpgen.extend import head_frames
+from fpgen.geometry import FPS
 from fpgen.jobfolder import JobFolder
 from fpgen.loading import Components
 from fpgen.metadata import describe_video, mp4_tags, write_sidecar
@@ -37,6 +38,7 @@ class VideoResult:
     elapsed: float
     result: Result
     resumed_sections: int = 0  # sections that were already done when this run started
+    fps: int = FPS  # the model family's frame rate
 
 
 def run_job(components: Components, job: Job, on_event: Listener | None = None) -> VideoResult:
@@ -56,7 +58,7 @@ def make_frames(components: Components, job: Job, folder: JobFolder, on_event: L
         if job.saved is None:
             (sink, inputs), finished = start_job(components, job, preview), []
         else:
-            sink = SegmentedMp4(folder.segments_dir, job.spec.crf, preview, job.saved.frame_offset)
+            sink = SegmentedMp4(folder.segments_dir, job.spec.crf, preview, job.saved.frame_offset, job.model.spec.family.fps)
             inputs, finished = job.saved.inputs, job.saved.finished
 
         def listen(event: Event) -> None:
@@ -82,9 +84,9 @@ def start_job(components: Components, job: Job, preview: Path | None) -> tuple[S
     folder.clear()
     job.spec.output.parent.mkdir(parents=True, exist_ok=True)
     frame_offset = pictures.tail.frame_offset if pictures.tail is not None else 0
-    sink = SegmentedMp4(folder.segments_dir, job.spec.crf, preview, frame_offset)
+    sink = SegmentedMp4(folder.segments_dir, job.spec.crf, preview, frame_offset, job.model.spec.family.fps)
     if pictures.tail is not None:  # before the job exists: a resumed job always has the given video's frames
-        sink.write(head_frames(pictures.tail, settings.window), 0)
+        sink.write(head_frames(pictures.tail, settings.window, components.family.sections.tail), 0)
     folder.create(job.spec.options(), inputs, job.plan.order, frame_offset)
     return sink, inputs
 
@@ -92,14 +94,15 @@ def start_job(components: Components, job: Job, preview: Path | None) -> tuple[S
 def finish_job(job: Job, sink: SegmentedMp4, result: Result, elapsed: float, resumed: int) -> VideoResult:
     """Join the segments into the output, describe it, save the latents if asked, and clean up."""
     output = job.spec.output
-    frames = sink.frame_offset + job.model.spec.family.frame_count(result.plan)
-    description = describe_video(job.spec.options(), job.plan.order, frames, result.height, result.width, result.plan.count, result.transformer_passes, elapsed)
+    family = job.model.spec.family
+    frames = sink.frame_offset + family.frame_count(result.plan)
+    description = describe_video(job.spec.options(), job.plan.order, frames, result.height, result.width, result.plan.count, result.transformer_passes, elapsed, family.fps)
     if job.spec.save_latents is not None:
         save_tensors(job.spec.save_latents, {"latents": result.latents.float()})
     sink.finish(output, mp4_tags(description))
     write_sidecar(output, description)
     job.folder.remove()  # with the partial video it made
-    return VideoResult(output, frames, result.height, result.width, frames / job.model.spec.family.fps, elapsed, result, resumed)
+    return VideoResult(output, frames, result.height, result.width, frames / family.fps, elapsed, result, resumed, family.fps)
 
 
 def stopped_error(error: BaseException, folder: JobFolder, count: int, partial: Path | None) -> Exception | None:

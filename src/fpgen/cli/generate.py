@@ -240,7 +240,7 @@ def _run(components, job, report):
             report.warn(f"the job is kept in {job.folder.path}; once the problem is fixed: fpgen generate --resume {job.spec.output}")
         raise
     result = {
-        "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height, "fps": 30,
+        "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height, "fps": video.fps,
         "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": settings.seed, "model": job.spec.model,
         "order": job.plan.order, "sections": job.plan.count, "resumed_sections": video.resumed_sections,
         "mode": job.runtime.mode, "teacache": settings.teacache, "loras": list(job.spec.lora),

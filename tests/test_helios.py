@@ -9,6 +9,8 @@ clean-up step with fpgen's (HTML entities and whitespace), so both sides encode 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -157,13 +159,15 @@ def test_command_makes_text_to_video_with_latents(helios_cache, tmp_path):
 
     latents = tmp_path / "t2v.safetensors"
     args = ["-m", "helios-distilled", "-p", PROMPT, "--seconds", "1", "--size", "64x64", "--seed", "9", "--steps", "1", "--device", "cpu", "--dtype", "float32"]
-    done = run_fpgen("generate", *args, "-o", tmp_path / "t2v.mp4", "--save-latents", latents, cache=helios_cache, cwd=tmp_path)
+    done = run_fpgen("generate", *args, "-o", tmp_path / "t2v.mp4", "--save-latents", latents, "--json", cache=helios_cache, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    printed, described = json.loads(done.stdout), json.loads((tmp_path / "t2v.json").read_text())["video"]
+    assert (printed["fps"], printed["frames"], described["fps"], described["seconds"]) == (24, 33, 24, round(33 / 24, 3))
     saved = load_tensors(latents)[0]["latents"]
     assert saved.dtype == torch.float32 and saved.shape == (1, 16, 1 + 9, 8, 8)
     assert not saved[:, :, 0].any() and saved[:, :, 1:].std() > 0.1
-    frames, _ = read_mp4(tmp_path / "t2v.mp4")
-    assert len(frames) == 33 and frames[0].shape == (64, 64, 3)
+    frames, fps = read_mp4(tmp_path / "t2v.mp4")
+    assert len(frames) == 33 and frames[0].shape == (64, 64, 3) and fps == 24
 
 
 @pytest.mark.parametrize(
@@ -215,7 +219,6 @@ def test_a_stopped_job_resumes_to_the_identical_latents(name, helios_offline, tm
 
 def test_download_fetches_the_five_folders_and_models_lists_them(helios_cache, tmp_path):
     """`fpgen download helios-distilled` against a local Hub: exactly HeliosPipeline's folders, then listed complete."""
-    import json
 
     from conftest import run_fpgen
     from hubserver import FakeHub
@@ -277,7 +280,14 @@ def test_low_vram_releases_umt5_then_streams_the_transformer(helios_offline, tmp
 
     phases = []
     stream = helios.stream_module_layers
-    monkeypatch.setattr(helios, "stream_module_layers", lambda module, device: (phases.append(f"stream {type(module).__name__}"), stream(module, device)))
+
+    def streamed_layers(module, device, **options):
+        stream(module, device, **options)
+        layers = module.encoder.block if hasattr(module, "encoder") else module.blocks
+        hooked = all(HookRegistry.check_if_exists_or_initialize(layer).get_hook("group_offloading") is not None for layer in layers)
+        phases.append(f"stream {type(module).__name__}, every layer: {hooked}")
+
+    monkeypatch.setattr(helios, "stream_module_layers", streamed_layers)
     load_transformer = helios.HeliosComponents.load_transformer
     monkeypatch.setattr(helios.HeliosComponents, "load_transformer", lambda self: (phases.append(f"load transformer, UMT5 alive: {umt5() is not None}"), load_transformer(self))[1])
     runtime = RuntimePlan(torch.device("cpu"), torch.float32, torch.float32, mode="low-vram", reason="test")
@@ -289,7 +299,6 @@ def test_low_vram_releases_umt5_then_streams_the_transformer(helios_offline, tmp
         low = fpgen_latents(streamed, tmp_path / "low", None, settings)
     finally:
         gc.enable()
-    assert phases == ["stream UMT5EncoderModel", "load transformer, UMT5 alive: False", "stream HeliosTransformer3DModel"]
-    assert HookRegistry.check_if_exists_or_initialize(streamed.transformer.blocks[0]).get_hook("group_offloading") is not None
+    assert phases == ["stream UMT5EncoderModel, every layer: True", "load transformer, UMT5 alive: False", "stream HeliosTransformer3DModel, every layer: True"]
     resident = fpgen_latents(fpgen.load_models("helios", device="cpu", dtype="float32"), tmp_path / "resident", None, settings)
     assert low.shape == (1, 16, 1 + 3, 4, 6) and torch.equal(low, resident)

@@ -394,7 +394,7 @@ class HeliosComponents(Components):
         self.text_encoder = UMT5EncoderModel.from_pretrained(self.paths["text_encoder"], dtype=self.runtime.encoder_dtype, use_safetensors=True)
         self.text_encoder = self.text_encoder.to("cpu" if self.low_vram else self._resident).eval().requires_grad_(False)
         if self.low_vram:
-            stream_module_layers(self.text_encoder, self.runtime.device)
+            stream_module_layers(self.text_encoder, self.runtime.device, containers=("encoder",))  # UMT5's layers are encoder.block
         return self.load_vae()
 
     def load_vae(self) -> HeliosComponents:

@@ -1,7 +1,7 @@
 """Helios on one GPU with full-size random weights: Distilled's end-to-end speed, Base's s/frame, peak memory, low-vram.
 
     bash benchmarks/on_device.sh python3 benchmarks/bench_helios.py --out $OUT/h200-helios-DATE.json   # every part, one process
-    python benchmarks/bench_helios.py --part write distilled --out /tmp/h.json   # parts: write, distilled, base, lowvram
+    python benchmarks/bench_helios.py --part write distilled --out /tmp/h.json   # parts: write, distilled, base, lowvram; a later run adds to --out
     python benchmarks/bench_helios.py --tiny --out /tmp/h.json                  # CPU smoke run: tiny models, tiny sizes
 
 The models are written once as a ``--model-dir`` folder (``--models``, default .bench/helios) with the

@@ -103,9 +103,10 @@ def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> Non
         raise InputError(f"missing IMAGE: {spec.model} makes videos from a start picture", "pass one (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
     options = spec.options()
     for option, reason in family.refuses:
-        if all(options[name] for name in option.split("+")):  # "a+b": the two together
-            flag = " with ".join("--" + name.replace("_", "-") for name in option.split("+"))
-            raise InputError(f"{flag}: {spec.model} {reason}", f"drop {flag}" + (" (with --fast, add --no-teacache)" if option == "teacache" else ""))
+        names = option.split("+")  # "a+b": the two together
+        if all(options[name] for name in names):
+            flags = ["IMAGE" if name == "image" else "--" + name.replace("_", "-") for name in names]
+            raise InputError(f"{' with '.join(flags)}: {spec.model} {reason}", f"drop {' or '.join(flags)}" + (" (with --fast, add --no-teacache)" if option == "teacache" else ""))
 
 
 def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = None) -> Pictures:

@@ -3,11 +3,15 @@
 # TORCH is the torch requirement installed before the package. torch==2.13.0 is a CUDA build from
 # PyPI on a Linux GPU box and the CPU build on machines that provide one locally; to choose a CUDA
 # variant, e.g.: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+#
+# The tests run in WORKERS pytest-xdist processes (one test module per worker at a time), each with its
+# share of the cores: many tests wait on child processes and ffmpeg, which the other worker fills.
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
+WORKERS ?= 2
 BIN = $(VENV)/bin
 
 .PHONY: install test test-fast clean
@@ -19,10 +23,10 @@ install:
 	$(BIN)/fpgen --version
 
 test:
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-fast:
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadscope -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

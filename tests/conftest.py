@@ -16,8 +16,13 @@ import fpgen.cli
 CASES = {case["name"]: case for case in json.loads((GOLDEN / "cases.json").read_text())["cases"]}
 
 
+# Under pytest-xdist (`make test` runs two workers) the cores are split between the workers, so that a
+# test's threads and its child processes' do not fight the other worker's for the same cores.
+THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
 def pytest_configure(config):
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(THREADS)
 
 
 def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -57,7 +62,7 @@ def cli(offline_cache, capsys, monkeypatch, tmp_path):
 
 def fpgen_env(cache: Path | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"})
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(THREADS)})
     if cache is not None:
         env["HF_HUB_CACHE"] = str(cache)
     env.update(extra)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 
 import pytest
@@ -20,8 +22,14 @@ from fpgen.training.adapters import lora_of
 from fpgen.transformer import BlockStack, Conditioning, packed_forward
 
 
-def tiny():
+@functools.cache
+def loaded():
     return load_transformer(TRANSFORMER, torch.float32)
+
+
+def tiny():
+    """A fresh copy of the tiny transformer (copying is far cheaper than loading)."""
+    return copy.deepcopy(loaded())
 
 
 def trained_lora(rank: int = 4, alpha: float = 2.0):
@@ -55,7 +63,9 @@ def test_every_block_linear_has_a_musubi_name_and_back():
         assert module_from_musubi(musubi_name(name)) == name
     assert musubi_name("transformer_blocks.0.attn.to_q") == "lora_unet_transformer_blocks_0_attn_to_q"
     assert module_from_musubi("lora_unet_single_transformer_blocks_3_proj_mlp") == "single_transformer_blocks.3.proj_mlp"
-    assert module_from_musubi("lora_unet_double_blocks_0_img_attn_qkv") is None
+    assert module_from_musubi("lora_unet_double_blocks_0_img_attn_qkv") == "double_blocks.0.img_attn_qkv"  # HunyuanVideo's, mapped on reading
+    assert module_from_musubi("lora_unet_single_blocks_7_modulation_linear") == "single_blocks.7.modulation.linear"
+    assert module_from_musubi("lora_unet_double_blocks_0_img_mlp_0") is None  # Flux's MLP: no such module in HunyuanVideo
 
 
 def test_round_trip_through_musubi_is_identical(cli, tmp_path):
@@ -118,9 +128,9 @@ def test_foreign_keys_are_errors_that_name_them(tmp_path):
     full_model = _foreign(tmp_path, "model.safetensors", {"x_embedder.proj.weight": weight, "transformer_blocks.0.attn.to_q.weight": weight})
     with pytest.raises(InputError, match="not LoRA weights: transformer_blocks.0.attn.to_q.weight, x_embedder.proj.weight"):
         read_lora(full_model)
-    hunyuan = _foreign(tmp_path, "hv.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": weight, "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(96, 4)})
-    with pytest.raises(InputError, match="not musubi-tuner FramePack LoRA modules: lora_unet_double_blocks_0_img_attn_qkv"):
-        read_lora(hunyuan)
+    flux = _foreign(tmp_path, "flux.safetensors", {"lora_unet_double_blocks_0_img_mlp_0.lora_down.weight": weight, "lora_unet_double_blocks_0_img_mlp_0.lora_up.weight": torch.zeros(128, 4)})
+    with pytest.raises(InputError, match="not musubi-tuner FramePack or HunyuanVideo LoRA modules: lora_unet_double_blocks_0_img_mlp_0"):
+        read_lora(flux)
     half = _foreign(tmp_path, "half.safetensors", {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": weight})
     with pytest.raises(InputError, match="miss their down or up matrix: transformer.transformer_blocks.0.attn.to_q"):
         read_lora(half)
@@ -138,9 +148,9 @@ def test_foreign_keys_are_errors_that_name_them(tmp_path):
 
 
 def test_generate_refuses_a_foreign_lora_in_one_line(cli, tmp_path):
-    hunyuan = _foreign(tmp_path, "hv.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 32), "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(96, 4)})
-    proc = cli("generate", GOLDEN / "input.png", "--lora", f"{hunyuan}:0.8", "-o", "out.mp4")
-    assert_one_line_error(proc, ExitCode.USAGE, "hv.safetensors", "lora_unet_double_blocks_0_img_attn_qkv", "musubi-tuner")
+    flux = _foreign(tmp_path, "flux.safetensors", {"lora_unet_double_blocks_0_img_mlp_0.lora_down.weight": torch.zeros(4, 32), "lora_unet_double_blocks_0_img_mlp_0.lora_up.weight": torch.zeros(128, 4)})
+    proc = cli("generate", GOLDEN / "input.png", "--lora", f"{flux}:0.8", "-o", "out.mp4")
+    assert_one_line_error(proc, ExitCode.USAGE, "flux.safetensors", "lora_unet_double_blocks_0_img_mlp_0", "musubi-tuner")
     assert not (tmp_path / "out.mp4").exists()
     missing = cli("generate", GOLDEN / "input.png", "--lora", "nope.safetensors", "-o", "out.mp4")
     assert_one_line_error(missing, ExitCode.USAGE, "LoRA not found", "nope.safetensors")

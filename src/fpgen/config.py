@@ -21,7 +21,7 @@ from fpgen.extend import VideoTail, read_tail
 from fpgen.families import Family
 from fpgen.hub import ModelFiles, find_model
 from fpgen.jobfolder import JobFolder, SavedJob, check_job_paths, find_job, job_dir
-from fpgen.lora import Lora, LoraChoice, load_loras
+from fpgen.lora import Lora, LoraChoice, load_loras, lora_notes
 from fpgen.metadata import sidecar_is_ours, sidecar_path
 from fpgen.output import partial_path
 from fpgen.plan import SectionPlan, plan_sections
@@ -94,7 +94,7 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     offset = family.sections.tail.whole(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
-    return Job(spec, files, runtime, loras, plan, pictures, (*pictures.notes, *notes), None, overwrite, preview)
+    return Job(spec, files, runtime, loras, plan, pictures, (*lora_notes(loras), *pictures.notes, *notes), None, overwrite, preview)
 
 
 def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> None:
@@ -150,7 +150,7 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
     damage = (f"{found.damage}: it and the later sections will be made again",) if found.damage else ()
-    return Job(spec, files, runtime, loras, plan, None, (*damage, *notes), saved, False, preview)
+    return Job(spec, files, runtime, loras, plan, None, (*lora_notes(loras), *damage, *notes), saved, False, preview)
 
 
 def check_output_file(output: Path, overwrite: bool) -> None:

@@ -17,18 +17,28 @@ Examples:
   fpgen lora convert runs/dance/lora.safetensors dance_musubi.safetensors --to musubi
 
   fpgen lora convert my_musubi_lora.safetensors my_lora.safetensors --to diffusers
+
+  fpgen lora convert hunyuanvideo_style.safetensors style_framepack.safetensors --to diffusers
+"""
+
+INFO_EXAMPLES = """
+Examples:
+
+  fpgen lora info runs/dance
+
+  fpgen lora info hunyuanvideo_style.safetensors --json
 """
 
 
 @lora_app.command(epilog=EXAMPLES)
 def convert(
-    source: Path = typer.Argument(..., help="A LoRA file (fpgen/diffusers or musubi-tuner FramePack layout)."),
+    source: Path = typer.Argument(..., help="A LoRA file in any layout fpgen reads (HunyuanVideo's are mapped onto FramePack's modules)."),
     target: Path = typer.Argument(..., help="The .safetensors file to write."),
     to: str = typer.Option(..., "--to", help="musubi (musubi-tuner's networks.lora_framepack) or diffusers (also fpgen's own)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace TARGET if it exists."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
 ) -> None:
-    """Convert a FramePack LoRA between the fpgen/diffusers layout and musubi-tuner's; the weights are copied unchanged."""
+    """Write a LoRA in the fpgen/diffusers layout or musubi-tuner's; the weights are copied unchanged (a HunyuanVideo LoRA's fused layers split by rows)."""
     from fpgen.cli.report import Reporter
     from fpgen.errors import InputError
     from fpgen.lora import read_lora, write_lora, write_musubi
@@ -47,12 +57,12 @@ def convert(
     )
 
 
-@lora_app.command()
+@lora_app.command(epilog=INFO_EXAMPLES)
 def info(
     path: Path = typer.Argument(..., help="A LoRA file, or a folder holding one."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Show a LoRA's layout, modules, ranks and alphas, and how it was trained (for fpgen's own)."""
+    """Show a LoRA's layout, what of it applies to FramePack (and what is skipped), ranks and alphas, and how it was trained (for fpgen's own)."""
     import json
 
     from fpgen.cli.report import Reporter
@@ -63,5 +73,6 @@ def info(
     data = {
         "path": str(path), "layout": layout, "modules": len(lora.modules), "rank": config["r"], "alpha": config["lora_alpha"],
         "other_ranks": config["rank_pattern"], "other_alphas": config["alpha_pattern"], "trained": json.loads(lora.info) if lora.info else None,
+        "keys": lora.keys, "skipped": list(lora.skipped),
     }  # fmt: skip
-    Reporter(json_output).result(data, f"{path}: {layout} layout, {len(lora.modules)} modules, rank {config['r']}, alpha {config['lora_alpha']:g}")
+    Reporter(json_output).result(data, f"{lora.summary(str(path))}; rank {config['r']}, alpha {config['lora_alpha']:g}")

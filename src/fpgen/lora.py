@@ -21,6 +21,10 @@ Layouts:
   the few with no FramePack linear (the patch embedding) are skipped and reported.
 - LyCORIS LoHa (``hada_w1_a`` ...) and LoKr (``lokr_w1`` ...) under any of these names.
 
+Helios LoRAs are read in the diffusers/peft layout on the Helios transformer's own names
+(``transformer.blocks.0.attn1.to_q.lora_A.weight``); the block list a LoRA names (``LORA_KINDS``) tells a
+FramePack LoRA from a Helios one, so either on the other's model is refused before anything loads.
+
 Keys that fit no layout, and modules the model does not have, are errors: a LoRA that silently does
 nothing is the failure users report most.
 """

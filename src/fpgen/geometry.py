@@ -1,7 +1,8 @@
 """The frame arithmetic of HunyuanVideo's causal VAE, in one place.
 
 The VAE compresses time by 4 (the first frame alone: T latents are 4T-3 frames) and space by 8,
-into 16 channels; FramePack videos play at 30 fps (a family sets its own, ``Family.fps``). A section of ``window`` latents adds ``4*window`` frames.
+into 16 channels; FramePack videos play at 30 fps (a family sets its own, ``Family.fps``). A section
+of ``window`` latents adds ``4*window`` frames.
 """
 
 from __future__ import annotations

@@ -26,4 +26,4 @@ def prepare(models, image: Path | np.ndarray, settings: Settings, end: np.ndarra
 def make_frames(models, image, settings: Settings, sink=lambda frames, first: None, on_event=None, **options):
     """The engine's result for a job, frames handed to ``sink``."""
     job, inputs = prepare(models, image, settings, **options)
-    return generate_frames(models, inputs, job.plan, job.settings, sink, on_event)
+    return generate_frames(models, inputs, job.plan, job.settings, sink, on_event, step_cache=job.step_cache)

@@ -30,13 +30,13 @@ def test_version_and_help(cli, monkeypatch):
     assert version.returncode == 0 and version.stdout == f"fpgen {fpgen.__version__}\n"
     shown = cli("generate", "--help")
     assert shown.returncode == 0
-    for option in ("--prompt", "--seconds", "--teacache", "--size", "--save-latents", "Examples"):
+    for option in ("--prompt", "--seconds", "--step-cache", "--size", "--save-latents", "Examples"):
         assert option in shown.stdout
     assert "[default: outputs/<time>_<seed>.mp4]" in help_row(shown.stdout, "--output")  # written in the help string
-    assert "[default: on with --fast, else off]" in help_row(shown.stdout, "--teacache")
+    assert "[default: teacache with --fast, else none]" in help_row(shown.stdout, "--step-cache")
     assert "[default: 31337]" in help_row(shown.stdout, "--seed")  # added by Typer
     assert "<int>" in help_row(shown.stdout, "--seed") and "<path>" in help_row(shown.stdout, "--output")
-    for flag in ("--overwrite", "--json", "--quiet", "--help", "--teacache"):
+    for flag in ("--overwrite", "--json", "--quiet", "--help"):
         assert "bool" not in help_row(shown.stdout, flag).lower(), help_row(shown.stdout, flag)  # a flag takes no value
     assert "[default: the rank, scale 1]" in help_row(cli("finetune", "--help").stdout, "--alpha")
 

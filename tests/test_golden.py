@@ -25,7 +25,7 @@ def settings_of(case: dict) -> Settings:
     return Settings(
         prompt=case["prompt"], negative_prompt=case["n_prompt"], seconds=case["seconds"], seed=case["seed"],
         steps=case["steps"], window=case["latent_window_size"], distilled_guidance=case["gs"], cfg=case["cfg"],
-        guidance_rescale=case["rs"], teacache=case["use_teacache"], size=tuple(case["bucket"]),
+        guidance_rescale=case["rs"], step_cache="teacache" if case["use_teacache"] else "none", size=tuple(case["bucket"]),
     )  # fmt: skip
 
 
@@ -69,7 +69,7 @@ def test_api_reproduces_golden(name, loaded):
         assert rel_l2(as_transformer(inputs.negative.embeds), golden["negative_prompt_embeds"]) < 1e-5
 
     pieces = []
-    result = generate_frames(models, inputs, job.plan, job.settings, lambda frames, start: pieces.append((start, frames)))
+    result = generate_frames(models, inputs, job.plan, job.settings, lambda frames, start: pieces.append((start, frames)), step_cache=job.step_cache)
     assert result.plan.count == case["sections"]
     for section in result.plan.sections:
         i = section.index
@@ -111,7 +111,7 @@ def test_cli_reproduces_golden(name, hf_cache, tmp_path):
         "generate", GOLDEN / case["image"], "--prompt", case["prompt"], "--negative-prompt", case["n_prompt"],
         "--seconds", case["seconds"], "--seed", case["seed"], "--steps", case["steps"], "--window", case["latent_window_size"],
         "--distilled-guidance", case["gs"], "--cfg", case["cfg"], "--guidance-rescale", case["rs"],
-        "--teacache" if case["use_teacache"] else "--no-teacache", "--model", model_name(case), "--size", f"{h}x{w}",
+        "--step-cache", "teacache" if case["use_teacache"] else "none", "--model", model_name(case), "--size", f"{h}x{w}",
         "--crf", case["crf"], "-o", out, "--save-latents", latents, "--device", "cpu",
         "--dtype", "bfloat16" if case.get("bf16") else "float32", "--json",
     ]  # fmt: skip

@@ -174,7 +174,7 @@ def test_command_makes_text_to_video_with_latents(helios_cache, tmp_path):
     ("model", "args", "needles"),
     [
         ("helios", ["--end-image", "end.png"], ["--end-image", "no end-frame mechanism"]),
-        ("helios-distilled", ["--fast"], ["--teacache", "--no-teacache"]),
+        ("helios-distilled", ["--fast"], ["--step-cache", "--step-cache none"]),
         ("helios-mid", ["--lora", "style.safetensors:1"], ["style.safetensors is a FramePack LoRA", "Helios model"]),
         ("helios", ["start.png", "--extend", "given.mp4"], ["IMAGE with --extend", "own first frame", "drop IMAGE or --extend"]),
         ("framepack", [], ["missing IMAGE", "framepack"]),

@@ -19,7 +19,12 @@ import torch
 from fpgen.errors import InputError
 
 
-COMPILE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fpgen" / "inductor"
+def fpgen_cache() -> Path:
+    """fpgen's cache folder (compiled kernels, MagCache calibrations): $XDG_CACHE_HOME/fpgen or ~/.cache/fpgen."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fpgen"
+
+
+COMPILE_CACHE = fpgen_cache() / "inductor"
 
 
 def compile_cache_key(torch_version: str, gpu: str, dtype: torch.dtype, rounding: str) -> str:
@@ -42,12 +47,21 @@ def chosen_compile_cache() -> Path | None:
     return None if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()) else Path(current)
 
 
+def rounding_of(match_eager_rounding: bool) -> str:
+    return "eager-rounding" if match_eager_rounding else "fused"
+
+
+def compile_cache_folder(device: torch.device, dtype: torch.dtype, rounding: str) -> Path:
+    """fpgen's folder for the kernels compiled on ``device`` (``fpgen warmup`` fills it ahead)."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return COMPILE_CACHE / compile_cache_key(torch.__version__, gpu, dtype, rounding)
+
+
 def use_persistent_compile_cache(device: torch.device, dtype: torch.dtype, rounding: str) -> Path:
     """Keep inductor's compiled kernels across runs under fpgen's cache, keyed, so the next process starts warm
     (measured on an H200: weights loaded to first step done in 5.4 s). A TORCHINDUCTOR_CACHE_DIR the user
     set elsewhere is kept."""
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    folder = COMPILE_CACHE / compile_cache_key(torch.__version__, gpu, dtype, rounding)
+    folder = compile_cache_folder(device, dtype, rounding)
     current = chosen_compile_cache()
     if current is None or current.is_relative_to(COMPILE_CACHE):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
@@ -78,7 +92,7 @@ def compile_blocks(transformer, match_eager_rounding: bool = True) -> None:
     """
     blocks = (*transformer.transformer_blocks, *transformer.single_transformer_blocks)
     embedder = transformer.x_embedder.proj.weight  # on the compute device in every mode (streamed blocks wait on the host)
-    use_persistent_compile_cache(embedder.device, embedder.dtype, "eager-rounding" if match_eager_rounding else "fused")
+    use_persistent_compile_cache(embedder.device, embedder.dtype, rounding_of(match_eager_rounding))
     options = inductor_options(match_eager_rounding)
     for block in blocks:
         block.compile(options=options)

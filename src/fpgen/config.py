@@ -19,6 +19,7 @@ from fpgen.buckets import load_picture, pick_bucket
 from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
 from fpgen.families import Family
+from fpgen.geometry import window_tokens
 from fpgen.hub import ModelFiles, find_model
 from fpgen.jobfolder import JobFolder, SavedJob, check_job_paths, find_job, job_dir
 from fpgen.lora import Lora, LoraChoice, load_loras, lora_notes
@@ -27,8 +28,12 @@ from fpgen.output import partial_path
 from fpgen.plan import SectionPlan, plan_sections
 from fpgen.prompts import describe, parse_prompts, section_prompts
 from fpgen.registry import resolve_model
+from fpgen.retime import NATIVE, FrameRate, output_rate
 from fpgen.runtime import RuntimePlan, plan_runtime
 from fpgen.spec import JobSpec, Settings
+from fpgen.stepcache import DEFAULT_THRESHOLDS, StepCachePlan, calibration_key, read_calibration
+
+MIN_INTERPOLATED = 32  # ffmpeg's minterpolate makes no frame from a smaller picture (its 16-pixel blocks need neighbours)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class Job:
     saved: SavedJob | None = None  # the unfinished job in its folder, to continue
     overwrite: bool = False
     preview: bool = False
+    step_cache: StepCachePlan = StepCachePlan()
+    rate: FrameRate = NATIVE  # the output's frame rate (--fps, --interpolate)
+    color_match: bool = False  # --color-match, decided (the family's default for the length where not given)
 
     @property
     def settings(self) -> Settings:
@@ -69,7 +77,9 @@ class Job:
         """What the CLI prints before the job runs."""
         lines = [f"  prompt {line}" for line in describe(list(self.plan.prompts), self.model.spec.family.section_seconds(self.plan.window))] if len(set(self.plan.prompts)) > 1 else []
         new_frames = self.model.spec.family.frame_count(replace(self.plan, offset=0))
-        return lines + [f"{self.plan.count} section(s), {new_frames} new frames, {self.plan.order} order -> {self.spec.output}"]
+        look = [f"output at {self.rate.describe()}"] if self.rate.output != self.rate.native else []
+        look += ["colours matched to the start picture (--color-match)"] if self.color_match else []
+        return lines + [f"{self.plan.count} section(s), {new_frames} new frames, {self.plan.order} order -> {self.spec.output}", *look]
 
 
 def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loaded=None, picture: np.ndarray | None = None) -> Job:
@@ -94,7 +104,19 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     offset = family.sections.tail.whole(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
-    return Job(spec, files, runtime, loras, plan, pictures, (*lora_notes(loras), *pictures.notes, *notes), None, overwrite, preview)
+    step_cache = plan_step_cache(spec, files, pictures.size)
+    return Job(spec, files, runtime, loras, plan, pictures, (*lora_notes(loras), *pictures.notes, *notes), None, overwrite, preview, step_cache, *decide_output(spec, family, pictures.start is not None, pictures.size))
+
+
+def decide_output(spec: JobSpec, family: Family, has_picture: bool, size: tuple[int, int]) -> tuple[FrameRate, bool]:
+    """The output's frame rate and whether colours are matched (the family's default for the video's length where not asked)."""
+    color_match = spec.color_match if spec.color_match is not None else family.color_match_after is not None and spec.settings.seconds > family.color_match_after
+    if color_match and not has_picture:
+        raise InputError("--color-match matches colours to the start picture, and this job has none", "pass a start picture, or drop --color-match")
+    rate = output_rate(family.fps, spec.fps, spec.interpolate)
+    if rate.interpolates and min(size) < MIN_INTERPOLATED:
+        raise InputError(f"--fps {rate.output} is motion-interpolated, which needs frames of at least {MIN_INTERPOLATED}x{MIN_INTERPOLATED} pixels", f"use a larger --size, or an --fps that divides {family.fps}")
+    return rate, color_match
 
 
 def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> None:
@@ -104,9 +126,29 @@ def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> Non
     options = spec.options()
     for option, reason in family.refuses:
         names = option.split("+")  # "a+b": the two together
-        if all(options[name] for name in names):
+        if all(options[name] and options[name] != "none" for name in names):
             flags = ["IMAGE" if name == "image" else "--" + name.replace("_", "-") for name in names]
-            raise InputError(f"{' with '.join(flags)}: {spec.model} {reason}", f"drop {' or '.join(flags)}" + (" (with --fast, add --no-teacache)" if option == "teacache" else ""))
+            raise InputError(f"{' with '.join(flags)}: {spec.model} {reason}", f"drop {' or '.join(flags)}" + (" (with --fast, add --step-cache none)" if option == "step_cache" else ""))
+
+
+def step_cache_key(spec: JobSpec, files: ModelFiles, size: tuple[int, int]) -> str:
+    """The key of MagCache's ratios for a job (settings complete): its transformer, LoRAs and step schedule at ``size``."""
+    settings = spec.settings
+    sigmas = files.spec.family.schedule(settings.steps, window_tokens(settings.window, *size))
+    return calibration_key(files.paths["transformer"], spec.lora, sigmas)
+
+
+def plan_step_cache(spec: JobSpec, files: ModelFiles, size: tuple[int, int]) -> StepCachePlan:
+    """The job's step cache with its threshold; MagCache's calibrated ratios read now (a one-line error when missing)."""
+    kind, threshold = spec.settings.step_cache, spec.settings.step_cache_threshold
+    if kind == "none":
+        return StepCachePlan()
+    threshold = DEFAULT_THRESHOLDS[kind] if threshold is None else threshold
+    if kind != "magcache":
+        return StepCachePlan(kind, threshold)
+    loras = "".join(f" --lora {item}" for item in spec.lora)
+    how_to = f"fpgen calibrate PICTURE -m {spec.model} --steps {spec.settings.steps} --window {spec.settings.window} --size {size[0]}x{size[1]}{loras}"
+    return StepCachePlan(kind, threshold, read_calibration(step_cache_key(spec, files, size), spec.settings.steps, how_to))
 
 
 def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = None) -> Pictures:
@@ -119,7 +161,7 @@ def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = No
     tail = read_tail(spec.extend, sections.tail, settings.window, settings.size, settings.resolution) if spec.extend is not None else None
     read = {name: load_picture(path) for name, path in (("start", spec.image), ("end", spec.end_image)) if path is not None}
     start = read["start"].pixels if "start" in read else picture if picture is not None else tail.tail[sections.tail_frame] if tail is not None else None
-    end = read["end"].pixels if "end" in read else None
+    end = read["end"].pixels if "end" in read else start if spec.loop else None  # a loop ends where it starts
     size = tuple(tail.tail.shape[1:3]) if tail is not None else settings.size or family.defaults.size or pick_bucket(start.shape[0], start.shape[1], settings.resolution)
     notes = [note for picture in read.values() for note in picture.notes]
     if start is not None and (start.shape[0] < size[0] or start.shape[1] < size[1]):
@@ -150,7 +192,8 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
     damage = (f"{found.damage}: it and the later sections will be made again",) if found.damage else ()
-    return Job(spec, files, runtime, loras, plan, None, (*lora_notes(loras), *damage, *notes), saved, False, preview)
+    step_cache = plan_step_cache(spec, files, saved.inputs.image.shape[:2])
+    return Job(spec, files, runtime, loras, plan, None, (*lora_notes(loras), *damage, *notes), saved, False, preview, step_cache, *decide_output(spec, family, True, saved.inputs.image.shape[:2]))
 
 
 def check_output_file(output: Path, overwrite: bool) -> None:

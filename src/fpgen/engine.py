@@ -12,7 +12,6 @@ pending is decoded again, so the rest comes out exactly as without the break.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 import torch
 
@@ -21,10 +20,11 @@ from fpgen.spec import Settings
 from fpgen.decode import Pending
 from fpgen.denoiser import Guidance, pin_last_frame
 from fpgen.events import FinishedSection, FrameSink, Listener, Result, SectionDone, SectionStarted, StepDone
-from fpgen.geometry import LATENT_CHANNELS, latent_size, latent_to_frame
+from fpgen.geometry import LATENT_CHANNELS, latent_size, latent_to_frame, window_tokens
 from fpgen.loading import Components
 from fpgen.packing import context_to, window_bounds
 from fpgen.plan import SectionPlan
+from fpgen.stepcache import StepCachePlan
 
 
 def generate_frames(
@@ -35,12 +35,13 @@ def generate_frames(
     sink: FrameSink,
     on_event: Listener | None = None,
     finished: Sequence[FinishedSection] = (),
+    step_cache: StepCachePlan = StepCachePlan(),
 ) -> Result:
     """Make the whole video: ``sink(frames, first_frame)`` receives every frame exactly once, in pieces.
 
     ``plan`` holds the sections and each one's prompt; ``finished`` are sections made earlier by the
-    same job, in generation order. What differs between families (conditioning, denoiser, sampler,
-    decode) comes from the family's ``Parts``.
+    same job, in generation order; ``step_cache`` may skip transformer passes. What differs between
+    families (conditioning, denoiser, sampler, decode) comes from the family's ``Parts``.
     """
     emit = on_event or (lambda event: None)
     family, parts, device, dtype = components.family, components.family.parts, components.runtime.device, components.runtime.transformer_dtype
@@ -64,32 +65,33 @@ def generate_frames(
         begin, end = window_bounds(section.slot, plan.window)
         video[:, :, begin:end] = done.latents
         result.transformer_passes.append(done.transformer_passes)
+        result.transformer_calls.append(done.transformer_calls)
     if finished and len(finished) < plan.count:
         pending = parts.resume_pending(components, video, plan, len(finished))
 
-    teacache = settings.teacache_threshold if settings.teacache else None
-    tokens = plan.window * math.prod(latent_size(height, width)) // 4
+    tokens = window_tokens(plan.window, height, width)
     section_steps = parts.section_steps(components, settings.steps)
-    with components.denoising() as (transformer, blocks), components.step_cache(settings.steps, teacache):
+    with components.denoising() as (transformer, blocks), components.step_cache(step_cache, settings.steps):
         for section in plan.sections[len(finished) :]:
             noise = torch.randn(noise_shape, generator=generator)
             context = family.sections.context(plan, video, section, inputs.start_latent, inputs.end_latent)
             prompt = plan.prompt_of(section)
             emit(SectionStarted(section, context, prompt, positives[prompt]))
             blocks.reset_hooks()
-            computed = blocks.computed
+            computed, calls = blocks.computed, blocks.calls
             denoise = parts.denoiser(transformer, blocks, positives[prompt], negative, context_to(context, device), guidance)
             if family.sections.pins_end and plan.is_last(section) and inputs.end_latent is not None:
                 denoise = pin_last_frame(denoise, inputs.end_latent.to(device))
             on_step = lambda i, _x0, s=section: emit(StepDone(s, i + 1, section_steps))  # noqa: E731
             latents = parts.sample(components, denoise, noise.to(device), settings.steps, tokens, on_step, generator)
-            passes = blocks.computed - computed
+            passes, calls = blocks.computed - computed, blocks.calls - calls
             begin, end = window_bounds(section.slot, plan.window)
             video[:, :, begin:end] = latents.float().cpu()
             result.transformer_passes.append(passes)
+            result.transformer_calls.append(calls)
 
             frames, first_frame, pending = parts.decode_section(components, video, plan, section, pending, lead)
             if frames.shape[2]:
                 sink(frames, first_frame)
-            emit(SectionDone(section, video[:, :, begin:end], passes, frames, first_frame))
+            emit(SectionDone(section, video[:, :, begin:end], passes, frames, first_frame, calls))
     return result

@@ -36,6 +36,11 @@ class SectionDone:
     transformer_passes: int
     frames: torch.Tensor  # frames that became final, (1, 3, T, H, W)
     first_frame: int  # their position in the video
+    transformer_calls: int  # passes asked for: a step cache skipped calls - transformer_passes of them
+
+    @property
+    def skip_rate(self) -> float:
+        return skip_rate(self.transformer_passes, self.transformer_calls)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,11 @@ class FinishedSection:
 
     latents: torch.Tensor
     transformer_passes: int
+    transformer_calls: int
+
+
+def skip_rate(passes: int, calls: int) -> float:
+    return round(1 - passes / calls, 4) if calls else 0.0
 
 
 Event = StepDone | SectionStarted | SectionDone
@@ -58,6 +68,12 @@ class Result:
     height: int
     width: int
     transformer_passes: list[int] = field(default_factory=list)
+    transformer_calls: list[int] = field(default_factory=list)
+
+    @property
+    def skip_rates(self) -> list[float]:
+        """Per section, the share of transformer passes a step cache skipped."""
+        return [skip_rate(passes, calls) for passes, calls in zip(self.transformer_passes, self.transformer_calls)]
 
     @property
     def num_frames(self) -> int:

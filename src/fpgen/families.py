@@ -74,6 +74,7 @@ class Family:
     section_seconds: Callable[[int], float] = section_seconds  # window -> seconds one section adds (timed prompts snap to these)
     frame_count: Callable[[SectionPlan], int] = planned_frames  # frames of a planned video (FramePack: its latents, decoded overlapping)
     text_to_video: bool = False  # without a picture it makes a video from the prompt alone (else that is an error)
+    color_match_after: float | None = None  # --color-match is on by default for videos longer than this (seconds); None: only when asked
     refuses: tuple[tuple[str, str], ...] = ()  # (job option, or "a+b" for two together, why this family cannot take it)
     lora_kind: str = "FramePack"  # the LoRAs it takes (``fpgen.lora.LORA_KINDS``)
 
@@ -98,7 +99,8 @@ HELIOS_DEFAULTS = Defaults(steps=50, window=9, cfg=5.0, size=(384, 640))
 HELIOS_REFUSES = (
     ("end_image", "has no end-frame mechanism"),
     ("image+extend", "continues a video from its own first frame (HeliosPipeline takes a picture or a video, not both)"),
-    ("teacache", "has no TeaCache calibration (TeaCache's is HunyuanVideo's; --fast turns it on)"),
+    ("loop", "has no end-frame mechanism to close a loop with"),
+    ("step_cache", "has no step cache (TeaCache's calibration is HunyuanVideo's; --fast turns it on)"),
 )
 HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 
@@ -112,7 +114,7 @@ def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Parts 
 
 
 FRAMEPACK = Family("framepack", INVERTED)
-FRAMEPACK_F1 = Family("framepack-f1", FORWARD)
+FRAMEPACK_F1 = Family("framepack-f1", FORWARD, color_match_after=30.0)  # F1's colours drift over long videos (peers.md: FramePack #535, #703)
 HELIOS = helios_family("helios")
 HELIOS_MID = helios_family("helios-mid", replace(HELIOS_DEFAULTS, steps=10), HELIOS_ZERO_STAR_PARTS)  # pyramid stages with CFG-zero*
 HELIOS_DISTILLED = helios_family("helios-distilled", replace(HELIOS_DEFAULTS, steps=1, cfg=1.0), HELIOS_PYRAMID_PARTS)  # pyramid stages, DMD scheduler

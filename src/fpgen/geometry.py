@@ -44,3 +44,9 @@ def section_count(seconds: float, window: int) -> int:
 
 def latent_size(height: int, width: int) -> tuple[int, int]:
     return height // SPACE_STRIDE, width // SPACE_STRIDE
+
+
+def window_tokens(window: int, height: int, width: int) -> int:
+    """Patch tokens (2x2) of a section's noisy window for a ``height`` x ``width`` video: what the schedule's shift depends on."""
+    latent_height, latent_width = latent_size(height, width)
+    return window * latent_height * latent_width // 4

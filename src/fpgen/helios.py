@@ -191,10 +191,10 @@ def conditioning(prompt: PromptEmbedding, image_embeds: torch.Tensor, device, dt
 
 
 class TransformerPasses:
-    """Helios' stand-in for FramePack's block stack: it counts transformer passes; no step cache hooks in."""
+    """Helios' stand-in for FramePack's block stack: it counts transformer passes (all computed); no step cache hooks in."""
 
     def __init__(self):
-        self.computed = 0
+        self.calls = self.computed = 0
 
     def reset_hooks(self) -> None:
         """Nothing to reset: Helios runs no step cache."""
@@ -239,6 +239,7 @@ def make_velocity(transformer, passes: TransformerPasses, positive: torch.Tensor
     run_negative = guidance.cfg != 1.0 and negative is not None
 
     def forward(x: torch.Tensor, timestep: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        passes.calls += 1
         passes.computed += 1
         return transformer(hidden_states=x.to(dtype), timestep=timestep, encoder_hidden_states=prompt, **history, return_dict=False)[0]
 

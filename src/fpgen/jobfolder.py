@@ -51,6 +51,7 @@ from fpgen.events import Event, FinishedSection, SectionDone
 from fpgen.mp4 import read_track
 from fpgen.output import partial_path, segment_name
 from fpgen.plan import Order
+from fpgen.retime import kept_count
 from fpgen.tensorfile import DamagedFileError, load_tensors, save_tensors
 
 
@@ -113,7 +114,7 @@ class SavedJob:
 
 
 LOCK = "lock.json"
-JOB_FILES = {"job.json", "job.json.partial", "inputs.safetensors", "inputs.safetensors.partial", "joined.mp4", LOCK}
+JOB_FILES = {"job.json", "job.json.partial", "inputs.safetensors", "inputs.safetensors.partial", "joined.mp4", "interpolated.mp4", LOCK}
 SECTION_FILE = re.compile(r"(\d{4,})\.safetensors(\.partial)?")
 SEGMENT_FILE = re.compile(r"\d{8,}(\.partial)?\.mp4")
 START_OVER = "start the job over: run the fpgen generate command that began it again, with --overwrite (--resume cannot mend this)"
@@ -144,11 +145,14 @@ class JobFolder:
     def options(self) -> dict:
         return self._record()["job"]
 
-    def create(self, options: dict, inputs: JobInputs, order: Order, frame_offset: int = 0) -> None:
-        """Start a job: inputs first, the settings last (the folder counts as a job once ``job.json`` exists)."""
+    def create(self, options: dict, inputs: JobInputs, order: Order, frame_offset: int = 0, frame_step: int = 1) -> None:
+        """Start a job: inputs first, the settings last (the folder counts as a job once ``job.json`` exists).
+
+        ``frame_step``: segments keep every ``frame_step``-th video frame (``--fps`` dropping frames).
+        """
         self.sections_dir.mkdir(parents=True, exist_ok=True)
         save_inputs(self.inputs_file, inputs)
-        record = {"fpgen": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "order": order, "frame_offset": frame_offset, "job": options}
+        record = {"fpgen": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "order": order, "frame_offset": frame_offset, "frame_step": frame_step, "job": options}
         partial = self.job_file.with_name("job.json.partial")
         partial.write_text(json.dumps(record, indent=1))
         os.replace(partial, self.job_file)
@@ -160,7 +164,7 @@ class JobFolder:
         """An event listener: save each finished section (its frames are already written), naming the segment they went to."""
         if isinstance(event, SectionDone):
             written = {"first_frame": str(event.first_frame), "frames": str(event.frames.shape[2])}
-            save_tensors(self.section_file(event.section.index), {"latents": event.latents}, {"transformer_passes": str(event.transformer_passes)} | written)
+            save_tensors(self.section_file(event.section.index), {"latents": event.latents}, {"transformer_passes": str(event.transformer_passes), "transformer_calls": str(event.transformer_calls)} | written)
 
     def done(self) -> int:
         count = 0
@@ -176,7 +180,8 @@ class JobFolder:
         finished = []
         for index in range(self.done()):
             tensors, metadata = load_tensors(self.section_file(index))
-            finished.append(FinishedSection(tensors["latents"], int(metadata["transformer_passes"])))
+            passes = int(metadata["transformer_passes"])
+            finished.append(FinishedSection(tensors["latents"], passes, int(metadata.get("transformer_calls", passes))))  # folders older than the count: taken as nothing skipped
         return SavedJob(record["job"], record["order"], record["frame_offset"], self._inputs(), finished)
 
     def _record(self) -> dict:
@@ -310,12 +315,12 @@ class JobFolder:
         if head is not None and _segment_frames(self.segments_dir / head) is None:
             raise InputError(f"{self.segments_dir / head} (the extended video's own frames) is missing or damaged", START_OVER)
         for index in range(self.done()):
-            problem = self._section_problem(index, record["frame_offset"])
+            problem = self._section_problem(index, record)
             if problem is not None:
                 return JobCheck(index, f"section {index + 1} of {self.path} {problem}")
         return JobCheck(self.done())
 
-    def _section_problem(self, index: int, frame_offset: int) -> str | None:
+    def _section_problem(self, index: int, record: dict) -> str | None:
         """What is wrong with a finished section's file or its segment (None: intact)."""
         try:
             tensors, metadata = load_tensors(self.section_file(index))
@@ -325,7 +330,7 @@ class JobFolder:
         if "latents" not in tensors or not metadata.get("transformer_passes", "").isdigit():
             return incomplete
         try:
-            written = _written_segment(metadata, frame_offset)
+            written = _written_segment(metadata, record)
         except (KeyError, ValueError):
             return incomplete
         if written is None:
@@ -341,7 +346,7 @@ class JobFolder:
         record = self._record()
         keep = {_head_segment(record)} - {None}
         for index in range(sections):
-            written = _written_segment(load_tensors(self.section_file(index))[1], record["frame_offset"])
+            written = _written_segment(load_tensors(self.section_file(index))[1], record)
             keep |= {written[0]} if written else set()
         for path in self.sections_dir.glob("*"):
             match = SECTION_FILE.fullmatch(path.name)
@@ -382,10 +387,11 @@ def _refuse_foreign(folder: JobFolder) -> NoReturn:
 
 
 def _is_job_record(record) -> bool:
-    """What ``create`` writes: the settings, the section order and the frame offset."""
+    """What ``create`` writes: the settings, the section order, the frame offset and step."""
     if not isinstance(record, dict):
         return False
-    return isinstance(record.get("job"), dict) and isinstance(record.get("frame_offset"), int) and record.get("order") in ("inverted", "forward")
+    step = record.get("frame_step", 1)  # jobs started before --fps have none: every frame kept
+    return isinstance(record.get("job"), dict) and isinstance(record.get("frame_offset"), int) and record.get("order") in ("inverted", "forward") and isinstance(step, int) and step >= 1
 
 
 def _is_open(path: Path, handle: IO) -> bool:
@@ -427,10 +433,11 @@ def _head_segment(record: dict) -> str | None:
     return segment_name(0) if record["job"].get("extend") is not None else None
 
 
-def _written_segment(metadata: dict[str, str], frame_offset: int) -> tuple[str, int] | None:
-    """The segment a section file says its frames went to, and how many (None: the section's frames all stayed pending)."""
-    frames = int(metadata["frames"])
-    return (segment_name(int(metadata["first_frame"]) + frame_offset), frames) if frames else None
+def _written_segment(metadata: dict[str, str], record: dict) -> tuple[str, int] | None:
+    """The segment a section file says its frames went to, and how many it kept (None: none; they all stayed pending or were dropped)."""
+    first = int(metadata["first_frame"]) + record["frame_offset"]
+    kept = kept_count(first, int(metadata["frames"]), record.get("frame_step", 1))
+    return (segment_name(first), kept) if kept else None
 
 
 def _segment_frames(path: Path) -> int | None:

@@ -26,7 +26,7 @@ from fpgen.conditioning import check_prompt_template
 from fpgen.lora import Lora, LoraChoice, apply_loras
 from fpgen.offload import StreamedBlockStack, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
 from fpgen.runtime import RuntimePlan
-from fpgen.teacache import TeaCacheHook
+from fpgen.stepcache import StepCachePlan
 from fpgen.transformer import BlockStack, use_float32_head
 from fpgen.vae_reuse import reuse_vae_tiles
 
@@ -201,14 +201,14 @@ class Components:
             yield vae
 
     @contextmanager
-    def step_cache(self, steps: int, threshold: float | None) -> Iterator[None]:
-        """TeaCache on the block stack for one job (``threshold`` None: off)."""
-        if threshold is None:
-            yield
-            return
+    def step_cache(self, plan: StepCachePlan, steps: int) -> Iterator[None]:
+        """The job's step cache (``fpgen.stepcache``) on the block stack while it runs."""
         if self.transformer is None:
             self.load_transformer()
-        hook = TeaCacheHook(self.transformer, steps, threshold)
+        hook = plan.hook(self.blocks, steps)
+        if hook is None:
+            yield
+            return
         self.blocks.hooks.append(hook)
         try:
             yield

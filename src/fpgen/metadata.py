@@ -24,12 +24,16 @@ def sidecar_path(video: Path) -> Path:
     return video.with_suffix(".json")
 
 
-def describe_video(options: dict, order: str, frames: int, height: int, width: int, sections: int, passes: list[int], elapsed: float, fps: int = FPS) -> dict:
+def describe_video(
+    options: dict, order: str, frames: int, height: int, width: int, sections: int, passes: list[int], elapsed: float, fps: int = FPS, color_match: bool = False
+) -> dict:
+    """``fps`` and ``color_match``: the output's rate and whether its colours were matched (as decided, not as asked)."""
+    video = {"frames": frames, "width": width, "height": height, "fps": fps, "seconds": round(frames / fps, 3), "sections": sections, "order": order, "color_match": color_match}
     return {
         "fpgen": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "job": options,
-        "video": {"frames": frames, "width": width, "height": height, "fps": fps, "seconds": round(frames / fps, 3), "sections": sections, "order": order},
+        "video": video,
         "transformer_passes": passes,
         "elapsed_s": round(elapsed, 2),
     }

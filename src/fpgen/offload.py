@@ -129,18 +129,31 @@ class StreamedBlockStack(BlockStack):
         for name, tensor in [*block.named_parameters(), *block.named_buffers()]:
             tensor.data = tensors[name]
 
-    def run_blocks(self, hidden, context, temb, attention_mask, rope):
-        self.computed += 1
+    def lend(self, index: int, use):
+        block, (tensors, ready) = self.order[index], self._fetch(index)
         compute = torch.cuda.current_stream(self.device)
-        upcoming = self._fetch(0)
+        compute.wait_event(ready)
+        for tensor in tensors.values():
+            tensor.record_stream(compute)
+        self._point(block, tensors)
+        try:
+            return use(block)
+        finally:
+            self._point(block, self.host[index])
+
+    def run_span(self, start: int, stop: int | None, hidden, context, temb, attention_mask, rope):
+        compute = torch.cuda.current_stream(self.device)
+        indices = range(len(self.order))[start:stop]
+        upcoming = self._fetch(indices[0])
         previous_done = None
-        for index, block in enumerate(self.order):
+        for index in indices:
+            block = self.order[index]
             tensors, ready = upcoming
             compute.wait_event(ready)
             for tensor in tensors.values():
                 tensor.record_stream(compute)  # its memory is not reused until this block's kernels finish
             self._point(block, tensors)
-            if index + 1 < len(self.order):
+            if index + 1 < indices.stop:
                 # Kernels run behind the Python loop: without this wait the loop would queue copies of
                 # many blocks ahead, each needing fresh memory. Once block i-1 is done, its weights'
                 # memory serves block i+1, so two blocks at most are on the GPU.
@@ -151,7 +164,7 @@ class StreamedBlockStack(BlockStack):
             previous_done = torch.cuda.Event()
             previous_done.record(compute)
             self._point(block, self.host[index])
-        return hidden
+        return hidden, context
 
 
 def stream_module_layers(module: torch.nn.Module, device: torch.device, containers: tuple[str, ...] = ()) -> None:

@@ -9,18 +9,21 @@ takes each segment once.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fpgen.errors import FpgenError
-from fpgen.geometry import FPS
 from fpgen.mp4 import GrowingMp4
 from fpgen.pixels import to_uint8
-from fpgen.video import concat_mp4, write_mp4, written_aside
+from fpgen.retime import NATIVE, FrameRate
+from fpgen.video import concat_mp4, interpolate_mp4, write_mp4, written_aside
+
+FrameTransform = Callable[[torch.Tensor, int], torch.Tensor]  # (pixels, video frame of the first) -> pixels
 
 PARTIAL = ".partial.mp4"
 
@@ -39,12 +42,18 @@ class SegmentedMp4:
     """A frame sink: ``sink(frames, first_frame)`` writes one segment; ``finish`` makes the MP4.
 
     ``frame_offset`` shifts the job's frame numbers (an extended video's own frames come first);
-    with ``preview`` the playable MP4 of everything so far is kept up to date after each segment;
-    ``fps`` is the model family's frame rate.
+    with ``preview`` the playable MP4 of everything so far is kept up to date after each segment.
+    ``rate`` drops frames by their video frame number as they come (segments are at its output
+    rate) or interpolates the joined video in ``finish``; ``transform`` (``--color-match``) changes
+    the job's own frames, never the given video's.
     """
 
-    def __init__(self, segments_dir: Path, crf: int = 16, preview: Path | None = None, frame_offset: int = 0, fps: int = FPS):
-        self.segments_dir, self.crf, self.frame_offset, self.fps = segments_dir, crf, frame_offset, fps
+    def __init__(
+        self, segments_dir: Path, crf: int = 16, preview: Path | None = None, frame_offset: int = 0,
+        rate: FrameRate = NATIVE, transform: FrameTransform | None = None,
+    ):  # fmt: skip
+        self.segments_dir, self.crf, self.frame_offset = segments_dir, crf, frame_offset
+        self.rate, self.transform = rate, transform
         self.segments_dir.mkdir(parents=True, exist_ok=True)
         self.preview_path = preview
         self.preview = self._assemble(preview) if preview is not None and self.segments() else None
@@ -57,14 +66,19 @@ class SegmentedMp4:
         return sorted(p for p in self.segments_dir.glob("*.mp4") if not p.name.endswith(PARTIAL))
 
     def __call__(self, frames: torch.Tensor, first_frame: int) -> None:
-        self.write(to_uint8(frames), first_frame + self.frame_offset)
+        first_frame += self.frame_offset
+        self.write(to_uint8(self.transform(frames, first_frame) if self.transform is not None else frames), first_frame)
 
     def write(self, frames: Iterable[np.ndarray], first_frame: int) -> None:
-        """Encode frames (uint8, streamed) as the segment starting at video frame ``first_frame``."""
+        """Encode frames (uint8, streamed) as the segment starting at video frame ``first_frame`` (none kept: no segment)."""
+        kept = (frame for number, frame in enumerate(frames, first_frame) if number % self.rate.step == 0)
+        first = next(kept, None)
+        if first is None:
+            return
         path = self.segment_path(first_frame)
         partial = path.with_suffix(PARTIAL)
         try:
-            write_mp4(partial, frames, self.crf, self.fps)
+            write_mp4(partial, itertools.chain([first], kept), self.crf, self.rate.segment_fps)
         except BaseException:
             partial.unlink(missing_ok=True)  # frees the space a full disk needs back
             raise
@@ -103,12 +117,18 @@ class SegmentedMp4:
         return path
 
     def finish(self, output: Path, metadata: dict[str, str] | None = None) -> Path:
-        """Join the segments into ``output`` (written aside, then renamed: the output is never half-written)."""
+        """Join the segments into ``output`` (written aside, then renamed: the output is never half-written), interpolated if the rate asks."""
         joined = self.segments_dir.parent / "joined.mp4"  # in the job's own folder: on a full disk nothing is left next to the output
+        interpolated = self.segments_dir.parent / "interpolated.mp4"
+        interpolates = self.rate.interpolates
         try:
-            concat_mp4(self.segments(), joined, metadata)
+            concat_mp4(self.segments(), joined, None if interpolates else metadata)
+            if interpolates:
+                interpolate_mp4(joined, interpolated, self.rate.native, self.rate.output, self.crf, metadata)
+                os.replace(interpolated, joined)
         except BaseException:
             joined.unlink(missing_ok=True)
+            interpolated.unlink(missing_ok=True)
             raise
         os.replace(joined, output)
         return output

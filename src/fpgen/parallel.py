@@ -122,7 +122,7 @@ def follow(job) -> None:
         inputs, finished = components.family.parts.encode(components, job.pictures, job.plan.prompts, negative, job.settings), ()
     else:
         inputs, finished = job.saved.inputs, job.saved.finished
-    generate_frames(components, inputs, job.plan, job.settings, lambda frames, first: None, None, finished)
+    generate_frames(components, inputs, job.plan, job.settings, lambda frames, first: None, None, finished, job.step_cache)
 
 
 def _helper(rank: int, world: int, port: int, job) -> None:

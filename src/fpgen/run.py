@@ -12,15 +12,17 @@ from __future__ import annotations
 import errno
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from fpgen.colormatch import lab_stats, match_colors
 from fpgen.conditioning import JobInputs
 from fpgen.config import Job
 from fpgen.engine import generate_frames
 from fpgen.errors import DiskFullError, Interrupted, OutOfMemoryError, is_out_of_memory
 from fpgen.events import Event, Listener, Result
 from fpgen.extend import head_frames
-from fpgen.geometry import FPS
+from fpgen.geometry import FPS, latent_to_frame
 from fpgen.jobfolder import JobFolder
 from fpgen.loading import Components
 from fpgen.metadata import describe_video, mp4_tags, write_sidecar
@@ -38,7 +40,7 @@ class VideoResult:
     elapsed: float
     result: Result
     resumed_sections: int = 0  # sections that were already done when this run started
-    fps: int = FPS  # the model family's frame rate
+    fps: int = FPS
 
 
 def run_job(components: Components, job: Job, on_event: Listener | None = None) -> VideoResult:
@@ -58,15 +60,15 @@ def make_frames(components: Components, job: Job, folder: JobFolder, on_event: L
         if job.saved is None:
             (sink, inputs), finished = start_job(components, job, preview), []
         else:
-            sink = SegmentedMp4(folder.segments_dir, job.spec.crf, preview, job.saved.frame_offset, job.model.spec.family.fps)
             inputs, finished = job.saved.inputs, job.saved.finished
+            sink = job_sink(job, folder, preview, job.saved.frame_offset, inputs)
 
         def listen(event: Event) -> None:
             folder.record(event)
             if on_event is not None:
                 on_event(event)
 
-        return generate_frames(components, inputs, job.plan, job.settings, sink, listen, finished), sink
+        return generate_frames(components, inputs, job.plan, job.settings, sink, listen, finished, job.step_cache), sink
     except BaseException as error:
         explained = stopped_error(error, folder, job.plan.count, sink.write_partial(partial_path(output)) if sink is not None else None)
         if not folder.exists():  # stopped before the job existed: nothing to resume
@@ -84,25 +86,37 @@ def start_job(components: Components, job: Job, preview: Path | None) -> tuple[S
     folder.clear()
     job.spec.output.parent.mkdir(parents=True, exist_ok=True)
     frame_offset = pictures.tail.frame_offset if pictures.tail is not None else 0
-    sink = SegmentedMp4(folder.segments_dir, job.spec.crf, preview, frame_offset, job.model.spec.family.fps)
+    sink = job_sink(job, folder, preview, frame_offset, inputs)
     if pictures.tail is not None:  # before the job exists: a resumed job always has the given video's frames
         sink.write(head_frames(pictures.tail, settings.window, components.family.sections.tail), 0)
-    folder.create(job.spec.options(), inputs, job.plan.order, frame_offset)
+    folder.create(job.spec.options(), inputs, job.plan.order, frame_offset, job.rate.step)
     return sink, inputs
+
+
+def job_sink(job: Job, folder: JobFolder, preview: Path | None, frame_offset: int, inputs: JobInputs) -> SegmentedMp4:
+    """The job's segmented MP4 at its output rate, its frames colour-matched to the (bucketed) start picture if asked.
+
+    Colour matching ramps in from the first frame the job makes: 0, or with ``--extend`` the first
+    of the given video's frames that are cross-faded into the new ones (those before stay as they were).
+    """
+    own_first = frame_offset + (latent_to_frame(inputs.prefix.shape[2] - job.plan.window) if inputs.lead is not None else 0)
+    transform = partial(match_colors, target=lab_stats(inputs.image), fps=job.rate.native, ramp_from=own_first) if job.color_match else None
+    return SegmentedMp4(folder.segments_dir, job.spec.crf, preview, frame_offset, job.rate, transform)
 
 
 def finish_job(job: Job, sink: SegmentedMp4, result: Result, elapsed: float, resumed: int) -> VideoResult:
     """Join the segments into the output, describe it, save the latents if asked, and clean up."""
     output = job.spec.output
-    family = job.model.spec.family
-    frames = sink.frame_offset + family.frame_count(result.plan)
-    description = describe_video(job.spec.options(), job.plan.order, frames, result.height, result.width, result.plan.count, result.transformer_passes, elapsed, family.fps)
+    frames = job.rate.frames(sink.frame_offset + job.model.spec.family.frame_count(result.plan))
+    description = describe_video(
+        job.spec.options(), job.plan.order, frames, result.height, result.width, result.plan.count, result.transformer_passes, elapsed, job.rate.output, job.color_match
+    )
     if job.spec.save_latents is not None:
         save_tensors(job.spec.save_latents, {"latents": result.latents.float()})
     sink.finish(output, mp4_tags(description))
     write_sidecar(output, description)
     job.folder.remove()  # with the partial video it made
-    return VideoResult(output, frames, result.height, result.width, frames / family.fps, elapsed, result, resumed, family.fps)
+    return VideoResult(output, frames, result.height, result.width, frames / job.rate.output, elapsed, result, resumed, job.rate.output)
 
 
 def stopped_error(error: BaseException, folder: JobFolder, count: int, partial: Path | None) -> Exception | None:

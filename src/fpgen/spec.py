@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 MAX_SECTIONS = 10_000  # about 50 minutes at the default window; a job folder keeps one file per section
 MAX_PROMPT_CHARS = 100_000  # far beyond the 256 tokens the text encoder reads; bounds metadata and job files
 MAX_PIXELS = 4096 * 4096  # a frame size beyond this is impossible, not merely out of memory
+STEP_CACHES = ("teacache", "magcache", "fbcache", "none")  # the caches fpgen.stepcache implements, named here without torch
+LEGACY_OPTIONS = ("teacache", "teacache_threshold")  # older videos' and batch files' names for --step-cache teacache and its threshold
+MAX_FPS = 240
+MAX_INTERPOLATE = 8  # minterpolate's cost grows with every frame it makes
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,8 @@ class Settings:
     distilled_guidance: float | None = None
     cfg: float | None = None
     guidance_rescale: float = 0.0
-    teacache: bool = False
-    teacache_threshold: float = 0.15
+    step_cache: str = "none"  # teacache, magcache, fbcache or none (fpgen.stepcache)
+    step_cache_threshold: float | None = None  # None: the cache's own default
     resolution: int = 640
     size: tuple[int, int] | None = None  # (height, width); overrides the bucket
 
@@ -77,7 +81,8 @@ class Settings:
             (self.cfg is None or self.cfg >= 1.0, f"--cfg must be at least 1 (got {self.cfg})", "1 disables real CFG"),
             (0 <= self.guidance_rescale <= 1, f"--guidance-rescale must be within [0, 1] (got {self.guidance_rescale})", "0 disables it"),
             (self.distilled_guidance is None or self.distilled_guidance > 0, f"--distilled-guidance must be positive (got {self.distilled_guidance})", "the official default is 10"),
-            (self.teacache_threshold > 0, f"--teacache-threshold must be positive (got {self.teacache_threshold})", "0.15 is the official value"),
+            (self.step_cache in STEP_CACHES, f"unknown --step-cache {self.step_cache!r}", f"use one of {', '.join(STEP_CACHES)}"),
+            (self.step_cache_threshold is None or self.step_cache_threshold >= 0, f"--step-cache-threshold must be at least 0 (got {self.step_cache_threshold})", "0 skips nothing; higher skips more"),
             (0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63-1 (got {self.seed})", "e.g. --seed 31337"),
         ]
         _check(checks)
@@ -125,13 +130,28 @@ class JobSpec:
     vram_budget: float | None = None
     crf: int = 16
     save_latents: Path | None = None
+    fps: int | None = None  # the output's frame rate; None: the model family's
+    interpolate: int = 1  # the output's frame rate as a multiple of the family's
+    color_match: bool | None = None  # None: the family's default for the video's length
+    loop: bool = False
 
     def __post_init__(self):
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be between 0 and 51 (got {self.crf})", "16 is the official default; lower is better quality")
+        _check(self.output_checks())
         for path in (self.image, self.end_image, self.extend):
             if path is not None and not path.exists():
                 raise InputError(f"{'image' if path != self.extend else 'video'} not found: {path}", "check the path")
+
+    def output_checks(self) -> list[tuple[bool, str, str]]:
+        """``--fps``, ``--interpolate`` and ``--loop`` against each other (the family's rate is checked by ``fpgen.config``)."""
+        return [
+            (self.fps is None or 1 <= self.fps <= MAX_FPS, f"--fps must be between 1 and {MAX_FPS} (got {self.fps})", "e.g. --fps 15 (drops every other frame) or --fps 24 (interpolated)"),
+            (1 <= self.interpolate <= MAX_INTERPOLATE, f"--interpolate must be between 1 and {MAX_INTERPOLATE} (got {self.interpolate})", "--interpolate 2 doubles the frame rate"),
+            (self.fps is None or self.interpolate == 1, "--fps and --interpolate cannot be combined", "give the rate you want with --fps alone (--interpolate 2 is --fps 60 at 30 native)"),
+            (not (self.loop and self.end_image is not None), "--loop ends the video on its start picture, so it takes no --end-image", "drop --end-image (or --loop)"),
+            (not (self.loop and self.extend is not None), "--loop cannot be combined with --extend: the extended video's first frame is not part of the job", "loop the first video, or drop --loop"),
+        ]
 
     @property
     def runtime_request(self) -> RuntimeRequest:
@@ -151,7 +171,7 @@ class JobSpec:
 
     @classmethod
     def option_names(cls) -> set[str]:
-        return {f.name for f in fields(cls)} - {"settings"} | set(SETTINGS_FIELDS)
+        return {f.name for f in fields(cls)} - {"settings"} | set(SETTINGS_FIELDS) | set(LEGACY_OPTIONS)
 
     @classmethod
     def from_options(cls, options: dict) -> JobSpec:
@@ -171,9 +191,22 @@ class JobSpec:
             values["size"] = parse_size(values["size"]) if isinstance(values["size"], str) else tuple(values["size"])
         if "lora" in values:
             values["lora"] = tuple(_absolute_lora(item) for item in ([values["lora"]] if isinstance(values["lora"], str) else values["lora"]))
-        if values.get("teacache") is None:  # TeaCache is on with --fast unless asked otherwise
-            values["teacache"] = bool(values.get("fast"))
+        _step_cache_from_legacy(values)
+        if values.get("step_cache") is None:  # --fast picks TeaCache unless asked otherwise
+            values["step_cache"] = "teacache" if values.get("fast") else "none"
         return cls(settings=Settings(**{k: values.pop(k) for k in SETTINGS_FIELDS if k in values}).validate(), **values)
+
+
+def _step_cache_from_legacy(values: dict) -> None:
+    """``teacache``/``teacache_threshold`` (older videos, batch files) as ``step_cache``/``step_cache_threshold``."""
+    teacache, threshold = values.pop("teacache", None), values.pop("teacache_threshold", None)
+    if teacache is not None:
+        named = "teacache" if teacache else "none"
+        if values.get("step_cache", named) != named:
+            raise InputError(f"{'--teacache' if teacache else '--no-teacache'} and --step-cache {values['step_cache']} disagree", "give only --step-cache")
+        values["step_cache"] = named
+    if threshold is not None and values.get("step_cache") == "teacache":
+        values.setdefault("step_cache_threshold", threshold)
 
 
 def _absolute_lora(text: str) -> str:

@@ -3,7 +3,7 @@
 We drive diffusers' ``HunyuanVideoFramepackTransformer3DModel`` through its own submodules rather
 than its ``forward`` so that the official details are explicit: the history slots and their RoPE are
 packed by ``fpgen.packing``, the final projection runs in float32 (the official
-``high_quality_fp32_output_for_inference``), TeaCache can skip the block stack, and every block is
+``high_quality_fp32_output_for_inference``), step caches can skip the block stack, and every block is
 an ordinary call that compilation, offloading and gradient checkpointing can wrap.
 """
 
@@ -109,9 +109,9 @@ class BlockStack(torch.nn.Module):
 
     Grouping them lets offloading prefetch block after block and lets step caches skip them as a
     unit. Features attach as ``hooks`` (the diffusers-hooks way): each wraps the call of the ones
-    after it, and ``reset_hooks`` starts their state afresh for a new section. ``computed`` counts
-    the passes that really ran the blocks. The blocks stay registered on the transformer too; this
-    module only borrows them.
+    after it, and ``reset_hooks`` starts their state afresh for a new section. ``calls`` counts the
+    passes asked for, ``computed`` those that really ran the blocks. The blocks stay registered on
+    the transformer too; this module only borrows them.
     """
 
     def __init__(self, model):
@@ -120,9 +120,10 @@ class BlockStack(torch.nn.Module):
         self.single_transformer_blocks = model.single_transformer_blocks
         object.__setattr__(self, "model", model)  # not a submodule: read for its gradient-checkpointing switch
         self.hooks: list[BlockHook] = []
-        self.computed = 0
+        self.calls = self.computed = 0
 
     def forward(self, hidden, context, temb, attention_mask, rope):
+        self.calls += 1
         run = self.run_blocks
         for hook in reversed(self.hooks):
             run = partial(hook, run)
@@ -134,13 +135,21 @@ class BlockStack(torch.nn.Module):
 
     def run_blocks(self, hidden, context, temb, attention_mask, rope):
         self.computed += 1
+        return self.run_span(0, None, hidden, context, temb, attention_mask, rope)[0]
+
+    def lend(self, index: int, use):
+        """``use(block)`` with block ``index`` ready to compute (a streamed stack fetches its weights for the call)."""
+        return use((*self.transformer_blocks, *self.single_transformer_blocks)[index])
+
+    def run_span(self, start: int, stop: int | None, hidden, context, temb, attention_mask, rope):
+        """Blocks ``start:stop`` of the 60 (dual-stream first): ``(hidden, context)`` after them."""
         checkpoint = torch.is_grad_enabled() and getattr(self.model, "gradient_checkpointing", False)
-        for block in (*self.transformer_blocks, *self.single_transformer_blocks):
+        for block in (*self.transformer_blocks, *self.single_transformer_blocks)[start:stop]:
             if checkpoint:
                 hidden, context = self.model._gradient_checkpointing_func(block, hidden, context, temb, attention_mask, rope)
             else:
                 hidden, context = block(hidden, context, temb, attention_mask, rope)
-        return hidden
+        return hidden, context
 
 
 def packed_forward(

@@ -143,9 +143,28 @@ def concat_mp4(parts: list[Path], output: Path, metadata: dict[str, str] | None 
         for number, part in enumerate(parts):
             (folder / f"{number:08d}.mp4").symlink_to(Path(part).absolute())
         (folder / "parts.txt").write_text("".join(f"file '{number:08d}.mp4'\n" for number in range(len(parts))))
-        (folder / "tags.txt").write_text(ffmetadata(metadata or {}), encoding="utf-8")
-        inputs = ["-f", "concat", "-i", ffmpeg_url(folder / "parts.txt"), "-f", "ffmetadata", "-i", ffmpeg_url(folder / "tags.txt")]
+        inputs = ["-f", "concat", "-i", ffmpeg_url(folder / "parts.txt"), *_tags_input(folder, metadata)]
         _run_ffmpeg([*inputs, "-map", "0", "-map_metadata", "1", "-c", "copy", "-movflags", "+faststart", "-f", "mp4", ffmpeg_url(output)], output)
+
+
+def _tags_input(folder: Path, metadata: dict[str, str] | None) -> list[str]:
+    """ffmpeg's second input: ``metadata`` as an ffmetadata file in ``folder``, for ``-map_metadata 1``."""
+    (folder / "tags.txt").write_text(ffmetadata(metadata or {}), encoding="utf-8")
+    return ["-f", "ffmetadata", "-i", ffmpeg_url(folder / "tags.txt")]
+
+
+def interpolate_mp4(source: Path, output: Path, native: int, fps: int, crf: int = 16, metadata: dict[str, str] | None = None) -> None:
+    """Re-encode ``source`` (frames at ``native`` fps) at ``fps`` by motion-compensated interpolation (ffmpeg's ``minterpolate``, ``mci``).
+
+    Frame ``n`` is first put at exactly ``n/native`` s (joined segments carry rounding in their
+    timestamps) and the last frame held one frame longer (``tpad``): minterpolate makes frames only
+    between two inputs, and without it the video would lose its end (a loop's closing frame).
+    """
+    with disk_full_as_error(output), tempfile.TemporaryDirectory(prefix="fpgen-interpolate-") as folder:
+        filters = f"setpts=N/{int(native)}/TB,tpad=stop_mode=clone:stop=1,minterpolate=fps={int(fps)}:mi_mode=mci"
+        arguments = ["-i", ffmpeg_url(source), *_tags_input(Path(folder), metadata), "-map", "0:v", "-map_metadata", "1", "-vf", filters]
+        encode = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-preset", "medium", "-movflags", "+faststart", "-f", "mp4"]
+        _run_ffmpeg([*arguments, *encode, ffmpeg_url(output)], output)
 
 
 def iter_mp4(path: Path) -> tuple[dict, Iterator[np.ndarray]]:

@@ -157,3 +157,4 @@ from fpgen.cli import models  # noqa: E402, F401
 from fpgen.cli import info  # noqa: E402, F401
 from fpgen.cli import finetune  # noqa: E402, F401
 from fpgen.cli import lora  # noqa: E402, F401
+from fpgen.cli import speed  # noqa: E402, F401

@@ -46,9 +46,13 @@ Examples:
 
   fpgen generate face.png -p "A dog runs" --fast          # FP8 + TeaCache on a Hopper GPU
 
+  fpgen generate face.png -p "A dog runs" --step-cache magcache   (after: fpgen calibrate face.png)
+
   fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
 
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
+
+  fpgen generate face.png -p "waves roll in" --loop --fps 60     (ends on its start picture; 60 fps by interpolation)
 """
 
 RUN_OPTIONS = ("json_output", "quiet", "preview", "overwrite", "resume", "from_video", "jobs", "gpus", "shard", "trust_jobs", "prompts_file")
@@ -69,8 +73,13 @@ def generate(
     distilled_guidance: float | None = typer.Option(None, "--distilled-guidance", help="Distilled guidance scale fed to the model. [default: the model's, 10 for FramePack]", show_default=False),
     cfg: float | None = typer.Option(None, "--cfg", help="Real classifier-free guidance; above 1 doubles the cost per step. [default: the model's, 1 for FramePack, 5 for helios and helios-mid]", show_default=False),
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale for real CFG, 0..1."),
-    teacache: bool | None = typer.Option(None, "--teacache/--no-teacache", help="Skip transformer passes that would change little (faster, slightly different result). [default: on with --fast, else off]", show_default=False),
-    teacache_threshold: float = typer.Option(0.15, "--teacache-threshold", help="TeaCache's accumulated-change threshold; higher skips more."),
+    step_cache: str | None = typer.Option(
+        None, "--step-cache", metavar="NAME", help="Skip passes that change little (faster, slightly different): teacache, magcache (after fpgen calibrate), "
+        "fbcache or none. [default: teacache with --fast, else none]", show_default=False,
+    ),  # fmt: skip
+    step_cache_threshold: float | None = typer.Option(None, "--step-cache-threshold", help="Higher skips more; 0 skips nothing. [default: teacache 0.15, magcache 0.06, fbcache 0.05]", show_default=False),
+    teacache: bool | None = typer.Option(None, "--teacache/--no-teacache", hidden=True),  # older name of --step-cache teacache/none
+    teacache_threshold: float | None = typer.Option(None, "--teacache-threshold", hidden=True),
     end_image: Path | None = typer.Option(
         None, "--end-image", help="Picture to arrive at. framepack: the first section made (the video's end) sees it as the frame right after the video. "
         "framepack-f1: the last section sees it one frame after its window and its last latent frame is pinned to it, so the video ends on it.",
@@ -87,11 +96,15 @@ def generate(
     resolution: int = typer.Option(640, "--resolution", help="Size bucket class; the picture is resized and centre-cropped to the nearest bucket."),
     size: str | None = typer.Option(None, "--size", help="Exact size HEIGHTxWIDTH in pixels (multiples of 16), e.g. 640x608; overrides the bucket."),
     crf: int = typer.Option(16, "--crf", help="H.264 quality, 0 (lossless) to 51; 16 is the official default."),
+    fps: int | None = typer.Option(None, "--fps", help="Output frame rate. One that divides the model's (30; helios 24) drops frames exactly; any other is motion-interpolated by ffmpeg once the video is complete. [default: the model's]", show_default=False),
+    interpolate: int = typer.Option(1, "--interpolate", help="Multiply the output frame rate by motion interpolation (2: 60 fps from 30)."),
+    color_match: bool | None = typer.Option(None, "--color-match/--no-color-match", help="Match each frame's colours (Lab mean and spread) to the start picture, ramping in over 2 s; frame 0 is never changed. [default: on for framepack-f1 videos over 30 s, else off]", show_default=False),
+    loop: bool = typer.Option(False, "--loop", help="End the video where it starts: the start picture is also the end picture (framepack: its first section's future frame; framepack-f1: its last frame pinned)."),
     output: Path | None = typer.Option(None, "--output", "-o", help="MP4 to write [default: outputs/<time>_<seed>.mp4]; its metadata also goes to <name>.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output if it exists (and start over an unfinished job for it)."),
     save_latents: Path | None = typer.Option(None, "--save-latents", help="Also save the video's latents (safetensors, tensor `latents`, time order)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda, cuda:N or cpu."),
-    fast: bool = typer.Option(False, "--fast", help="FP8 matmuls and TeaCache: about twice as fast on Hopper GPUs, no longer identical to the official output."),
+    fast: bool = typer.Option(False, "--fast", help="FP8 matmuls, FP8 attention and a step cache (TeaCache unless --step-cache says otherwise): about twice as fast on Hopper GPUs, no longer identical to the official output."),
     low_vram: bool = typer.Option(False, "--low-vram", help="Stream the transformer and text encoder from host memory (under 6 GiB of GPU memory); picked by itself on small cards."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the transformer blocks on CUDA (faster after a one-time compile; needs Triton)."),
     vram_budget: float | None = typer.Option(None, "--vram-budget", help="GPU memory (GiB) fpgen may plan for; low-vram mode is picked when the models do not fit.", show_default=False),
@@ -186,6 +199,8 @@ def _load_and_run(job, gpus: str, report):
     """The job on one device, or with ``--gpus N`` its transformer passes split over N processes (``fpgen.parallel``)."""
     if gpus == "1":
         return _run(_load(job, report), job, report)
+    if job.step_cache.kind == "fbcache":
+        raise InputError("--step-cache fbcache runs block 0 apart, which a video split over GPUs cannot", "use --step-cache teacache or magcache with --gpus")
     from fpgen.parallel import process_count, run_split
 
     count = process_count(gpus, job.spec.device)
@@ -206,8 +221,12 @@ def _recorded(values: dict, given: set, report) -> dict:
     options = {k: v for k, v in recorded.items() if k in known and k not in ("output", "save_latents")}
     given = given | ({"prompt"} if "prompts_file" in given else set())
     options.update({k: v for k, v in job_options(values).items() if k in given or k == "output"})
-    if "fast" in given and "teacache" not in given:
-        options.pop("teacache", None)  # decided again from --fast
+    if given & {"fast", "step_cache", "teacache"}:  # the step cache is chosen again (--fast picks one): the recorded one and its threshold go
+        for name in {"step_cache", "step_cache_threshold", "teacache", "teacache_threshold"} - given:
+            options.pop(name, None)
+    for rate, other in (("fps", "interpolate"), ("interpolate", "fps")):
+        if rate in given and other not in given:
+            options.pop(other, None)  # a new rate replaces the recorded one, however it was given
     if options.get("image") and not Path(options["image"]).exists() and "image" not in given:
         raise InputError(f"the recorded start picture {printable(str(options['image']))} is missing", "pass the picture as IMAGE")
     return options
@@ -243,8 +262,8 @@ def _run(components, job, report):
         "output": str(video.output), "frames": video.frames, "width": video.width, "height": video.height, "fps": video.fps,
         "seconds": round(video.seconds, 3), "elapsed_s": round(video.elapsed, 2), "seed": settings.seed, "model": job.spec.model,
         "order": job.plan.order, "sections": job.plan.count, "resumed_sections": video.resumed_sections,
-        "mode": job.runtime.mode, "teacache": settings.teacache, "loras": list(job.spec.lora),
-        "transformer_passes": video.result.transformer_passes, "latents": str(job.spec.save_latents) if job.spec.save_latents else None,
+        "mode": job.runtime.mode, "step_cache": settings.step_cache, "step_cache_threshold": job.step_cache.threshold if settings.step_cache != "none" else None, "loras": list(job.spec.lora),
+        "transformer_passes": video.result.transformer_passes, "skip_rates": video.result.skip_rates, "latents": str(job.spec.save_latents) if job.spec.save_latents else None,
         "metadata": str(sidecar_path(video.output)),
     }  # fmt: skip
     line = f"{video.output}  ({video.frames} frames, {video.seconds:.2f} s, {video.width}x{video.height}, {video.elapsed:.1f} s)"

@@ -43,7 +43,7 @@ def info(
     rows = {"video": str(video), "made by": f"fpgen {description['fpgen']} on {description.get('created', '?')}"}
     shape = description.get("video")
     if isinstance(shape, dict) and {"frames", "seconds", "fps", "width", "height", "sections", "order"} <= shape.keys():
-        rows["frames"] = f"{shape['frames']} ({shape['seconds']} s at {shape['fps']} fps), {shape['width']}x{shape['height']}, {shape['sections']} sections, {shape['order']} order"
+        rows["frames"] = f"{shape['frames']} ({shape['seconds']} s at {shape['fps']} fps), {shape['width']}x{shape['height']}, {shape['sections']} sections, {shape['order']} order" + (", colours matched" if shape.get("color_match") else "")
     rows |= {name: "" if value is None else str(value) for name, value in description["job"].items()}
     for name, value in rows.items():  # the file's text, as plain text: no escape sequence, no rich markup (links) reaches the terminal
         table.add_row(Text(printable(name)), Text(printable(value, keep_newlines=True)))

@@ -147,7 +147,7 @@ class JobProgress(LiveDisplay):
             self.progress.update(self.task, rate=f"{per_frame:.2f} s/frame")
         else:
             self.reporter.info(
-                f"section {event.section.index + 1}/{self.sections} done (slot {event.section.slot}, {event.transformer_passes} passes) "
+                f"section {event.section.index + 1}/{self.sections} done (slot {event.section.slot}, {event.transformer_passes} passes, {event.skip_rate:.0%} skipped) "
                 f"{elapsed:.1f}s elapsed, eta {left:.0f}s, {per_frame:.2f} s/frame"
             )
 

@@ -14,7 +14,12 @@ PYTEST_ARGS ?=
 WORKERS ?= 2
 BIN = $(VENV)/bin
 
-.PHONY: install test test-fast clean
+DEMO_DATA ?= .demo/data
+CLIPS ?= 2000
+SEED ?= 0
+DEMO_WORKERS ?= 2
+
+.PHONY: install test test-fast clean demo-data
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +32,10 @@ test:
 
 test-fast:
 	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadscope -m "not slow" $(PYTEST_ARGS)
+
+# The demo model's training clips and held-out clips (demo/data.py; stills fetched with pip): see demo/README.md.
+demo-data:
+	$(BIN)/python demo/data.py $(DEMO_DATA) --clips $(CLIPS) --seed $(SEED) --workers $(DEMO_WORKERS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -13,6 +13,7 @@ from fpgen.geometry import latents_to_frames
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 HUB = GOLDEN / "hub"
 TRANSFORMER = HUB / "lllyasviel" / "FramePackI2V_HY"
+TRANSFORMER_BYTES = 25_748_629_632  # the released transformer in bf16
 
 
 @dataclass
@@ -85,3 +86,14 @@ def tiny_transformer_with_lora(rank: int = 4, alpha: float = 2.0, std: float = 0
             if "lora_" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
     return model
+
+
+def block_inputs(model, tokens=12, text=5, seed=0):
+    """Random inputs of one pass through a transformer's block stack (hidden, context, temb, no mask, rope)."""
+    generator = torch.Generator().manual_seed(seed)
+    width = model.config.num_attention_heads * model.config.attention_head_dim
+    head = model.config.attention_head_dim
+    hidden, context = torch.randn(1, tokens, width, generator=generator), torch.randn(1, text, width, generator=generator)
+    temb = torch.randn(1, width, generator=generator)
+    angles = torch.randn(tokens, head, generator=generator)
+    return hidden, context, temb, None, (angles.cos(), angles.sin())

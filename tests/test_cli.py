@@ -42,7 +42,7 @@ def test_version_and_help(cli, monkeypatch):
 
 
 def test_download_and_models_help_show_examples(cli):
-    for command, options in (("download", ("--revision", "--local-dir", "--dry-run", "--json")), ("models", ("--model-dir", "--json"))):
+    for command, options in (("download", ("--revision", "--local-dir", "--dry-run", "--json")), ("models", ("--model-dir", "--json")), ("edit", ("--target-index", "--reference", "--mask"))):
         proc = cli(command, "--help")
         assert proc.returncode == 0 and "Examples" in proc.stdout
         assert all(option in proc.stdout for option in options), proc.stdout
@@ -51,7 +51,7 @@ def test_download_and_models_help_show_examples(cli):
 def test_commands_are_listed_in_order(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     first_words = [line.strip("│ ").split(" ")[0] for line in cli("--help").stdout.splitlines() if line.startswith("│ ")]
-    assert first_words == ["--version", "--help", "generate", "download", "models", "info", "finetune", "lora"]
+    assert first_words == ["--version", "--help", "generate", "edit", "download", "models", "info", "finetune", "calibrate", "warmup", "lora"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -8,14 +8,14 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from helpers import TRANSFORMER_BYTES
 
 import fpgen.loading as loading
 from fpgen.errors import InputError
 from fpgen.hub import find_model
-from fpgen.runtime import RuntimePlan, RuntimeRequest, choose_mode, plan_runtime
+from fpgen.runtime import RuntimePlan, RuntimeRequest, choose_mode, choose_streaming, plan_runtime
 from fpgen.spec import Settings
 
-TRANSFORMER_BYTES = 25_748_629_632  # the released transformer in bf16
 
 
 def test_cpu_refuses_gpu_only_options():
@@ -69,3 +69,24 @@ def test_low_vram_frees_the_llama_before_the_transformer_loads(offline_cache, mo
     finally:
         gc.enable()
     assert len(llama) == 1 and alive_at_transformer_load == [False]
+
+
+@pytest.mark.parametrize(
+    ("ram", "loras", "expected"),
+    [
+        (64, False, "pinned"),  # room for the 24 GiB of pinned blocks and the rest of the job
+        (33, False, "pinned"),
+        (31, False, "mapped"),  # a 32 GB machine: today's 30 GiB peak is too close
+
+        (16, False, "mapped"),  # the 16 GB machine
+        (16, True, "pinned"),  # merged LoRAs exist only in memory
+    ],
+)
+def test_low_vram_streaming_follows_the_ram_budget(ram, loras, expected):
+    streaming, reason = choose_streaming(ram, TRANSFORMER_BYTES, loras)
+    assert streaming == expected and f"{ram} GiB" in reason
+
+
+def test_ram_budget_is_checked_and_cuda_only():
+    with pytest.raises(InputError, match="--ram-budget need"):
+        plan_runtime(RuntimeRequest(device="cpu", ram_budget=16))

@@ -43,7 +43,7 @@ def load_models(
     """
     files = model if isinstance(model, ModelFiles) else find_model(model, model_dir)
     adapters = load_loras(loras, files.spec.family.lora_kind)
-    return Components(files, plan_runtime(runtime or RuntimeRequest(**request), files.paths["transformer"]), adapters).load()
+    return Components(files, plan_runtime(runtime or RuntimeRequest(**request), files.paths["transformer"], loras=bool(adapters)), adapters).load()
 
 
 def generate_video(
@@ -56,7 +56,7 @@ def generate_video(
 ) -> VideoResult:
     """Generate a video from ``image`` (a path or uint8 RGB array) into ``output`` (an MP4 that exists only once it is complete).
 
-    ``options`` are further ``fpgen generate`` options: ``end_image``, ``extend`` (then ``image``
+    ``options`` are further ``fpgen generate`` options: ``end_image``, ``keyframe`` (``TIME:IMAGE`` strings), ``extend`` (then ``image``
     may be None), ``crf``, ``save_latents``, and ``overwrite`` and ``preview``. The job is kept in
     ``<output>.job/`` until the output is complete; ``resume_video`` finishes an interrupted one.
     """

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fpgen.errors import ModelMissingError
+from fpgen.plan import Section, SectionPlan
 
 PROMPT_TEMPLATE = (
     "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
@@ -106,9 +107,23 @@ class JobInputs:
     negative: PromptEmbedding | None  # None when real CFG is off
     prompts: dict[str, PromptEmbedding] = field(default_factory=dict)  # timed prompts: each distinct text once
     end_latent: torch.Tensor | None = None  # --end-image
+    keyframes: dict[int, torch.Tensor] = field(default_factory=dict)  # --keyframe latents by section boundary (from the new part's start)
     prefix: torch.Tensor | None = None  # --extend: latents of the given video's tail, time order
     lead: torch.Tensor | None = None  # --extend: its last 4*window-3 frames, (1, 3, T, H, W) in [-1, 1]
     noise_state: torch.Tensor | None = None  # the job generator's state after encoding drew from it (families whose encoders draw noise)
 
     def embedding(self, text: str) -> PromptEmbedding:
         return self.prompts[text] if self.prompts else self.positive
+
+    def arrival(self, plan: SectionPlan, section: Section) -> torch.Tensor | None:
+        """The latent a section arrives at: the keyframe at its end boundary, or the end picture's for the video's last section."""
+        boundary = section.slot - plan.offset + 1
+        return self.end_latent if boundary == plan.count else self.keyframes.get(boundary)
+
+
+def blend_embeddings(first: PromptEmbedding, second: PromptEmbedding, weight: float) -> PromptEmbedding:
+    """``weight`` of ``second`` and the rest of ``first`` (both zero-padded to the same length; the mask covers either's tokens)."""
+    if weight == 1.0:
+        return second
+    mix = lambda a, b: torch.lerp(a.float(), b.float(), weight).to(a.dtype)  # noqa: E731
+    return PromptEmbedding(mix(first.embeds, second.embeds), first.mask | second.mask, mix(first.pooled, second.pooled), max(first.tokens, second.tokens), first.truncated or second.truncated)

@@ -19,13 +19,13 @@ from fpgen.buckets import load_picture, pick_bucket
 from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
 from fpgen.families import Family
-from fpgen.geometry import window_tokens
+from fpgen.geometry import section_seconds, window_tokens
 from fpgen.hub import ModelFiles, find_model
 from fpgen.jobfolder import JobFolder, SavedJob, check_job_paths, find_job, job_dir
 from fpgen.lora import Lora, LoraChoice, load_loras, lora_notes
 from fpgen.metadata import sidecar_is_ours, sidecar_path
 from fpgen.output import partial_path
-from fpgen.plan import SectionPlan, plan_sections
+from fpgen.plan import SectionPlan, plan_sections, snap_keyframes
 from fpgen.prompts import describe, parse_prompts, section_prompts
 from fpgen.registry import resolve_model
 from fpgen.retime import NATIVE, FrameRate, output_rate
@@ -44,6 +44,7 @@ class Pictures:
     size: tuple[int, int]  # the video's (height, width)
     end: np.ndarray | None = None
     tail: VideoTail | None = None
+    keyframes: tuple[tuple[int, np.ndarray], ...] = ()  # (section boundary counted from the new part's start, picture)
     notes: tuple[str, ...] = ()  # what reading them lost or changed (the CLI prints these)
 
 
@@ -77,6 +78,7 @@ class Job:
         """What the CLI prints before the job runs."""
         lines = [f"  prompt {line}" for line in describe(list(self.plan.prompts), self.model.spec.family.section_seconds(self.plan.window))] if len(set(self.plan.prompts)) > 1 else []
         new_frames = self.model.spec.family.frame_count(replace(self.plan, offset=0))
+        lines += [f"  keyframe at {boundary * section_seconds(self.plan.window):.2f}s (the end of section {boundary})" for boundary, _ in (self.pictures.keyframes if self.pictures else ())]
         look = [f"output at {self.rate.describe()}"] if self.rate.output != self.rate.native else []
         look += ["colours matched to the start picture (--color-match)"] if self.color_match else []
         return lines + [f"{self.plan.count} section(s), {new_frames} new frames, {self.plan.order} order -> {self.spec.output}", *look]
@@ -99,11 +101,11 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
         return resolve_resume(folder.path, preview, loaded)
     check_outputs(spec, overwrite)
     loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras((LoraChoice.parse(item) for item in spec.lora), family.lora_kind))
-    runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"])
+    runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"], loras=bool(loras))
     pictures = read_pictures(spec, family, picture)
     offset = family.sections.tail.whole(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
-    plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
+    plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts), settings.prompt_blend)
     step_cache = plan_step_cache(spec, files, pictures.size)
     return Job(spec, files, runtime, loras, plan, pictures, (*lora_notes(loras), *pictures.notes, *notes), None, overwrite, preview, step_cache, *decide_output(spec, family, pictures.start is not None, pictures.size))
 
@@ -163,10 +165,22 @@ def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = No
     start = read["start"].pixels if "start" in read else picture if picture is not None else tail.tail[sections.tail_frame] if tail is not None else None
     end = read["end"].pixels if "end" in read else start if spec.loop else None  # a loop ends where it starts
     size = tuple(tail.tail.shape[1:3]) if tail is not None else settings.size or family.defaults.size or pick_bucket(start.shape[0], start.shape[1], settings.resolution)
-    notes = [note for picture in read.values() for note in picture.notes]
+    keyframes, notes = read_keyframes(spec, family, end is not None)
+    if keyframes and keyframes[-1][0] == family.section_count(settings.seconds, settings.window):  # a keyframe at the video's end is its end picture
+        end, keyframes = keyframes[-1][1], keyframes[:-1]
+    notes += [note for picture in read.values() for note in picture.notes]
     if start is not None and (start.shape[0] < size[0] or start.shape[1] < size[1]):
         notes.append(f"the start picture ({start.shape[1]}x{start.shape[0]}) is upscaled to {size[1]}x{size[0]}; a larger picture gives a sharper video")
-    return Pictures(start, size, end, tail, tuple(notes))
+    return Pictures(start, size, end, tail, keyframes=tuple(keyframes), notes=tuple(notes))
+
+
+def read_keyframes(spec: JobSpec, family: Family, has_end: bool) -> tuple[list[tuple[int, np.ndarray]], list[str]]:
+    """The ``--keyframe`` pictures decoded, each at the section boundary its time snaps to (in time order), and notes."""
+    settings, given = spec.settings, spec.keyframes
+    boundaries, notes = snap_keyframes([seconds for seconds, _ in given], family.section_count(settings.seconds, settings.window), settings.window, has_end)
+    pictures = [load_picture(path) for _, path in given]
+    notes += [note for picture in pictures for note in picture.notes]
+    return sorted(zip(boundaries, (picture.pixels for picture in pictures)), key=lambda item: item[0]), notes
 
 
 def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
@@ -184,13 +198,13 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
         taken = spec.output if spec.output.exists() else sidecar_path(spec.output)
         raise InputError(f"{taken} exists, so the job in {folder.path} cannot finish there", "move or rename that file, then run the same --resume again")
     check_output_file(spec.output, False)
-    runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"])
     loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras((LoraChoice.parse(item) for item in spec.lora), family.lora_kind))
+    runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"], loras=bool(loras))
     settings = spec.settings
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
     prefix = saved.inputs.prefix
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
-    plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts))
+    plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts), settings.prompt_blend)
     damage = (f"{found.damage}: it and the later sections will be made again",) if found.damage else ()
     step_cache = plan_step_cache(spec, files, saved.inputs.image.shape[:2])
     return Job(spec, files, runtime, loras, plan, None, (*lora_notes(loras), *damage, *notes), saved, False, preview, step_cache, *decide_output(spec, family, True, saved.inputs.image.shape[:2]))

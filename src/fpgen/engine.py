@@ -15,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 import torch
 
-from fpgen.conditioning import JobInputs
+from fpgen.conditioning import JobInputs, blend_embeddings
 from fpgen.spec import Settings
 from fpgen.decode import Pending
 from fpgen.denoiser import Guidance, pin_last_frame
 from fpgen.events import FinishedSection, FrameSink, Listener, Result, SectionDone, SectionStarted, StepDone
 from fpgen.geometry import LATENT_CHANNELS, latent_size, latent_to_frame, window_tokens
 from fpgen.loading import Components
-from fpgen.packing import context_to, window_bounds
+from fpgen.packing import context_to, limit_history, window_bounds
 from fpgen.plan import SectionPlan
 from fpgen.stepcache import StepCachePlan
 
@@ -46,7 +46,8 @@ def generate_frames(
     emit = on_event or (lambda event: None)
     family, parts, device, dtype = components.family, components.family.parts, components.runtime.device, components.runtime.transformer_dtype
     guidance = Guidance(settings.distilled_guidance, settings.cfg, settings.guidance_rescale)
-    positives = {text: parts.conditioning(inputs.embedding(text), inputs.image_embeds, device, dtype) for text in dict.fromkeys(plan.prompts)}
+    mixes = dict.fromkeys(plan.prompt_mix(section) for section in plan.sections)
+    positives = {mix: parts.conditioning(blend_embeddings(inputs.embedding(mix[0]), inputs.embedding(mix[1]), mix[2]), inputs.image_embeds, device, dtype) for mix in mixes}
     negative = parts.conditioning(inputs.negative, inputs.image_embeds, device, dtype) if inputs.negative is not None else None
 
     height, width = inputs.image.shape[:2]
@@ -74,14 +75,16 @@ def generate_frames(
     with components.denoising() as (transformer, blocks), components.step_cache(step_cache, settings.steps):
         for section in plan.sections[len(finished) :]:
             noise = torch.randn(noise_shape, generator=generator)
-            context = family.sections.context(plan, video, section, inputs.start_latent, inputs.end_latent)
+            arrival = inputs.arrival(plan, section)
+            context = limit_history(family.sections.context(plan, video, section, inputs.start_latent, arrival), settings.history, family.sections.name)
             prompt = plan.prompt_of(section)
-            emit(SectionStarted(section, context, prompt, positives[prompt]))
+            positive = positives[plan.prompt_mix(section)]
+            emit(SectionStarted(section, context, prompt, positive))
             blocks.reset_hooks()
             computed, calls = blocks.computed, blocks.calls
-            denoise = parts.denoiser(transformer, blocks, positives[prompt], negative, context_to(context, device), guidance)
-            if family.sections.pins_end and plan.is_last(section) and inputs.end_latent is not None:
-                denoise = pin_last_frame(denoise, inputs.end_latent.to(device))
+            denoise = parts.denoiser(transformer, blocks, positive, negative, context_to(context, device), guidance)
+            if family.sections.pins_end and arrival is not None:
+                denoise = pin_last_frame(denoise, arrival.to(device))
             on_step = lambda i, _x0, s=section: emit(StepDone(s, i + 1, section_steps))  # noqa: E731
             latents = parts.sample(components, denoise, noise.to(device), settings.steps, tokens, on_step, generator)
             passes, calls = blocks.computed - computed, blocks.calls - calls

@@ -100,6 +100,7 @@ HELIOS_REFUSES = (
     ("end_image", "has no end-frame mechanism"),
     ("image+extend", "continues a video from its own first frame (HeliosPipeline takes a picture or a video, not both)"),
     ("loop", "has no end-frame mechanism to close a loop with"),
+    ("keyframe", "has no end-frame mechanism, which keyframes use"),
     ("step_cache", "has no step cache (TeaCache's calibration is HunyuanVideo's; --fast turns it on)"),
 )
 HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")

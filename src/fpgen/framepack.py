@@ -46,6 +46,7 @@ def encode(components: Components, pictures: Pictures, texts: Sequence[str], neg
             negative=prompt(negative) if negative is not None else None,
             prompts=prompts,
             end_latent=latent(pictures.end) if pictures.end is not None else None,
+            keyframes={boundary: latent(picture) for boundary, picture in pictures.keyframes},
             prefix=encode_latents(models.vae, to_pixels(tail)) if tail is not None else None,
             lead=to_pixels(tail[-overlap_frames(window) :]) if tail is not None else None,
         )

@@ -11,6 +11,7 @@ FPS = 30
 TIME_STRIDE = 4
 SPACE_STRIDE = 8
 LATENT_CHANNELS = 16
+FULL_HISTORY = (1, 2, 16)  # latent frames of FramePack's 1x, 2x and 4x history slots (``fpgen.packing``), ``--history 1,2,16``
 
 
 def latents_to_frames(latents: int) -> int:

@@ -22,9 +22,11 @@ import torch
 
 from fpgen.acceleration import compile_blocks, float8_linears
 from fpgen.attention import use_attention
+from fpgen.checkpoint import TransformerWeights, is_gguf, strip_prefix
 from fpgen.conditioning import check_prompt_template
 from fpgen.lora import Lora, LoraChoice, apply_loras
-from fpgen.offload import StreamedBlockStack, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
+from fpgen.offload import STREAMED_PREFIXES, MappedBlockStack, StreamedBlockStack, empty_transformer, fill_parameters, load_mapped_encoder, load_transformer_for_streaming, on_device, release_cached_memory, stream_module_layers, use_expandable_segments
+from fpgen.quantize import quantize_blocks
 from fpgen.runtime import RuntimePlan
 from fpgen.stepcache import StepCachePlan
 from fpgen.transformer import BlockStack, use_float32_head
@@ -51,11 +53,50 @@ def load_tokenizers(paths: dict[str, Path]):
 
 
 def load_transformer(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu"):
+    """The transformer of a diffusers folder, or of a single checkpoint file (``fpgen.checkpoint``)."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
+    if is_gguf(path):
+        model = load_gguf_transformer(path, dtype, device)
+    elif Path(path).is_file():
+        weights = TransformerWeights.of(path)
+        model = fill_parameters(empty_transformer(weights.config), weights, lambda key, mapped: mapped.to(device=device, dtype=dtype, copy=True))
+    else:
+        model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     use_float32_head(model)
     return model.to(device).eval().requires_grad_(False)
+
+
+def all_but_blocks_to(model: torch.nn.Module, device: torch.device) -> None:
+    for name, child in model.named_children():
+        if name not in ("transformer_blocks", "single_transformer_blocks"):
+            child.to(device)
+
+
+def load_gguf_transformer(path: Path, dtype: torch.dtype, device: torch.device | str):
+    """A GGUF transformer through diffusers' GGUF support: the blocks' quantized linear weights stay
+    quantized (``GGUFLinear`` dequantizes them per call, in ``dtype``); every other tensor is dequantized
+    to ``dtype`` as it loads."""
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter, dequantize_gguf_tensor
+
+    weights = TransformerWeights.of(path)
+    tensors = strip_prefix(load_gguf_checkpoint(str(path), return_tensors=True))
+    model = empty_transformer(weights.config)
+    for block_name, block in model.named_modules():
+        if not block_name.startswith(STREAMED_PREFIXES):
+            continue
+        for name, linear in list(block.named_children()):
+            if isinstance(linear, torch.nn.Linear) and isinstance(tensors.get(f"{block_name}.{name}.weight"), GGUFParameter):
+                with torch.device("meta"):
+                    setattr(block, name, GGUFLinear(linear.in_features, linear.out_features, linear.bias is not None, compute_dtype=dtype).requires_grad_(False))
+
+    def place(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if isinstance(tensor, GGUFParameter) and isinstance(model.get_submodule(key.rpartition(".")[0]), GGUFLinear):
+            return tensor.to(device)
+        return dequantize_gguf_tensor(tensor).to(device=device, dtype=dtype)
+
+    return fill_parameters(model, weights, place, tensors)
 
 
 def load_vae(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu"):
@@ -117,7 +158,12 @@ class Components:
         device, dtype = self.runtime.device, self.runtime.encoder_dtype
         self.tokenizer, self.tokenizer_2 = load_tokenizers(self.paths)
         if self.runtime.mode == "low-vram":
-            self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, "cpu")
+            if self.runtime.streaming == "mapped":  # its layers read from the file as they stream, like the blocks
+                from transformers import LlamaModel
+
+                self.text_encoder = load_mapped_encoder(LlamaModel, self.paths["text_encoder"], dtype)
+            else:
+                self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, "cpu")
             stream_module_layers(self.text_encoder, device)
         else:
             self.text_encoder = load_encoder("text_encoder", self.paths["text_encoder"], dtype, self._resident)
@@ -138,27 +184,33 @@ class Components:
 
     def load_transformer(self) -> Components:
         mode, device = self.runtime.mode, self.runtime.device
-        if self.runtime.is_cuda and mode == "low-vram":  # blocks straight into pinned host memory, the rest onto the GPU
-            model = load_transformer_for_streaming(self.paths["transformer"], self.runtime.transformer_dtype, device)
+        if self.runtime.streaming is not None:  # the blocks into pinned host memory or left in the file, the rest onto the GPU
+            model = load_transformer_for_streaming(self.paths["transformer"], self.runtime.transformer_dtype, device, mapped=self.runtime.streaming == "mapped")
             use_float32_head(model)
         else:
-            model = load_transformer(self.paths["transformer"], self.runtime.transformer_dtype, device if mode == "exact" else "cpu")
-        apply_loras(model, self.loras)
+            resident = mode == "exact" and not self.runtime.quantize
+            model = load_transformer(self.paths["transformer"], self.runtime.transformer_dtype, device if resident else "cpu")
+        apply_loras(model, self.loras)  # in the compute dtype, before any quantization
         if self.runtime.is_cuda:
             use_attention(model, self.runtime.attention)  # before compiling: the processor is traced into the graph
         if self.runtime.is_cuda and mode == "fast":  # the blocks arrive on the GPU converted to FP8, one at a time; the rest moves as it is
-            for name, child in model.named_children():
-                if name not in ("transformer_blocks", "single_transformer_blocks"):
-                    child.to(device)
+            all_but_blocks_to(model, device)
             float8_linears(model, device)
+        if self.runtime.quantize:  # likewise, quantized
+            all_but_blocks_to(model, device)
+            quantize_blocks(model, self.runtime.quantize, device)
         if self.runtime.is_cuda and self.runtime.compile:
             compile_blocks(model, match_eager_rounding=mode != "fast")
         return self.use_transformer(model)
 
     def use_transformer(self, model: torch.nn.Module) -> Components:
         """Use ``model`` (loaded here, or the transformer being trained) with the block stack the plan calls for."""
-        streamed = self.runtime.is_cuda and self.runtime.mode == "low-vram"
-        self.transformer, self.blocks = model, StreamedBlockStack(model, self.runtime.device) if streamed else BlockStack(model)
+        device, streaming = self.runtime.device, self.runtime.streaming
+        if streaming == "mapped":
+            blocks = MappedBlockStack(model, device, TransformerWeights.of(self.paths["transformer"]), self.runtime.transformer_dtype)
+        else:
+            blocks = StreamedBlockStack(model, device) if streaming == "pinned" else BlockStack(model)
+        self.transformer, self.blocks = model, blocks
         return self
 
     def load(self) -> Components:

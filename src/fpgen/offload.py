@@ -8,11 +8,14 @@ on a side stream while block i computes, so on a fast link the copies hide behin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from fpgen.checkpoint import MappedFiles, TransformerWeights, read_header
+from fpgen.errors import InputError
 from fpgen.transformer import BlockStack
 
 
@@ -44,7 +47,7 @@ class PinnedArena:
             self.chunk, self.used = pinned_bytes(self.chunk_bytes), 0
         pinned = self.chunk[self.used : self.used + size].view(tensor.dtype).view(tensor.shape)
         pinned.copy_(tensor)
-        self.used = -(-(self.used + size) // ALIGNMENT) * ALIGNMENT
+        self.used = _aligned(self.used + size)
         return pinned
 
 
@@ -61,42 +64,60 @@ def pin(tensor: torch.Tensor) -> torch.Tensor:
     return host
 
 
-def load_transformer_for_streaming(path: Path, dtype: torch.dtype, device: torch.device):
-    """The transformer with its blocks' weights read from safetensors straight into pinned host
-    memory (``PinnedArena``) and everything else onto the GPU: one copy of the 25 GB, never a
-    second one on the way.
-
-    Each block's tensors are read with the file opened for that block alone, so no more than a
-    block's worth of the file is mapped at a time.
-    """
+def empty_transformer(config: dict):
+    """The transformer's modules with every parameter on the meta device (nothing allocated)."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
-    from safetensors import safe_open
 
     with torch.device("meta"):
-        model = HunyuanVideoFramepackTransformer3DModel.from_config(HunyuanVideoFramepackTransformer3DModel.load_config(path))
-    groups: dict[tuple[Path, str], list[str]] = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                parts = key.split(".")
-                group = ".".join(parts[:2]) if key.startswith(STREAMED_PREFIXES) else parts[0]
-                groups.setdefault((file, group), []).append(key)
-    arena = PinnedArena()
-    for (file, group), keys in groups.items():
-        with safe_open(str(file), framework="pt") as f:
-            for key in keys:
-                tensor = f.get_tensor(key).to(dtype)
-                tensor = arena.copy(tensor) if key.startswith(STREAMED_PREFIXES) else tensor.to(device)
-                module_name, _, name = key.rpartition(".")
-                model.get_submodule(module_name)._parameters[name] = torch.nn.Parameter(tensor, requires_grad=False)
-    missing = [name for name, p in model.named_parameters() if p.is_meta]
+        return HunyuanVideoFramepackTransformer3DModel.from_config(config)
+
+
+def fill_parameters(model: torch.nn.Module, weights: TransformerWeights, place: Callable[[str, torch.Tensor], torch.Tensor | None], tensors=None) -> torch.nn.Module:
+    """Give ``model``'s meta parameters their tensors, each made by ``place(name, tensor)`` from a view of
+    the memory-mapped file (or from ``tensors``, name -> tensor, when given): one copy of each tensor at
+    most, never a second one on the way.
+
+    ``place`` returning None leaves that parameter in the file (streamed later).
+    """
+    files = MappedFiles()
+    for key, ref in weights.refs.items():
+        module_name, _, name = key.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise InputError(f"{weights.path} holds {key}, which the FramePack transformer does not have", "pass a FramePack transformer checkpoint") from None
+        tensor = place(key, tensors[key] if tensors is not None else files.tensor(ref))
+        if tensor is not None:
+            module._parameters[name] = tensor if isinstance(tensor, torch.nn.Parameter) else torch.nn.Parameter(tensor, requires_grad=False)
+    missing = [name for name, p in model.named_parameters() if p.is_meta and not name.startswith(STREAMED_PREFIXES)]
+    missing += [name for name in (n for n, _ in model.named_parameters() if n.startswith(STREAMED_PREFIXES)) if name not in weights.refs]
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} transformer weights, e.g. {missing[0]}")
+        raise InputError(f"{weights.path} lacks {len(missing)} transformer weights, e.g. {missing[0]}", "pass a complete FramePack transformer checkpoint")
     return model.eval()
 
 
+def load_transformer_for_streaming(path: Path, dtype: torch.dtype, device: torch.device, mapped: bool = False):
+    """The transformer with everything but its blocks on the GPU, and the blocks' weights either read
+    into pinned host memory (``PinnedArena``: one copy of the 25 GB) or, ``mapped``, left in the file
+    for ``MappedBlockStack`` to read block by block.
+    """
+    weights = TransformerWeights.of(path)
+    arena = PinnedArena()
+
+    def place(key: str, mapped_tensor: torch.Tensor) -> torch.Tensor | None:
+        if not key.startswith(STREAMED_PREFIXES):
+            return mapped_tensor.to(device=device, dtype=dtype, copy=True)
+        return None if mapped else arena.copy(mapped_tensor.to(dtype))
+
+    return fill_parameters(empty_transformer(weights.config), weights, place)
+
+
 class StreamedBlockStack(BlockStack):
-    """A BlockStack whose weights stay in pinned host memory, two blocks at most on the GPU."""
+    """A BlockStack whose weights stay in host memory, two blocks at most on the GPU.
+
+    Here the host copies are pinned and resident (``host``); ``MappedBlockStack`` reads them from
+    the file instead. On the CPU (tests) the blocks compute on the host tensors directly.
+    """
 
     def __init__(self, model, device: torch.device):
         super().__init__(model)
@@ -117,42 +138,65 @@ class StreamedBlockStack(BlockStack):
             self._copy_stream = torch.cuda.Stream(self.device)
         return self._copy_stream
 
+    def _host(self, index: int) -> dict[str, torch.Tensor]:
+        """Block ``index``'s weights in host memory, ready to copy."""
+        return self.host[index]
+
+    def _resting(self, index: int) -> dict[str, torch.Tensor]:
+        """What block ``index``'s parameters point at between its calls."""
+        return self.host[index]
+
     def _fetch(self, index: int):
+        host = self._host(index)
+        if self.device.type != "cuda":
+            return host, None
         with torch.cuda.stream(self.copy_stream):
-            tensors = {name: t.to(self.device, non_blocking=True) for name, t in self.host[index].items()}
+            tensors = {name: self._to_device(t) for name, t in host.items()}
             ready = torch.cuda.Event()
             ready.record(self.copy_stream)
         return tensors, ready
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=True)
 
     @staticmethod
     def _point(block: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         for name, tensor in [*block.named_parameters(), *block.named_buffers()]:
             tensor.data = tensors[name]
 
-    def lend(self, index: int, use):
-        block, (tensors, ready) = self.order[index], self._fetch(index)
-        compute = torch.cuda.current_stream(self.device)
-        compute.wait_event(ready)
-        for tensor in tensors.values():
-            tensor.record_stream(compute)
+    def _use(self, block: torch.nn.Module, fetched, compute) -> None:
+        """Point ``block`` at its fetched weights, once their copy is done on the GPU."""
+        tensors, ready = fetched
+        if ready is not None:
+            compute.wait_event(ready)
+            for tensor in tensors.values():
+                tensor.record_stream(compute)  # its memory is not reused until this block's kernels finish
         self._point(block, tensors)
+
+    def _compute_stream(self):
+        return torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+
+    def lend(self, index: int, use):
+        block = self.order[index]
+        self._use(block, self._fetch(index), self._compute_stream())
         try:
             return use(block)
         finally:
-            self._point(block, self.host[index])
+            self._point(block, self._resting(index))
 
     def run_span(self, start: int, stop: int | None, hidden, context, temb, attention_mask, rope):
-        compute = torch.cuda.current_stream(self.device)
+        compute = self._compute_stream()
         indices = range(len(self.order))[start:stop]
         upcoming = self._fetch(indices[0])
         previous_done = None
         for index in indices:
             block = self.order[index]
-            tensors, ready = upcoming
-            compute.wait_event(ready)
-            for tensor in tensors.values():
-                tensor.record_stream(compute)  # its memory is not reused until this block's kernels finish
-            self._point(block, tensors)
+            self._use(block, upcoming, compute)
+            hidden, context = block(hidden, context, temb, attention_mask, rope)  # queued: the GPU works while the next block is fetched
+            done = None
+            if compute is not None:
+                done = torch.cuda.Event()
+                done.record(compute)
             if index + 1 < indices.stop:
                 # Kernels run behind the Python loop: without this wait the loop would queue copies of
                 # many blocks ahead, each needing fresh memory. Once block i-1 is done, its weights'
@@ -160,11 +204,96 @@ class StreamedBlockStack(BlockStack):
                 if previous_done is not None:
                     previous_done.synchronize()
                 upcoming = self._fetch(index + 1)
-            hidden, context = block(hidden, context, temb, attention_mask, rope)
-            previous_done = torch.cuda.Event()
-            previous_done.record(compute)
-            self._point(block, self.host[index])
+            previous_done = done
+            self._point(block, self._resting(index))
         return hidden, context
+
+
+class MappedBlockStack(StreamedBlockStack):
+    """Blocks streamed from the memory-mapped checkpoint: each block is read into one of two pinned
+    slots just before it is copied to the GPU, so the process holds two blocks of its own host memory
+    instead of all 60; the file's pages are the kernel's page cache, which it can drop and read again.
+    Weights cross as stored (an fp8 file's are half the bytes) and are cast to the compute dtype on the
+    GPU; on the CPU, in the slot. ``model``'s block parameters are left in the file by
+    ``load_transformer_for_streaming(..., mapped=True)``.
+    """
+
+    SLOTS = 2
+
+    def __init__(self, model, device: torch.device, weights: TransformerWeights, dtype: torch.dtype):
+        BlockStack.__init__(self, model)
+        self.device, self.dtype, self.files = torch.device(device), dtype, MappedFiles()
+        self.order = [*self.transformer_blocks, *self.single_transformer_blocks]
+        prefixes = [f"transformer_blocks.{i}." for i in range(len(self.transformer_blocks))]
+        prefixes += [f"single_transformer_blocks.{i}." for i in range(len(self.single_transformer_blocks))]
+        self.refs = [{name: weights.refs[prefix + name] for name, _ in block.named_parameters()} for prefix, block in zip(prefixes, self.order)]
+        self.empty = torch.empty(0, dtype=dtype)
+        for block in self.order:
+            for name, _ in block.named_parameters():
+                module_name, _, leaf = name.rpartition(".")
+                block.get_submodule(module_name)._parameters[leaf] = torch.nn.Parameter(self.empty, requires_grad=False)
+        size = max(sum(_aligned(_numel(ref.shape) * self._slot_dtype(ref).itemsize) for ref in refs.values()) for refs in self.refs)
+        pinned = self.device.type == "cuda"
+        self.slots = [torch.empty(size, dtype=torch.uint8, pin_memory=pinned) for _ in range(self.SLOTS)]
+        self.copied: list[torch.cuda.Event | None] = [None] * self.SLOTS  # the GPU copy out of each slot
+        self._copy_stream = None
+
+    def _host(self, index: int) -> dict[str, torch.Tensor]:
+        slot = index % self.SLOTS
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()  # the slot's last block has reached the GPU: it can be overwritten
+        tensors, used = {}, 0
+        for name, ref in self.refs[index].items():
+            dtype = self._slot_dtype(ref)
+            size = _numel(ref.shape) * dtype.itemsize
+            tensors[name] = self.slots[slot][used : used + size].view(dtype).view(ref.shape)
+            tensors[name].copy_(self.files.tensor(ref))
+            used += _aligned(size)
+        for ref in self.refs[(index + 1) % len(self.refs)].values():  # the next block's pages read ahead while this one computes
+            self.files.prefetch(ref)
+        return tensors
+
+    def _slot_dtype(self, ref) -> torch.dtype:
+        return getattr(torch, ref.dtype) if self.device.type == "cuda" else self.dtype
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=True).to(self.dtype)
+
+    def _fetch(self, index: int):
+        tensors, ready = super()._fetch(index)
+        self.copied[index % self.SLOTS] = ready
+        return tensors, ready
+
+    def _resting(self, index: int) -> dict[str, torch.Tensor]:
+        return dict.fromkeys(self.refs[index], self.empty)
+
+
+def _numel(shape) -> int:
+    return int(torch.Size(shape).numel())
+
+
+def _aligned(size: int) -> int:
+    return -(-size // ALIGNMENT) * ALIGNMENT
+
+
+def load_mapped_encoder(cls, path: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """A transformers model (the Llama) whose weights are views of its memory-mapped safetensors files
+    where they are stored in ``dtype``: the kernel's page cache, not the process's own memory, read as
+    ``stream_module_layers`` moves each layer to the GPU. Tensors stored in another dtype are cast copies."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # buffers (the rotary table) computed as usual
+        model = cls(cls.config_class.from_pretrained(path))
+    files = MappedFiles()
+    for file in sorted(Path(path).glob("*.safetensors")):
+        for key, ref in read_header(file)[0].items():
+            module_name, _, name = key.rpartition(".")
+            tensor = files.tensor(ref)
+            model.get_submodule(module_name)._parameters[name] = torch.nn.Parameter(tensor if tensor.dtype == dtype else tensor.to(dtype), requires_grad=False)
+    missing = [name for name, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise InputError(f"{path} lacks {len(missing)} weights, e.g. {missing[0]}", "download the model again with fpgen download")
+    return model.eval()
 
 
 def stream_module_layers(module: torch.nn.Module, device: torch.device, containers: tuple[str, ...] = ()) -> None:

@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from fpgen.geometry import FULL_HISTORY
 from fpgen.plan import Order, Section, SectionPlan
 
-HISTORY_1X, HISTORY_2X, HISTORY_4X = 1, 2, 16
+HISTORY_1X, HISTORY_2X, HISTORY_4X = FULL_HISTORY
 HISTORY_LENGTH = HISTORY_1X + HISTORY_2X + HISTORY_4X  # 19 latent frames of history
 PAST_LATENTS = 4  # extending with the original model: latents of the given video shown before the start latent (about half a second)
 
@@ -82,6 +83,46 @@ def pack_forward(start: torch.Tensor, past: torch.Tensor, window: int) -> Packed
     return PackedContext(forward_layout(window), torch.cat([start, post], dim=2), x2, x4)
 
 
+def pack_one_frame(start: torch.Tensor, window: int, target: int, slots: frozenset[str], reference: torch.Tensor | None = None, reference_index: int = 0) -> PackedContext:
+    """Context for sampling one frame at RoPE index ``target`` (one-frame edits, musubi-tuner's ``--one_frame_inference``).
+
+    The inverted layout of a first section without padding: the start latent at 0, the history slots
+    ``slots`` (of "post", "2x", "4x") from ``1 + window`` on, all zeros. A ``reference`` latent (the
+    kisekaeichi variant) takes the post slot's place at ``reference_index``. Left-out slots hold no frames.
+    """
+    layout = inverted_layout(window, 0)
+    zeros = lambda frames: start.new_zeros((*start.shape[:2], frames, *start.shape[3:]))  # noqa: E731
+    post, x2, x4 = (size if name in slots else 0 for name, size in (("post", HISTORY_1X), ("2x", HISTORY_2X), ("4x", HISTORY_4X)))
+    if reference is not None:
+        clean, clean_indices = torch.cat([start, reference], dim=2), torch.tensor([0, reference_index])
+    else:
+        clean, clean_indices = torch.cat([start, zeros(post)], dim=2), layout.clean[: 1 + post]
+    indices = IndexLayout(torch.tensor([target]), clean_indices, layout.clean_2x[:x2], layout.clean_4x[:x4])
+    return PackedContext(indices, clean, zeros(x2), zeros(x4))
+
+
+def limit_history(context: PackedContext, history: tuple[int, int, int], order: Order) -> PackedContext:
+    """``context`` with each history slot (1x, 2x, 4x) keeping only its ``history`` nearest frames, the rest blank (zeros).
+
+    ``--history 1,0,0`` is the short-history ablation: the layout, shapes and RoPE indices stay the
+    official ones, the 2x and 4x slots hold nothing, as at the start of a video. The start latent
+    and any extra context frames (an extended video's) are never blanked. Nearest is the slot's
+    first frame for the inverted order (the history is the future) and its last for the forward one.
+    """
+    if tuple(history) == FULL_HISTORY:
+        return context
+
+    def keep(frames: torch.Tensor, count: int) -> torch.Tensor:
+        kept = torch.zeros_like(frames)
+        if count:
+            nearest = slice(0, count) if order == "inverted" else slice(frames.shape[2] - count, frames.shape[2])
+            kept[:, :, nearest] = frames[:, :, nearest]
+        return kept
+
+    clean = torch.cat([context.clean[:, :, :1], keep(context.clean[:, :, 1:2], history[0]), context.clean[:, :, 2:]], dim=2)
+    return replace(context, clean=clean, clean_2x=keep(context.clean_2x, history[1]), clean_4x=keep(context.clean_4x, history[2]))
+
+
 def window_bounds(slot: int, window: int) -> tuple[int, int]:
     """Latent positions [begin, end) of a section's window in the video (position 0 is the start latent)."""
     begin = 1 + slot * window
@@ -120,14 +161,17 @@ def add_clean_frames(context: PackedContext, latents: torch.Tensor, indices: tor
     return replace(context, indices=layout, clean=torch.cat([context.clean, latents.to(context.clean)], dim=2))
 
 
-def inverted_context(plan: SectionPlan, video: torch.Tensor, section: Section, start: torch.Tensor, end: torch.Tensor | None) -> PackedContext:
-    """An inverted section's context, with an end picture or an extended video's frames where they belong.
+def inverted_context(plan: SectionPlan, video: torch.Tensor, section: Section, start: torch.Tensor, arrival: torch.Tensor | None) -> PackedContext:
+    """An inverted section's context, with the picture it arrives at or an extended video's frames where they belong.
 
-    The end picture is the first generated section's nearest future frame (its 1x history slot).
-    Extending: the given video's last latents sit just before the start latent, at negative RoPE
-    indices, in every section.
+    The picture a section arrives at (the end picture for the video's end, a keyframe for a section
+    boundary) is its nearest future frame (its 1x history slot), the frames made after the boundary
+    following it. Extending: the given video's last latents sit just before the start latent, at
+    negative RoPE indices, in every section.
     """
-    context = pack_section("inverted", video, section, plan.window, start=start, future=end if section.is_first else None)
+    after = window_bounds(section.slot, plan.window)[1]
+    future = torch.cat([arrival, video[:, :, after:]], dim=2) if arrival is not None else None
+    context = pack_section("inverted", video, section, plan.window, start=start, future=future)
     if plan.offset:
         first_new = window_bounds(plan.offset, plan.window)[0]
         past = min(PAST_LATENTS, first_new - 1)
@@ -135,15 +179,16 @@ def inverted_context(plan: SectionPlan, video: torch.Tensor, section: Section, s
     return context
 
 
-def forward_context(plan: SectionPlan, video: torch.Tensor, section: Section, start: torch.Tensor, end: torch.Tensor | None) -> PackedContext:
+def forward_context(plan: SectionPlan, video: torch.Tensor, section: Section, start: torch.Tensor, arrival: torch.Tensor | None) -> PackedContext:
     """A forward (F1) section's context; an extended video's latents simply are its history.
 
-    The end picture is shown one frame after the last section's window (whose last frame is pinned
-    to it while sampling, see ``fpgen.denoiser.pin_last_frame``).
+    The picture a section arrives at (the end picture, or a keyframe at its end boundary) is shown
+    one frame after its window, whose last frame is pinned to it while sampling (see
+    ``fpgen.denoiser.pin_last_frame``).
     """
     context = pack_section("forward", video, section, plan.window, start=start)
-    if plan.is_last(section) and end is not None:
-        context = add_clean_frames(context, end, context.indices.latents[-1:] + 1)
+    if arrival is not None:
+        context = add_clean_frames(context, arrival, context.indices.latents[-1:] + 1)
     return context
 
 

@@ -35,6 +35,27 @@ def is_timed(text: str) -> bool:
     return bool(entries) and bool(TIME_TAG.match(entries[0]))
 
 
+KEYFRAME_ENTRY = re.compile(r"^keyframe\s*:\s*(.+)$", re.IGNORECASE)
+
+
+def split_keyframes(text: str) -> tuple[str, list[str]]:
+    """Timed entries ``<seconds>s: keyframe: <picture>`` taken out of a timed prompt, as ``--keyframe`` values ``<seconds>:<picture>``.
+
+    The rest of the entries are kept, one per line; a prompt that is not timed is returned as it is.
+    """
+    if not is_timed(text):
+        return text, []
+    kept, keyframes = [], []
+    for entry in _entries(text):
+        tag = TIME_TAG.match(entry)
+        picture = KEYFRAME_ENTRY.match(entry[tag.end() :].strip()) if tag else None
+        if picture:
+            keyframes.append(f"{tag.group(1)}:{picture.group(1).strip()}")
+        else:
+            kept.append(entry)
+    return ("\n".join(kept), keyframes) if keyframes else (text, [])
+
+
 def parse_prompts(text: str) -> list[TimedPrompt]:
     """Timed entries ``<seconds>s: <prompt>`` in time order, or the whole text as one prompt from 0 s."""
     if not is_timed(text):

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fpgen.checkpoint import config_from_shapes, is_gguf, read_gguf_header, read_header, strip_prefix
 from fpgen.errors import InputError
 from fpgen.families import FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_DISTILLED, HELIOS_MID, Family, family_for_order
 from fpgen.plan import Order
@@ -95,10 +96,24 @@ def resolve_model(model: str, revision: str | None = None) -> ModelSpec:
     return replace(spec, transformer=replace(spec.transformer, revision=revision))
 
 
+def checkpoint_spec(path: Path) -> ModelSpec:
+    """A single transformer file (kijai's FramePackI2V_HY_bf16 / _fp8_e4m3fn, a GGUF) with the shared encoders.
+
+    F1 and the original model have the same tensors, so the order comes from a safetensors file's
+    ``__metadata__`` (``order``, as fpgen writes it) or the file's name ("f1" in it: forward).
+    """
+    refs, metadata = (read_gguf_header(path), {}) if is_gguf(path) else read_header(path)
+    config_from_shapes(strip_prefix(refs), path)  # not a FramePack transformer: said now, before anything loads
+    order = metadata.get("order") if metadata.get("order") in ("forward", "inverted") else _guess_order(path.name)
+    return ModelSpec(str(path), family_for_order(order), Source(str(path), files=(path.name,), local=path))
+
+
 def _resolve(model: str) -> ModelSpec:
     if model in MODELS:
         return MODELS[model]
     path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() in (".safetensors", ".gguf"):
+        return checkpoint_spec(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"{path} has no config.json", "pass a diffusers transformer folder, a Hub repo id, or one of: " + ", ".join(MODELS))
@@ -107,4 +122,4 @@ def _resolve(model: str) -> ModelSpec:
         return ModelSpec(str(path), family_for_order(saved or _guess_order(path.name)), Source(str(path), files=TRANSFORMER_FILES, local=path))
     if model.count("/") == 1 and all(model.split("/")) and not path.exists():
         return ModelSpec(model, family_for_order(_guess_order(model)), Source(model, files=TRANSFORMER_FILES))
-    raise InputError(f"unknown model {model!r}", "use one of: " + ", ".join(MODELS) + ", a Hub repo id (owner/name) or a local folder")
+    raise InputError(f"unknown model {model!r}", "use one of: " + ", ".join(MODELS) + ", a Hub repo id (owner/name), a local folder, or a .safetensors or .gguf transformer file")

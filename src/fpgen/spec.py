@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from fpgen.buckets import parse_size
 from fpgen.errors import InputError
-from fpgen.geometry import section_count
+from fpgen.geometry import FULL_HISTORY, section_count
 from fpgen.prompts import parse_prompts
 
 if TYPE_CHECKING:
@@ -42,6 +42,11 @@ class RuntimeRequest:
     low_vram: bool = False
     vram_budget: float | None = None
     compile: bool = True
+    ram_budget: float | None = None
+    quantize: str | None = None  # int8, fp8, nf4 or auto
+
+
+QUANTIZE_CHOICES = ("int8", "fp8", "nf4", "auto")
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,10 @@ class Settings:
     guidance_rescale: float = 0.0
     step_cache: str = "none"  # teacache, magcache, fbcache or none (fpgen.stepcache)
     step_cache_threshold: float | None = None  # None: the cache's own default
+    prompt_blend: int = 0  # sections over which a timed prompt change blends into the next prompt (0: it switches at once)
     resolution: int = 640
     size: tuple[int, int] | None = None  # (height, width); overrides the bucket
+    history: tuple[int, int, int] = FULL_HISTORY  # frames kept in the 1x, 2x, 4x history slots (fpgen.packing.limit_history)
 
     def complete(self, defaults: Defaults) -> Settings:
         """These settings with the family's defaults where they are unset (the limits that depend on them checked)."""
@@ -84,6 +91,7 @@ class Settings:
             (self.step_cache in STEP_CACHES, f"unknown --step-cache {self.step_cache!r}", f"use one of {', '.join(STEP_CACHES)}"),
             (self.step_cache_threshold is None or self.step_cache_threshold >= 0, f"--step-cache-threshold must be at least 0 (got {self.step_cache_threshold})", "0 skips nothing; higher skips more"),
             (0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63-1 (got {self.seed})", "e.g. --seed 31337"),
+            (0 <= self.prompt_blend <= MAX_SECTIONS, f"--prompt-blend must be between 0 and {MAX_SECTIONS} sections (got {self.prompt_blend})", "e.g. --prompt-blend 4; 0 switches at once"),
         ]
         _check(checks)
         _check(self.limits())
@@ -97,6 +105,17 @@ class Settings:
             (len(self.prompt) + len(self.negative_prompt) <= MAX_PROMPT_CHARS, f"the prompt is {len(self.prompt)} characters; at most {MAX_PROMPT_CHARS}", "the text encoder reads its first 256 tokens"),
             (self.size is None or self.size[0] * self.size[1] <= MAX_PIXELS, f"--size {self.size and 'x'.join(map(str, self.size))} is larger than 4096x4096 pixels", "use a smaller --size"),
         ]
+
+
+def parse_history(text: str | list | tuple) -> tuple[int, int, int]:
+    """``--history N1,N2,N4``: frames kept in the 1x, 2x and 4x history slots, each at most the official 1, 2, 16."""
+    try:
+        values = tuple(int(v) for v in (text.split(",") if isinstance(text, str) else text))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 <= v <= top for v, top in zip(values, FULL_HISTORY)):
+        raise InputError(f"--history must be three counts N1,N2,N4 within 0..1, 0..2 and 0..16 (got {text!r})", "1,2,16 is the official packing; 1,0,0 keeps only the nearest frame")
+    return values
 
 
 def _check(checks: list[tuple[bool, str, str]]) -> None:
@@ -122,12 +141,15 @@ class JobSpec:
     model_dir: Path | None = None
     revision: str | None = None
     lora: tuple[str, ...] = ()  # PATH:SCALE, paths absolute
+    keyframe: tuple[str, ...] = ()  # TIME:IMAGE, paths absolute
     device: str = "auto"
     dtype: str = "auto"
     fast: bool = False
     low_vram: bool = False
     compile: bool = True
     vram_budget: float | None = None
+    ram_budget: float | None = None
+    quantize: str | None = None
     crf: int = 16
     save_latents: Path | None = None
     fps: int | None = None  # the output's frame rate; None: the model family's
@@ -139,7 +161,9 @@ class JobSpec:
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be between 0 and 51 (got {self.crf})", "16 is the official default; lower is better quality")
         _check(self.output_checks())
-        for path in (self.image, self.end_image, self.extend):
+        if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
+            raise InputError(f"unknown --quantize {self.quantize!r}", "use " + ", ".join(QUANTIZE_CHOICES))
+        for path in (self.image, self.end_image, self.extend, *(parse_keyframe(item)[1] for item in self.keyframe)):
             if path is not None and not path.exists():
                 raise InputError(f"{'image' if path != self.extend else 'video'} not found: {path}", "check the path")
 
@@ -154,8 +178,13 @@ class JobSpec:
         ]
 
     @property
+    def keyframes(self) -> list[tuple[float, Path]]:
+        """The ``--keyframe`` pictures as (seconds, path), in the order given."""
+        return [parse_keyframe(item) for item in self.keyframe]
+
+    @property
     def runtime_request(self) -> RuntimeRequest:
-        return RuntimeRequest(self.device, self.dtype, self.fast, self.low_vram, self.vram_budget, self.compile)
+        return RuntimeRequest(self.device, self.dtype, self.fast, self.low_vram, self.vram_budget, self.compile, self.ram_budget, self.quantize)
 
     def models_key(self) -> tuple:
         """What decides the models a job needs: jobs with equal keys share loaded models."""
@@ -166,7 +195,9 @@ class JobSpec:
         flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
         flat.update({name: getattr(self.settings, name) for name in SETTINGS_FIELDS})
         flat["size"] = "x".join(map(str, self.settings.size)) if self.settings.size else None
+        flat["history"] = ",".join(map(str, self.settings.history))
         flat["lora"] = list(self.lora)
+        flat["keyframe"] = list(self.keyframe)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
 
     @classmethod
@@ -189,11 +220,15 @@ class JobSpec:
                 values[name] = Path(values[name]).expanduser().absolute()
         if "size" in values:
             values["size"] = parse_size(values["size"]) if isinstance(values["size"], str) else tuple(values["size"])
+        if "history" in values:
+            values["history"] = parse_history(values["history"])
         if "lora" in values:
             values["lora"] = tuple(_absolute_lora(item) for item in ([values["lora"]] if isinstance(values["lora"], str) else values["lora"]))
         _step_cache_from_legacy(values)
         if values.get("step_cache") is None:  # --fast picks TeaCache unless asked otherwise
             values["step_cache"] = "teacache" if values.get("fast") else "none"
+        if "keyframe" in values:
+            values["keyframe"] = tuple(_absolute_keyframe(item) for item in ([values["keyframe"]] if isinstance(values["keyframe"], str) else values["keyframe"]))
         return cls(settings=Settings(**{k: values.pop(k) for k in SETTINGS_FIELDS if k in values}).validate(), **values)
 
 
@@ -214,3 +249,20 @@ def _absolute_lora(text: str) -> str:
 
     choice = LoraChoice.parse(text)
     return f"{choice.path.expanduser().absolute()}:{choice.scale:g}"
+
+
+def parse_keyframe(text: str) -> tuple[float, Path]:
+    """``TIME:IMAGE`` (``3:pose.png`` or ``3s:pose.png``) as (seconds, path)."""
+    time, sep, path = str(text).partition(":")
+    try:
+        seconds = float(time.strip().removesuffix("s").removesuffix("S"))
+    except ValueError:
+        seconds = math.nan
+    if not sep or not path or not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"--keyframe {text!r} is not TIME:IMAGE", "give the seconds into the video and a picture, e.g. --keyframe 2.4:pose.png")
+    return seconds, Path(path)
+
+
+def _absolute_keyframe(text: str) -> str:
+    seconds, path = parse_keyframe(text)
+    return f"{seconds:.10g}:{path.expanduser().absolute()}"

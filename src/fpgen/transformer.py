@@ -70,17 +70,15 @@ def embed_image_tokens(model, latents: torch.Tensor, context: PackedContext):
     _, _, _, height, width = latents.shape
     device = latents.device
     tokens = model.x_embedder(latents.to(dtype))
-    clean, clean_2x, clean_4x = model.clean_x_embedder(
-        context.clean.to(device=device, dtype=dtype),
-        context.clean_2x.to(device=device, dtype=dtype),
-        context.clean_4x.to(device=device, dtype=dtype),
-    )
+    slots = (context.clean, context.clean_2x, context.clean_4x)  # a slot without frames (one-frame edits) is left out
+    clean, clean_2x, clean_4x = model.clean_x_embedder(*(slot.to(device=device, dtype=dtype) if slot.shape[2] else None for slot in slots))
     groups = [
-        (clean_4x, _rope(model, context.indices.clean_4x, height, width, device, (4, 4, 4))),
-        (clean_2x, _rope(model, context.indices.clean_2x, height, width, device, (2, 2, 2))),
-        (clean, _rope(model, context.indices.clean, height, width, device)),
-        (tokens, _rope(model, context.indices.latents, height, width, device)),
+        (clean_4x, context.indices.clean_4x, (4, 4, 4)),
+        (clean_2x, context.indices.clean_2x, (2, 2, 2)),
+        (clean, context.indices.clean, None),
+        (tokens, context.indices.latents, None),
     ]
+    groups = [(embedded, _rope(model, indices, height, width, device, kernel)) for embedded, indices, kernel in groups if embedded is not None]
     hidden = torch.cat([g[0] for g in groups], dim=1)
     rope = (torch.cat([g[1][0] for g in groups]), torch.cat([g[1][1] for g in groups]))
     return hidden, rope

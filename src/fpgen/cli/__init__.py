@@ -7,6 +7,7 @@ Nothing here imports torch or diffusers: ``--help`` and bad command lines answer
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -57,10 +58,17 @@ def main() -> None:
     sys.exit(run(sys.argv[1:]))
 
 
+# Loggers that speak when transformers and diffusers import torchao (they do whenever it is installed, for
+# `--quantize`): its CUDA kernels missing on a CPU build, torch's notes on its enums. Nothing a user can act on.
+IMPORT_NOISE = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer", "transformers.quantizers.quantizer_torchao")
+
+
 def run(argv: list[str]) -> int:
     """Run ``fpgen ARGV`` and return its exit code. A failure is one line on stderr, never a traceback, and with
     --json also ``{"error", "exit_code"}`` on stdout, unless the run printed its own document there (a batch's summary)."""
     argv = [str(arg) for arg in argv]
+    for name in IMPORT_NOISE:
+        logging.getLogger(name).setLevel(logging.ERROR)
     printed = _documents_printed()
     message, code = _outcome(argv)
     if message is not None:
@@ -152,6 +160,7 @@ def _plain(text: str | None) -> str | None:
 
 # Each command module registers its commands on ``app`` when imported; --help lists them in this order.
 from fpgen.cli import generate  # noqa: E402, F401
+from fpgen.cli import edit  # noqa: E402, F401
 from fpgen.cli import download  # noqa: E402, F401
 from fpgen.cli import models  # noqa: E402, F401
 from fpgen.cli import info  # noqa: E402, F401

@@ -20,6 +20,8 @@ Examples:
 
   fpgen finetune clips/ --cache-only
 
+  fpgen finetune demo/train -o runs/scratch --full --model-dir hub --ema 0.999 --caption-dropout 0.1 --history 1,0,0
+
   accelerate launch -m fpgen finetune clips/ -o runs/full --full --learning-rate 1e-5
 """
 
@@ -54,6 +56,10 @@ def finetune(
     seed: int = typer.Option(42, "--seed", help="Seeds the LoRA's initialisation, the data order, timesteps and noise."),
     shift: float = typer.Option(3.0, "--shift", help="Timestep shift: t' = shift*t/(1+(shift-1)*t) over logit-normal t; 3.0 is the public recipe."),
     guidance: float = typer.Option(1.0, "--guidance", help="Distilled guidance fed while training; 1.0 trains the plain conditional prediction (generation still uses 10)."),
+    history: str = typer.Option("1,2,16", "--history", metavar="N1,N2,N4", help="Frames kept in the 1x, 2x and 4x packed-history slots of each sample, the rest blank (1,0,0: short history; generate with the same --history)."),
+    caption_dropout: float = typer.Option(0.0, "--caption-dropout", help="Share of samples trained with the empty caption, so that --cfg above 1 works on the result (e.g. 0.1)."),
+    ema: float = typer.Option(0.0, "--ema", metavar="DECAY", help="Keep a moving average of the weights (e.g. 0.999; checkpoints hold it too): the held-out loss, validation videos and the result use it. 0: off."),
+    cache_in_ram: bool = typer.Option(False, "--cache-in-ram", help="Keep the cached latents and embeddings in memory after their first read (small-resolution data: no disk read per sample)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu (several GPUs: accelerate launch)."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (bf16 on CUDA, none on CPU), no or bf16."),
     gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute block activations in the backward pass: far less memory, about a third more compute."),
@@ -109,8 +115,10 @@ COMMAND_OPTIONS = frozenset({"cache_only", "resume", "json_output", "quiet"})
 def config_from_options(options: dict):
     """The run's settings from the command's options (by name; ``--size`` is parsed), checked."""
     from fpgen.buckets import parse_size
+    from fpgen.spec import parse_history
     from fpgen.training.config import TrainConfig
 
     settings = {name: value for name, value in options.items() if name not in COMMAND_OPTIONS}
-    settings["size"] = parse_size(settings["size"]) if settings["size"] else None  # the one option that is not its field's type
+    settings["size"] = parse_size(settings["size"]) if settings["size"] else None  # the options that are not their field's type
+    settings["history"] = parse_history(settings["history"])
     return TrainConfig(**settings).validate()

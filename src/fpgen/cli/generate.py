@@ -17,6 +17,7 @@ import typer
 
 from fpgen.cli import app
 from fpgen.errors import InputError
+from fpgen.prompts import split_keyframes
 from fpgen.terminal import printable
 
 EXAMPLES = """
@@ -29,6 +30,10 @@ Examples:
   fpgen generate face.png -p "0s: a man walks in | 3s: he sits down | 6s: he waves" --seconds 8
 
   fpgen generate face.png --end-image smile.png -p "she turns and smiles" -o turn.mp4
+
+  fpgen generate face.png --keyframe 2.4:wave.png --keyframe 4.8:bow.png -p "she waves, then bows" --seconds 6
+
+  fpgen generate face.png -p "0s: he walks | 4s: he runs" --seconds 8 --prompt-blend 2
 
   fpgen generate --extend walk.mp4 -p "he opens the door" --seconds 3 -o walk2.mp4
 
@@ -50,6 +55,12 @@ Examples:
 
   fpgen generate face.png -p "A dog runs" --low-vram      # a 6 GB GPU
 
+  fpgen generate face.png -p "A dog runs" --low-vram --ram-budget 16   # a 6 GB GPU and 16 GB of RAM
+
+  fpgen generate face.png -p "A dog runs" --quantize int8  # a 24 GB GPU, transformer resident in int8
+
+  fpgen generate face.png -p "A dog runs" --model FramePackI2V_HY_fp8_e4m3fn.safetensors   # a single file (or .gguf)
+
   fpgen generate face.png -p "she dances" --lora runs/dance/lora.safetensors:0.8
 
   fpgen generate face.png -p "waves roll in" --loop --fps 60     (ends on its start picture; 60 fps by interpolation)
@@ -63,8 +74,8 @@ LONG = "Long jobs"
 def generate(
     ctx: typer.Context,
     image: Path | None = typer.Argument(None, help="Start picture (PNG, JPEG, WebP): the video's first frame. Optional with --extend, --from, --resume or --jobs.", show_default=False),
-    prompt: str = typer.Option("", "--prompt", "-p", help='What happens in the video. Timed: "0s: a man walks in | 3s: he sits down" (each prompt takes over at the nearest section boundary).'),
-    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="Read the prompt from a file: one '<seconds>s: <prompt>' per line for timed prompts, or plain text."),
+    prompt: str = typer.Option("", "--prompt", "-p", help='What happens in the video. Timed: "0s: a man walks in | 3s: he sits down" (each prompt takes over at the nearest section boundary); "3s: keyframe: pose.png" is a --keyframe.'),
+    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="Read the prompt from a file: one '<seconds>s: <prompt>' (or '<seconds>s: keyframe: <picture>', relative to the file) per line for timed prompts, or plain text."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="What to avoid; used only with --cfg above 1."),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length (of the new part, with --extend); rounded to whole sections of 4*window frames."),
     seed: int = typer.Option(31337, "--seed", help="Noise seed: the same seed and settings give the same video."),
@@ -84,17 +95,23 @@ def generate(
         None, "--end-image", help="Picture to arrive at. framepack: the first section made (the video's end) sees it as the frame right after the video. "
         "framepack-f1: the last section sees it one frame after its window and its last latent frame is pinned to it, so the video ends on it.",
     ),  # fmt: skip
+    keyframe: list[str] = typer.Option(
+        [], "--keyframe", metavar="TIME:IMAGE", help="A picture the video passes through near TIME seconds (snapped to a section boundary, printed); repeatable. "
+        "It enters as --end-image does, for the section that ends there; at the video's end it is the end picture.",
+    ),  # fmt: skip
+    prompt_blend: int = typer.Option(0, "--prompt-blend", metavar="N", help="A timed prompt change blends the prompt embeddings over N sections instead of switching at once (0: at once)."),
     extend: Path | None = typer.Option(
         None, "--extend", help="Continue this video: the output is the video (re-encoded, at its own size if a multiple of 16) followed by --seconds of new frames, "
         "its last 4*window-3 frames cross-faded with the new part's decode. F1 packs its history from the video's last frames and keeps its first frame (or IMAGE) as the start; "
         "framepack starts from its last frame and sees the frames before it.",
     ),  # fmt: skip
-    model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id or a local transformer folder."),
+    model: str = typer.Option("framepack", "--model", "-m", help="framepack (original, inverted sections), framepack-f1 (forward), a Hub repo id, a local transformer folder, or a single .safetensors transformer file (bf16 or fp8; 'f1' in its name means FramePack-F1)."),
     lora: list[str] = typer.Option([], "--lora", help="A LoRA to apply, PATH[:SCALE] (scale 1 by default); repeatable. fpgen, diffusers and musubi-tuner FramePack LoRAs."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="A folder made by `fpgen download --local-dir` to load every model from, instead of the HF cache."),
     revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit of the model's transformer repo to load from the HF cache (as given to `fpgen download --revision`)."),
     resolution: int = typer.Option(640, "--resolution", help="Size bucket class; the picture is resized and centre-cropped to the nearest bucket."),
     size: str | None = typer.Option(None, "--size", help="Exact size HEIGHTxWIDTH in pixels (multiples of 16), e.g. 640x608; overrides the bucket."),
+    history: str | None = typer.Option(None, "--history", metavar="N1,N2,N4", help="Frames kept in the 1x, 2x and 4x packed-history slots, the rest blank: 1,0,0 is the short-history ablation. [default: 1,2,16, the official packing]", show_default=False),
     crf: int = typer.Option(16, "--crf", help="H.264 quality, 0 (lossless) to 51; 16 is the official default."),
     fps: int | None = typer.Option(None, "--fps", help="Output frame rate. One that divides the model's (30; helios 24) drops frames exactly; any other is motion-interpolated by ffmpeg once the video is complete. [default: the model's]", show_default=False),
     interpolate: int = typer.Option(1, "--interpolate", help="Multiply the output frame rate by motion interpolation (2: 60 fps from 30)."),
@@ -108,6 +125,14 @@ def generate(
     low_vram: bool = typer.Option(False, "--low-vram", help="Stream the transformer and text encoder from host memory (under 6 GiB of GPU memory); picked by itself on small cards."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the transformer blocks on CUDA (faster after a one-time compile; needs Triton)."),
     vram_budget: float | None = typer.Option(None, "--vram-budget", help="GPU memory (GiB) fpgen may plan for; low-vram mode is picked when the models do not fit.", show_default=False),
+    ram_budget: float | None = typer.Option(
+        None, "--ram-budget", help="Host memory (GiB) fpgen may plan for [default: this machine's RAM]; in low-vram mode, below the pinned blocks' need "
+        "(about 32 GiB) the blocks and the Llama are read from their memory-mapped files instead.", show_default=False,
+    ),  # fmt: skip
+    quantize: str | None = typer.Option(
+        None, "--quantize", metavar="int8|fp8|nf4|auto", help="Store the transformer blocks' weights quantized (weight-only, needs fpgen[quantize]): int8 is closest to bf16, "
+        "nf4 smallest; auto picks the least lossy one that keeps the transformer on the GPU, none when bf16 fits. Output is no longer the official one.", show_default=False,
+    ),  # fmt: skip
     dtype: str = typer.Option("auto", "--dtype", help="Transformer compute dtype: auto (bf16 on CUDA, float32 on CPU), bfloat16 or float32."),
     preview: bool = typer.Option(False, "--preview", help="Keep <output>.partial.mp4 playable with everything made so far, updated after each section (framepack makes the end first: the preview is the video's tail).", rich_help_panel=LONG),
     resume: Path | None = typer.Option(None, "--resume", help="Finish an interrupted job with its saved settings: the output path it was started with, or its .job folder.", rich_help_panel=LONG),
@@ -166,6 +191,9 @@ def job_options(values: dict) -> dict:
             options["prompt"] = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read prompts file {path} ({type(exc).__name__})", "pass a UTF-8 text file") from None
+    options["prompt"], keyframes = split_keyframes(options.get("prompt") or "")  # "<seconds>s: keyframe: <picture>" entries
+    folder = Path(path).parent if path is not None else Path()  # a prompts file's pictures are relative to it
+    options["keyframe"] = [*(options.get("keyframe") or ()), *(f"{t}:{folder / p}" for t, p in (k.split(":", 1) for k in keyframes))]
     return options
 
 
@@ -219,8 +247,9 @@ def _recorded(values: dict, given: set, report) -> dict:
     for name in sorted(set(recorded) - known):
         report.warn(f"ignoring recorded option {printable(name)!r}, which this fpgen does not have")
     options = {k: v for k, v in recorded.items() if k in known and k not in ("output", "save_latents")}
-    given = given | ({"prompt"} if "prompts_file" in given else set())
-    options.update({k: v for k, v in job_options(values).items() if k in given or k == "output"})
+    given_options = job_options(values)
+    given = given | ({"prompt"} | ({"keyframe"} if given_options["keyframe"] else set()) if "prompts_file" in given else set())
+    options.update({k: v for k, v in given_options.items() if k in given or k == "output"})
     if given & {"fast", "step_cache", "teacache"}:  # the step cache is chosen again (--fast picks one): the recorded one and its threshold go
         for name in {"step_cache", "step_cache_threshold", "teacache", "teacache_threshold"} - given:
             options.pop(name, None)
@@ -286,7 +315,7 @@ def _resume(values: dict, given: set, report) -> None:
 def _batch(ctx: typer.Context, values: dict, report) -> None:
     from fpgen.batch import BatchJob, check_outputs, my_share, parse_shard, read_jobs_file, run_batch
     from fpgen.config import resolve
-    from fpgen.spec import PATH_OPTIONS
+    from fpgen.spec import PATH_OPTIONS, parse_keyframe
     from fpgen.errors import FpgenError, Interrupted
     from fpgen.workers import plan_workers, run_parallel
 
@@ -301,6 +330,8 @@ def _batch(ctx: typer.Context, values: dict, report) -> None:
             typed = _typed_fields(ctx, params, fields)
             for name in set(typed) & {*PATH_OPTIONS, "prompts_file"}:  # a line's paths are relative to the jobs file
                 typed[name] = Path(path).parent / Path(typed[name]).expanduser() if typed[name] is not None else None
+            if typed.get("keyframe"):
+                typed["keyframe"] = [f"{t}:{Path(path).parent / p.expanduser()}" for t, p in map(parse_keyframe, typed["keyframe"])]
             options = job_options({**values, **typed})
             options["output"] = options.get("output") or Path("outputs") / f"{Path(path).stem}-{number:03d}.mp4"
             spec = _spec(options)

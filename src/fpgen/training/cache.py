@@ -4,14 +4,17 @@ Every entry is a safetensors file named by a hash of everything it was made from
 the video's bytes, its size, the window, the section cap and the VAE/SigLIP weights; a text entry by
 the caption and the text encoders' weights. A changed video, caption or setting therefore misses
 the cache and is encoded again, an unchanged one is read back, and the encoders are loaded only
-when something is missing. Files appear whole (written aside, then renamed).
+when something is missing. Files appear whole (written aside, then renamed). Clips are probed,
+hashed and decoded a few ahead in threads while the encoders work (``READ_AHEAD``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +29,10 @@ from fpgen.loading import Components
 from fpgen.runtime import RuntimePlan
 from fpgen.pixels import to_pixels
 from fpgen.tensorfile import save_tensors
-from fpgen.training.data import Clip, UnreadableClip, clip_size, read_clip
+from fpgen.training.data import Clip, ClipFrames, UnreadableClip, clip_size, read_clip
 
 CACHE_VERSION = 2
+READ_AHEAD = 4  # clips read ahead of the encoders
 VIDEO_ENCODERS = ("vae", "image_encoder")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
@@ -142,20 +146,57 @@ def _text_entry(cache_dir: Path, caption: str, text_id: str) -> Path:
     return cache_dir / "text" / f"{_digest({'v': CACHE_VERSION, 'caption': caption, 'encoders': text_id})}.safetensors"
 
 
-def _video_entry(clip: Clip, settings: CacheSettings, encoders: _Encoders, cache_dir: Path, video_id: str) -> tuple[Path, tuple[int, int]]:
-    """The clip's cache entry, encoded if missing, and its size; raises ``UnreadableClip``."""
+def _text_id(files: ModelFiles) -> str:
+    return _digest({name: weights_id(files.paths[name]) for name in TEXT_ENCODERS})
+
+
+def text_entry(cache_dir: Path, caption: str, files: ModelFiles) -> Path:
+    """Where ``caption``'s embeddings are cached (``build_cache`` makes it when asked for in ``extra_captions``)."""
+    return _text_entry(cache_dir, caption, _text_id(files))
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A clip's cache entry and size, and its frames when the entry is missing (read ahead, in a thread)."""
+
+    entry: Path
+    size: tuple[int, int]
+    frames: ClipFrames | None
+
+
+def _read_ahead(clip: Clip, settings: CacheSettings, cache_dir: Path, video_id: str) -> _Read:
+    """Everything of a clip's entry that needs no encoder; raises ``UnreadableClip``."""
     size = clip_size(clip.video, settings.size, settings.resolution)
     key = {"v": CACHE_VERSION, "video": file_digest(clip.video), "size": size, "window": settings.window,
            "max_sections": settings.max_sections, "encoders": video_id}  # fmt: skip
     entry = cache_dir / "video" / f"{_digest(key)}.safetensors"
-    if entry.is_file():
+    return _Read(entry, size, None if entry.is_file() else read_clip(clip.video, size, settings.window, settings.max_sections))
+
+
+def _video_entry(clip: Clip, read: _Read, encoders: _Encoders) -> None:
+    """The clip's cache entry, encoded from its frames if it was missing."""
+    if read.frames is None:
         encoders.report.videos_reused += 1
-    else:
-        frames = read_clip(clip.video, size, settings.window, settings.max_sections)
-        tensors = encoders.encode_picture(frames.frames) if frames.sections else {}
-        save_tensors(entry, tensors, {"sections": str(frames.sections), "fps": str(frames.fps), "source": clip.name})
-        encoders.report.videos_encoded += 1
-    return entry, size
+        return
+    tensors = encoders.encode_picture(read.frames.frames) if read.frames.sections else {}
+    save_tensors(read.entry, tensors, {"sections": str(read.frames.sections), "fps": str(read.frames.fps), "source": clip.name})
+    encoders.report.videos_encoded += 1
+
+
+def _read_clips(clips: list[Clip], settings: CacheSettings, cache_dir: Path, video_id: str) -> Iterator[tuple[Clip, Future]]:
+    """Each clip with its ``_read_ahead`` under way: READ_AHEAD clips are probed, hashed and decoded (ffmpeg runs
+    in its own process) while the encoders work on the one before, and no more, so memory stays bounded."""
+    with ThreadPoolExecutor(READ_AHEAD) as pool:
+        pending: deque = deque()
+        try:
+            for clip in clips:
+                pending.append((clip, pool.submit(_read_ahead, clip, settings, cache_dir, video_id)))
+                if len(pending) > READ_AHEAD:
+                    yield pending.popleft()
+            while pending:
+                yield pending.popleft()
+        finally:
+            pool.shutdown(cancel_futures=True)
 
 
 def build_cache(
@@ -166,25 +207,27 @@ def build_cache(
     cache_dir: Path,
     validation: tuple[Path, str] | None = None,
     on_progress: Progress | None = None,
+    extra_captions: tuple[str, ...] = (),
 ) -> tuple[list[CachedClip], CachedStart | None, CacheReport]:
-    """Make sure every clip (and the validation picture and prompt) is cached; encode only what is missing."""
+    """Make sure every clip (and the validation picture and prompt, and ``extra_captions``) is cached; encode only what is missing."""
     progress = on_progress or (lambda what, done, total: None)
     report = CacheReport()
     encoders = _Encoders(files, runtime, report)
     video_id = _digest({name: weights_id(files.paths[name]) for name in VIDEO_ENCODERS})
-    text_id = _digest({name: weights_id(files.paths[name]) for name in TEXT_ENCODERS})
+    text_id = _text_id(files)
 
     cached = []
-    for number, clip in enumerate(clips):
+    for number, (clip, reading) in enumerate(_read_clips(clips, settings, cache_dir, video_id)):
         try:
-            entry, size = _video_entry(clip, settings, encoders, cache_dir, video_id)
+            read = reading.result()
         except UnreadableClip:
             report.unreadable.append(clip.name)  # one clip ffmpeg cannot read does not stop the others
         else:
-            sections = _sections_of(entry)
+            _video_entry(clip, read, encoders)
+            sections = _sections_of(read.entry)
             if sections == 0:
                 report.too_short.append(clip.name)
-            cached.append(CachedClip(clip, entry, _text_entry(cache_dir, clip.caption, text_id), size, sections))
+            cached.append(CachedClip(clip, read.entry, _text_entry(cache_dir, clip.caption, text_id), read.size, sections))
         progress("videos", number + 1, len(clips))
 
     start = None
@@ -202,6 +245,7 @@ def build_cache(
     captions = {c.text: c.clip.caption for c in cached if c.sections}
     if start is not None:
         captions[start.text] = validation[1]
+    captions.update({_text_entry(cache_dir, caption, text_id): caption for caption in extra_captions})
     for number, (entry, caption) in enumerate(sorted(captions.items())):
         if entry.is_file():
             report.texts_reused += 1

@@ -7,6 +7,7 @@ pickle runs whatever it names):
 - ``lora.safetensors`` (a LoRA run: the adapter, loadable with ``fpgen generate --lora``) or
   ``model.safetensors`` (``--full``: every weight);
 - ``optimizer.safetensors``: the optimizer's state tensors, its parameter groups as JSON metadata;
+- ``ema.safetensors`` (``--ema``): the weights' moving average;
 - ``state.json``: the step, the micro-batches a step takes, the learning-rate schedule;
 - ``rng-<process>.json``: each process's Python, NumPy and torch RNG states.
 
@@ -36,7 +37,7 @@ from fpgen.training.config import TrainConfig, load_run
 from fpgen.training.events import RUN_FILE
 
 LORA_FILE, CHECKPOINTS = "lora.safetensors", "checkpoints"
-MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "state.json"
+MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, EMA_FILE = "model.safetensors", "optimizer.safetensors", "state.json", "ema.safetensors"
 RNG_FILE = re.compile(r"rng-(\d+)\.json")
 
 
@@ -78,7 +79,7 @@ def _checkpoints(output: Path) -> list[Path]:
 
 def check_checkpoint(folder: Path) -> None:
     """A checkpoint must hold our files only: resuming reads safetensors and JSON, and refuses a folder that offers more."""
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in (LORA_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE) and not RNG_FILE.fullmatch(p.name))
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in (LORA_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, EMA_FILE) and not RNG_FILE.fullmatch(p.name))
     if foreign:
         names = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise InputError(
@@ -141,6 +142,8 @@ class Checkpoints:
         if main:
             _write_weights(partial, self.trainee, weights)
             save_tensors(partial / OPTIMIZER_FILE, *_split_optimizer_state(optimizer))
+            if self.trainee.ema:
+                save_tensors(partial / EMA_FILE, self.trainee.ema.state_dict())
             _write_json(partial / STATE_FILE, {**self.trainee.counter.state_dict(), "scheduler": self.trainee.scheduler.state_dict()})
         self.accelerator.wait_for_everyone()
         if main:
@@ -159,6 +162,10 @@ class Checkpoints:
             _read_weights(self.accelerator, folder, self.trainee)
             _load_optimizer_state(self.accelerator, self.trainee, folder)
             self.trainee.scheduler.load_state_dict(state["scheduler"])
+            if self.trainee.ema:
+                if not (folder / EMA_FILE).is_file():
+                    raise KeyError(f"no {EMA_FILE} for --ema")
+                self.trainee.ema.load_state_dict(load_tensors(folder / EMA_FILE)[0])
             rng = folder / f"rng-{self.accelerator.process_index}.json"
             if rng.is_file():  # a process the saving run did not have starts from its own RNG state
                 set_rng_state(_read_json(rng))

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from fpgen.errors import InputError
+from fpgen.geometry import FULL_HISTORY
 
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -18,7 +19,7 @@ DEVICES = ("auto", "cuda", "cpu")
 # (--grad-accum only as checkpoint.StepCounter allows: with the number of processes, to keep the batch).
 RESUMABLE_CHANGES = frozenset(
     {"max_steps", "grad_accum", "save_every", "keep_checkpoints", "log_every", "eval_every", "validate_every", "validation_seconds",
-     "validation_steps", "device", "cache_dir", "data", "output", "model_dir"}
+     "validation_steps", "device", "cache_dir", "data", "output", "model_dir", "cache_in_ram"}
 )  # fmt: skip
 
 
@@ -54,7 +55,12 @@ class TrainConfig:
     # the objective
     shift: float = 3.0
     guidance: float = 1.0
+    # from-scratch training
+    history: tuple[int, int, int] = FULL_HISTORY  # frames kept in the 1x, 2x, 4x history slots (fpgen.packing.limit_history)
+    caption_dropout: float = 0.0  # share of samples trained with the empty caption (for real CFG)
+    ema: float = 0.0  # decay of the weights' moving average; 0: none
     # memory and speed
+    cache_in_ram: bool = False
     device: str = "auto"
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = True
@@ -94,6 +100,8 @@ class TrainConfig:
             (self.warmup_steps >= 0, f"--warmup-steps must not be negative (got {self.warmup_steps})", "e.g. --warmup-steps 50"),
             (0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63-1 (got {self.seed})", "e.g. --seed 42"),
             (math.isfinite(self.shift) and self.shift > 0, f"--shift must be positive (got {self.shift})", "3.0 is the public recipe; 1.0 samples timesteps logit-normally"),
+            (0 <= self.caption_dropout < 1, f"--caption-dropout must be within [0, 1) (got {self.caption_dropout})", "e.g. 0.1 trains one sample in ten without its caption"),
+            (0 <= self.ema < 1, f"--ema must be within [0, 1) (got {self.ema})", "e.g. --ema 0.999; 0 disables it"),
             (math.isfinite(self.guidance) and self.guidance > 0, f"--guidance must be positive (got {self.guidance})", "1.0 (the default) trains the plain conditional prediction"),
             (self.device in DEVICES, f"unknown --device {self.device!r}", "use auto, cuda or cpu (several GPUs: accelerate launch)"),
             (self.mixed_precision in MIXED_PRECISION, f"unknown --mixed-precision {self.mixed_precision!r}", "use auto, no or bf16"),
@@ -136,7 +144,7 @@ class TrainConfig:
                 continue
             if key in ("data", "output", "model_dir", "cache_dir", "validation_image") and value is not None:
                 value = Path(value)
-            elif key == "size" and value is not None:
+            elif key in ("size", "history") and value is not None:
                 value = tuple(value)
             values[key] = value
         return TrainConfig(**values)

@@ -64,8 +64,8 @@ def train(config: TrainConfig, resume: bool = False, on_event: Listener | None =
         with accelerator.main_process_first():
             cached, start, report = setup.cache_data(config, clips, files, placement, lambda event: (log.event(event), stop.check()))
         train_clips, held_out = setup.split_holdout(cached, config.holdout, config.seed)
-        samples = TrainingSamples(train_clips, config.batch_size, config.window, files.spec.order, config.seed)
-        eval_batches = evaluation_batches(held_out, config.window, files.spec.order)
+        samples = TrainingSamples(train_clips, config.batch_size, config.window, files.spec.order, config.seed, setup.sample_options(config, files))
+        eval_batches = evaluation_batches(held_out, config.window, files.spec.order, config.history)
 
         # -- the trainee (model, optimizer, schedule, step), resumed from the last checkpoint
         trainee = setup.build_trainee(config, accelerator, files.paths["transformer"], placement.transformer_dtype, files.spec.order)
@@ -90,6 +90,8 @@ def train(config: TrainConfig, resume: bool = False, on_event: Listener | None =
                 grad_norm = accelerator.clip_grad_norm_(clipped, config.max_grad_norm) if config.max_grad_norm > 0 else None
                 lr = trainee.scheduler.get_last_lr()[0]  # the rate this step uses
                 trainee.optimizer.step()
+                if trainee.ema:
+                    trainee.ema.update(trainee.counter.step)
                 trainee.scheduler.step()
                 trainee.optimizer.zero_grad(set_to_none=True)
                 trainee.counter.step += 1
@@ -124,7 +126,8 @@ def train(config: TrainConfig, resume: bool = False, on_event: Listener | None =
         if not result.eval_losses or result.eval_losses[-1][0] != trainee.counter.step:
             evaluate(trainee, eval_batches, config, log, result)
         accelerator.wait_for_everyone()
-        result.weights = write_result(accelerator, trainee, output, torch.bfloat16 if precision == "bf16" else torch.float32, config.model, files.spec.order)
+        with trainee.averaged():
+            result.weights = write_result(accelerator, trainee, output, torch.bfloat16 if precision == "bf16" else torch.float32, config.model, files.spec.order)
         log.finish()
         result.steps, result.elapsed = trainee.counter.step, time.perf_counter() - started_at
         return result
@@ -164,7 +167,8 @@ def evaluate(trainee: setup.Trainee, batches: list[Batch], config: TrainConfig, 
     if not batches:
         return
     trainee.objective.eval()
-    loss = evaluation_loss(trainee.objective, batches, config.shift, config.seed)
+    with trainee.averaged():
+        loss = evaluation_loss(trainee.objective, batches, config.shift, config.seed)
     trainee.objective.train()
     result.eval_losses.append((trainee.counter.step, loss))
     log.evaluated(Evaluated(trainee.counter.step, loss), len(batches))
@@ -172,7 +176,8 @@ def evaluate(trainee: setup.Trainee, batches: list[Batch], config: TrainConfig, 
 
 def validate(validator: Validator | None, trainee: setup.Trainee, log: RunLog) -> None:
     if validator is not None:
-        log.event(Validated(trainee.counter.step, validator.video(trainee.transformer, trainee.counter.step)))
+        with trainee.averaged():
+            log.event(Validated(trainee.counter.step, validator.video(trainee.transformer, trainee.counter.step)))
 
 
 @dataclass

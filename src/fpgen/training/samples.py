@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
 
-from fpgen.packing import PackedContext, pack_section, window_bounds
+from fpgen.geometry import FULL_HISTORY
+from fpgen.packing import PackedContext, limit_history, pack_section, window_bounds
 from fpgen.plan import Order, Section, plan_sections
 from fpgen.tensorfile import load_tensors
 from fpgen.training.cache import CachedClip
@@ -99,24 +101,35 @@ def collate_conditioning(texts: list[dict[str, torch.Tensor]], image_embeds: lis
     return Conditioning(embeds, mask, torch.cat([t["pooled"] for t in texts]), torch.cat(image_embeds))
 
 
+def caption_dropped(count: int, rate: float, generator: torch.Generator) -> list[bool]:
+    """Which of ``count`` samples train with the empty caption (``--caption-dropout``), drawn from ``generator``."""
+    return (torch.rand(count, generator=generator) < rate).tolist()
+
+
 def build_batch(
     refs: list[SampleRef],
     clips: list[CachedClip],
     window: int,
     order: Order,
     load: Callable[[Path], dict[str, torch.Tensor]] | None = None,
+    history: tuple[int, int, int] = FULL_HISTORY,
+    captions: list[Path] | None = None,
 ) -> Batch:
-    """The ground-truth windows and packed contexts of ``refs`` (all of one layout), with their conditioning."""
+    """The ground-truth windows and packed contexts of ``refs`` (all of one layout), with their conditioning.
+
+    ``history`` blanks history slots as generation's ``--history`` does; ``captions`` replaces the
+    samples' text entries (caption dropout).
+    """
     load = load or cache_entry
     targets, contexts, texts, images = [], [], [], []
-    for ref in refs:
+    for number, ref in enumerate(refs):
         clip = clips[ref.clip]
         video = load(clip.video)
         latents = torch.cat([video["start_latent"], video["latents"][:, :, 1:]], dim=2)  # the start latent as generation makes it
         begin, end = window_bounds(ref.section.slot, window)
         targets.append(latents[:, :, begin:end])
-        contexts.append(pack_section(order, latents, ref.section, window))
-        texts.append(load(clip.text))
+        contexts.append(limit_history(pack_section(order, latents, ref.section, window), history, order))
+        texts.append(load(captions[number] if captions else clip.text))
         images.append(video["image_embeds"])
     context = PackedContext(
         contexts[0].indices,
@@ -131,19 +144,37 @@ def cache_entry(path: Path) -> dict[str, torch.Tensor]:
     return load_tensors(path)[0]
 
 
-class TrainingSamples:
-    """The training clips' sections in the seeded order: ``samples(n)`` is micro-batch ``n``'s epoch and batch."""
+@dataclass(frozen=True)
+class SampleOptions:
+    """How samples are made beyond the data: the history kept, caption dropout (with the empty caption's entry), entries kept in memory."""
 
-    def __init__(self, clips: list[CachedClip], batch_size: int, window: int, order: Order, seed: int):
-        self.clips, self.window, self.order = clips, window, order
+    history: tuple[int, int, int] = FULL_HISTORY
+    caption_dropout: float = 0.0
+    empty_caption: Path | None = None
+    in_ram: bool = False
+
+
+class TrainingSamples:
+    """The training clips' sections in the seeded order: ``samples(n)`` is micro-batch ``n``'s epoch and batch.
+
+    Micro-batch ``n``'s dropped captions are drawn from (seed, 4, n), so a resumed run drops the same ones.
+    """
+
+    def __init__(self, clips: list[CachedClip], batch_size: int, window: int, order: Order, seed: int, options: SampleOptions = SampleOptions()):
+        self.clips, self.window, self.order, self.seed, self.options = clips, window, order, seed, options
         self.refs = sample_refs(clips, window, order)
         self.batch_order = BatchOrder([layout_key(clips, r) for r in self.refs], batch_size, seed)
+        self.load = cache(cache_entry) if options.in_ram else cache_entry
 
     def __call__(self, n: int) -> tuple[int, Batch]:
         epoch, indices = self.batch_order(n)
-        return epoch, build_batch([self.refs[i] for i in indices], self.clips, self.window, self.order)
+        refs, captions = [self.refs[i] for i in indices], None
+        if self.options.caption_dropout:
+            dropped = caption_dropped(len(refs), self.options.caption_dropout, seeded(self.seed, 4, n))
+            captions = [self.options.empty_caption if drop else self.clips[ref.clip].text for ref, drop in zip(refs, dropped)]
+        return epoch, build_batch(refs, self.clips, self.window, self.order, self.load, self.options.history, captions)
 
 
-def evaluation_batches(clips: list[CachedClip], window: int, order: Order) -> list[Batch]:
+def evaluation_batches(clips: list[CachedClip], window: int, order: Order, history: tuple[int, int, int] = FULL_HISTORY) -> list[Batch]:
     """Every section of the held-out clips, one a batch."""
-    return [build_batch([ref], clips, window, order) for ref in sample_refs(clips, window, order)]
+    return [build_batch([ref], clips, window, order, history=history) for ref in sample_refs(clips, window, order)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +21,14 @@ from fpgen.lora import Lora
 from fpgen.training import adapters, memory
 from fpgen.hub import ModelFiles, find_model
 from fpgen.runtime import RuntimePlan, choose_device
-from fpgen.training.cache import CacheReport, CacheSettings, CachedClip, CachedStart, build_cache
+from fpgen.training.cache import CacheReport, CacheSettings, CachedClip, CachedStart, build_cache, text_entry
 from fpgen.training.checkpoint import StepCounter, is_fsdp
 from fpgen.training.config import TrainConfig
+from fpgen.training.ema import Ema
 from fpgen.training.data import Clip, default_cache_dir, discover_clips
 from fpgen.training.events import CacheProgress, ClipsSkipped, Listener, ignore
 from fpgen.training.objective import FlowMatchingLoss
-from fpgen.training.samples import seeded
+from fpgen.training.samples import SampleOptions, seeded
 
 
 def model_files(config: TrainConfig) -> ModelFiles:
@@ -61,6 +63,8 @@ def make_accelerator(config: TrainConfig, cuda: bool, mixed_precision: str):
             raise InputError("a LoRA trains with DDP, not FSDP (its weights are small; the frozen base is replicated)", "use configs/accelerate/ddp.yaml, or pass --full to shard a full finetune")
         if config.validate_every:
             raise InputError("validation videos are not supported under FSDP", "leave out --validate-every")
+        if config.ema:
+            raise InputError("--ema is not supported under FSDP (the average would be sharded)", "use DDP (configs/accelerate/ddp.yaml), or leave out --ema")
     return accelerator, tracker is not None
 
 
@@ -78,7 +82,8 @@ def cache_data(config: TrainConfig, clips: list[Clip], files, placement, on_even
     validation = (Path(config.validation_image), config.validation_prompt) if config.validation_image else None
     settings = CacheSettings(config.size, config.resolution, config.window, config.max_sections)
     progress = lambda what, done, total: on_event(CacheProgress(what, done, total))  # noqa: E731
-    cached, start, report = build_cache(clips, settings, files, placement, cache_folder(config), validation, progress)
+    extra = ("",) if config.caption_dropout else ()  # the empty caption that dropped samples train with
+    cached, start, report = build_cache(clips, settings, files, placement, cache_folder(config), validation, progress, extra)
     if report.unreadable:
         on_event(ClipsSkipped(tuple(report.unreadable)))
     if not cached:
@@ -91,6 +96,11 @@ def cache_data(config: TrainConfig, clips: list[Clip], files, placement, on_even
 
 def cache_folder(config: TrainConfig) -> Path:
     return Path(config.cache_dir) if config.cache_dir else default_cache_dir(config.data)
+
+
+def sample_options(config: TrainConfig, files) -> SampleOptions:
+    empty = text_entry(cache_folder(config), "", files) if config.caption_dropout else None
+    return SampleOptions(config.history, config.caption_dropout, empty, config.cache_in_ram)
 
 
 def cache_only(config: TrainConfig, on_event: Listener | None = None) -> tuple[list[CachedClip], CacheReport]:
@@ -125,6 +135,11 @@ class Trainee:
     full: bool
     lora_alpha: float
     info: str  # what the LoRA's metadata says about its base model and settings
+    ema: Ema | None = None  # --ema: the weights' moving average
+
+    def averaged(self):
+        """A context with the averaged weights in place of the trained ones (nothing changes without --ema)."""
+        return self.ema.applied() if self.ema else nullcontext()
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -141,7 +156,8 @@ def build_trainee(config: TrainConfig, accelerator, transformer_path: Path, tran
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps, config.lr_scheduler))
     info = json.dumps({"base_model": config.model, "order": order, "window": config.window, "rank": config.rank, "alpha": config.lora_alpha, "guidance": config.guidance})
     counter = StepCounter(accelerator.num_processes, config.grad_accum)
-    return Trainee(transformer, objective, optimizer, scheduler, counter, trained, config.full, config.lora_alpha, info)
+    ema = Ema({n: p for n, p in transformer.named_parameters() if p.requires_grad}, config.ema) if config.ema else None  # after prepare: on the device
+    return Trainee(transformer, objective, optimizer, scheduler, counter, trained, config.full, config.lora_alpha, info, ema)
 
 
 def build_transformer(config: TrainConfig, path: Path, dtype: torch.dtype, cuda: bool = False) -> tuple[torch.nn.Module, list[str]]:

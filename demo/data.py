@@ -1,0 +1,269 @@
+"""``make demo-data``: the demo model's training clips, camera paths over licence-clean photographs, with a seed.
+
+Sources come through the package registries: scikit-image's wheel (``pip download``) carries photos
+whose licences are stated one by one in ``skimage/data/_fetchers.py``; only the CC0 and public-domain
+ones are kept (``STILLS``). Optionally (``--footage``) the real clips of Debian's ``opencv-doc`` and
+``python3-imageio`` are extracted for held-out evaluation only (their provenance is not stated).
+
+Each clip is one camera path (pan, tilt, zoom, roll, still, back and forth) over one photo, rendered
+by resampling the full-size photo (anti-aliased once, then one affine warp per frame), so the
+ground truth is exact: ``<clip>.json`` records the photo and every frame's view (centre, scale,
+angle in photo pixels). Camera words follow film usage: "the camera pans to the left" means the
+view moves left over the scene, so the content moves right in the frame.
+
+Layout written (``fpgen finetune OUT/train`` reads the first folder; nothing else is trained on)::
+
+    OUT/train/clip-00000.mp4 .txt .json   camera paths over the training stills
+    OUT/heldout/clip-00000.mp4 .txt .json the same paths over HELD_OUT stills, never trained on
+    OUT/stills/NAME                       the photos, with LICENCES.json
+    OUT/footage/*                         (--footage) real clips, evaluation only
+
+Usage: ``python demo/data.py OUT --clips 2000 --seed 0 --workers 16``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SKIMAGE = "scikit-image==0.26.0"
+# The platform-specific wheel's data files are the same everywhere; one fixed wheel keeps the sources identical on every machine.
+SKIMAGE_WHEEL = ("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp")
+# name -> (licence as skimage/data/_fetchers.py states it, subject for captions). Left out: coins (Brooklyn Museum),
+# moon, motorcycle, ihc, color, logo and the rest, whose docstrings state no CC0 or public-domain licence.
+STILLS = {
+    "astronaut.png": ("public domain (NASA)", "an astronaut"),
+    "brick.png": ("CC0 (CC0Textures)", "a brick wall"),
+    "camera.png": ("CC0 (Lav Varshney)", "a man with a camera"),
+    "cell.png": ("CC0 (Paul Mueller)", "a cell under a microscope"),
+    "chelsea.png": ("CC0 (Stefan van der Walt)", "a cat"),
+    "coffee.png": ("CC0 (Rachel Michetti)", "a cup of coffee"),
+    "grass.png": ("CC0 (CC0Textures)", "grass"),
+    "gravel.png": ("CC0 (CC0Textures)", "gravel"),
+    "hubble_deep_field.jpg": ("public domain (NASA)", "galaxies in deep space"),
+    "retina.jpg": ("CC0 (retina image)", "a human retina"),
+    "rocket.jpg": ("public domain (SpaceX)", "a rocket on its launch pad"),
+}
+HELD_OUT = ("coffee.png", "rocket.jpg")  # fixed: evaluation and the example picture, never trained on
+
+WINDOW = 9
+FPS = 30
+SPEEDS = {"slow": 1.0, "fast": 2.5}
+PAN_PX = 0.4  # output pixels per frame at "slow" (12 px/s on a 128-px frame)
+ZOOM_RATE = 0.0015  # log-zoom per frame at "slow"
+ROLL_DEG = 0.08  # degrees per frame at "slow"
+SWAY_PERIOD = 60  # frames of one back-and-forth
+
+MOTIONS = ("pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "roll_cw", "roll_ccw", "still", "sway")
+CAPTIONS = {
+    "pan_left": ["the camera pans {speed} to the left", "a {adj} pan to the left", "the view moves {speed} left"],
+    "pan_right": ["the camera pans {speed} to the right", "a {adj} pan to the right", "the view moves {speed} right"],
+    "tilt_up": ["the camera tilts {speed} up", "a {adj} tilt upwards", "the view moves {speed} up"],
+    "tilt_down": ["the camera tilts {speed} down", "a {adj} tilt downwards", "the view moves {speed} down"],
+    "zoom_in": ["the camera zooms {speed} in", "a {adj} zoom into the centre", "the camera moves {speed} closer"],
+    "zoom_out": ["the camera zooms {speed} out", "a {adj} zoom out from the centre", "the camera moves {speed} away"],
+    "roll_cw": ["the camera rotates {speed} clockwise", "a {adj} clockwise rotation", "the picture turns {speed} clockwise"],
+    "roll_ccw": ["the camera rotates {speed} counterclockwise", "a {adj} counterclockwise rotation", "the picture turns {speed} counterclockwise"],
+    "still": ["the camera holds still", "a still shot", "nothing moves"],
+    "sway": ["the camera pans left and right", "the camera sways from side to side", "the view moves back and forth"],
+}
+SPEED_WORDS = {"slow": (("slowly", "gently"), ("slow", "gentle")), "fast": (("quickly", "fast"), ("quick", "fast"))}
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What one clip is, drawn from its seed: enough to render it again exactly."""
+
+    still: str
+    motion: str
+    speed: str
+    flip: bool
+    frames: int
+    caption: str
+
+
+def motion_path(motion: str, speed: str, frames: int) -> np.ndarray:
+    """(frames, 4) camera moves relative to the first frame: dx, dy (output pixels at the start scale), zoom, roll (degrees)."""
+    t, v = np.arange(frames, dtype=np.float64), SPEEDS[speed]
+    path = np.zeros((frames, 4))
+    path[:, 2] = 1.0
+    axis, sign = {"pan_left": (0, -1), "pan_right": (0, 1), "tilt_up": (1, -1), "tilt_down": (1, 1)}.get(motion, (None, 0))
+    if axis is not None:
+        path[:, axis] = sign * PAN_PX * v * t
+    elif motion in ("zoom_in", "zoom_out"):
+        path[:, 2] = np.exp((1 if motion == "zoom_in" else -1) * ZOOM_RATE * v * t)
+    elif motion in ("roll_cw", "roll_ccw"):
+        path[:, 3] = (1 if motion == "roll_cw" else -1) * ROLL_DEG * v * t
+    elif motion == "sway":
+        path[:, 0] = -PAN_PX * v * SWAY_PERIOD / (2 * math.pi) * np.sin(2 * math.pi * t / SWAY_PERIOD)  # starts moving left
+    elif motion != "still":
+        raise ValueError(f"unknown motion {motion!r}")
+    return path
+
+
+def view_offsets(path: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(frames, 4, 2) the output frame's corners in photo units of the start scale, relative to the start centre."""
+    corners = np.array([[-width / 2, -height / 2], [width / 2, -height / 2], [-width / 2, height / 2], [width / 2, height / 2]])
+    angle = np.radians(path[:, 3])
+    rotation = np.stack([np.stack([np.cos(angle), -np.sin(angle)], -1), np.stack([np.sin(angle), np.cos(angle)], -1)], -2)
+    return path[:, None, :2] + np.einsum("fij,cj->fci", rotation, corners) / path[:, 2, None, None]
+
+
+def fit_views(path: np.ndarray, photo_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """(frames, 4) views in photo pixels: centre x, y, scale (photo pixels per output pixel), angle; every frame inside the photo."""
+    offsets = view_offsets(path, *out_hw)
+    low, high = offsets.reshape(-1, 2).min(0), offsets.reshape(-1, 2).max(0)
+    fits = (np.array(photo_hw[::-1]) - 2) / (high - low)  # x, y
+    scale = float(fits.min()) * rng.uniform(0.55, 1.0)
+    centre = np.array([rng.uniform(1 - scale * low[i], photo_hw[::-1][i] - 1 - scale * high[i]) for i in range(2)])
+    views = np.zeros_like(path)
+    views[:, :2] = centre + scale * path[:, :2]
+    views[:, 2] = scale / path[:, 2]
+    views[:, 3] = path[:, 3]
+    return views
+
+
+def render(photo: Image.Image, views: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """(frames, H, W, 3) uint8: each view resampled from the photo (anti-aliased once to the finest scale the clip uses)."""
+    height, width = out_hw
+    shrink = max(1.0, float(views[:, 2].min()))
+    source = photo if shrink == 1.0 else photo.resize((round(photo.width / shrink), round(photo.height / shrink)), Image.LANCZOS)
+    fx, fy = photo.width / source.width, photo.height / source.height
+    frames = np.empty((len(views), height, width, 3), np.uint8)
+    for i, (cx, cy, scale, degrees) in enumerate(views):
+        a = math.radians(degrees)
+        cos, sin = math.cos(a) * scale, math.sin(a) * scale
+        # output (x, y) -> photo: centre + scale * R(a) @ (x - W/2, y - H/2), then into the shrunk source
+        coeffs = (cos / fx, -sin / fx, (cx - cos * width / 2 + sin * height / 2) / fx, sin / fy, cos / fy, (cy - sin * width / 2 - cos * height / 2) / fy)
+        frames[i] = np.asarray(source.transform((width, height), Image.AFFINE, coeffs, resample=Image.BICUBIC))
+    return frames
+
+
+def caption(motion: str, speed: str, subject: str, rng: np.random.Generator) -> str:
+    adverbs, adjectives = SPEED_WORDS[speed]
+    text = str(rng.choice(CAPTIONS[motion])).format(speed=rng.choice(adverbs), adj=rng.choice(adjectives))
+    return text if rng.random() < 0.5 else f"{text}, {subject}"
+
+
+def caption_words() -> list[str]:
+    """Every word the captions can use, for the demo tokenizer's vocabulary (demo/build.py)."""
+    texts = [t for templates in CAPTIONS.values() for t in templates] + [s for _, s in STILLS.values()]
+    texts += [w for words in SPEED_WORDS.values() for group in words for w in group]
+    return sorted({w for text in texts for w in re.findall(r"[a-z]+", text.replace("{speed}", "").replace("{adj}", ""))})
+
+
+def draw_clip(seed: int, index: int, stills: tuple[str, ...], sections: int) -> tuple[ClipSpec, np.random.Generator]:
+    rng = np.random.default_rng([seed, index])
+    still, motion, speed = str(rng.choice(stills)), str(rng.choice(MOTIONS)), str(rng.choice(list(SPEEDS)))
+    frames = 1 + 4 * WINDOW * sections
+    return ClipSpec(still, motion, speed, bool(rng.random() < 0.5), frames, caption(motion, speed, STILLS[still][1], rng)), rng
+
+
+def load_still(folder: Path, name: str, flip: bool) -> Image.Image:
+    photo = Image.open(folder / name).convert("RGB")
+    return photo.transpose(Image.FLIP_LEFT_RIGHT) if flip else photo
+
+
+def make_clip(job: tuple) -> str:
+    """Render and write clip ``index`` of ``split`` (a worker's unit); returns its name."""
+    from fpgen.video import write_mp4
+
+    out, split, seed, index, stills, sections, out_hw, crf = job
+    spec, rng = draw_clip(seed, index, stills, sections)
+    photo = load_still(out / "stills", spec.still, spec.flip)
+    views = fit_views(motion_path(spec.motion, spec.speed, spec.frames), (photo.height, photo.width), out_hw, rng)
+    name = f"clip-{index:05d}"
+    folder = out / split
+    write_mp4(folder / f"{name}.mp4", render(photo, views, out_hw), crf=crf, fps=FPS)
+    (folder / f"{name}.txt").write_text(spec.caption + "\n")
+    truth = {**asdict(spec), "seed": seed, "index": index, "size": list(out_hw), "views": np.round(views, 6).tolist(),
+             "views_are": "centre x, centre y, photo pixels per output pixel, angle in degrees; photo flipped first if flip"}  # fmt: skip
+    (folder / f"{name}.json").write_text(json.dumps(truth) + "\n")
+    return name
+
+
+def fetch_stills(out: Path) -> Path:
+    """The CC0/public-domain photos of the scikit-image wheel in OUT/stills (downloaded once), with their licences."""
+    folder = out / "stills"
+    if all((folder / name).is_file() for name in STILLS):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, *SKIMAGE_WHEEL, SKIMAGE], check=True)
+        (wheel,) = Path(tmp).glob("scikit_image-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            for name in STILLS:
+                (folder / name).write_bytes(archive.read(f"skimage/data/{name}"))
+    licences = {name: {"licence": licence, "source": f"{SKIMAGE} skimage/data/{name}", "held_out": name in HELD_OUT} for name, (licence, _) in STILLS.items()}
+    (folder / "LICENCES.json").write_text(json.dumps(licences, indent=2) + "\n")
+    return folder
+
+
+FOOTAGE = {  # Debian package -> files inside it; real footage, provenance unstated: held-out evaluation only
+    "opencv-doc": ("usr/share/doc/opencv-doc/examples/data/vtest.avi", "usr/share/doc/opencv-doc/examples/data/tree.avi"),
+    "python3-imageio": ("usr/lib/python3/dist-packages/imageio/resources/images/cockatoo.mp4", "usr/lib/python3/dist-packages/imageio/resources/images/realshort.mp4"),
+}
+
+
+def fetch_footage(out: Path) -> Path:
+    """Debian's real clips in OUT/footage via ``apt-get download`` (no install), for evaluation only."""
+    folder = out / "footage"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for package, files in FOOTAGE.items():
+            if all((folder / Path(f).name).is_file() for f in files):
+                continue
+            subprocess.run(["apt-get", "download", package], cwd=tmp, check=True, capture_output=True)
+            (deb,) = Path(tmp).glob(f"{package}_*.deb")
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(Path(tmp) / package)], check=True)
+            for file in files:
+                shutil.copy(Path(tmp) / package / file, folder / Path(file).name)
+    return folder
+
+
+def make_split(out: Path, split: str, clips: int, seed: int, stills: tuple[str, ...], sections: int, out_hw: tuple[int, int], crf: int, workers: int) -> list[str]:
+    (out / split).mkdir(parents=True, exist_ok=True)
+    jobs = [(out, split, seed, i, stills, sections, out_hw, crf) for i in range(clips)]
+    if workers <= 1:
+        return [make_clip(job) for job in jobs]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(make_clip, jobs, chunksize=8))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="folder to write (train/, heldout/, stills/)")
+    parser.add_argument("--clips", type=int, default=2000, help="training clips")
+    parser.add_argument("--heldout-clips", type=int, default=64, help="evaluation clips over the held-out stills")
+    parser.add_argument("--sections", type=int, default=8, help="sections per clip (1 + 36*sections frames)")
+    parser.add_argument("--size", default="128x128", help="HEIGHTxWIDTH of the clips")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--crf", type=int, default=10, help="H.264 quality of the written clips")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering clips")
+    parser.add_argument("--footage", action="store_true", help="also extract Debian's real clips (apt-get download), for evaluation only")
+    args = parser.parse_args(argv)
+    out_hw = tuple(int(v) for v in args.size.lower().split("x"))
+    fetch_stills(args.out)
+    training = tuple(name for name in STILLS if name not in HELD_OUT)
+    made = make_split(args.out, "train", args.clips, args.seed, training, args.sections, out_hw, args.crf, args.workers)
+    held = make_split(args.out, "heldout", args.heldout_clips, args.seed + 1, HELD_OUT, args.sections, out_hw, args.crf, args.workers)
+    if args.footage:
+        fetch_footage(args.out)
+    print(json.dumps({"train": len(made), "heldout": len(held), "out": str(args.out)}))
+
+
+if __name__ == "__main__":
+    main()

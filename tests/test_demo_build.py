@@ -1,0 +1,39 @@
+"""The demo hub's text side (demo/build.py): a word-level tokenizer that keeps the template prefix, a Llama whose hidden_states[-3] are the word vectors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from fpgen.conditioning import PROMPT_CROP, PROMPT_TEMPLATE, encode_prompt
+from fpgen.loading import load_tokenizers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where demo/ lives
+from demo import build  # noqa: E402
+
+WORDS = ["camera", "pans", "slowly", "to", "the", "left", "zooms", "in"]
+
+
+def test_identity_llama_hands_back_the_word_vectors(tmp_path):
+    vectors = torch.randn((len(WORDS), build.TEXT_DIM), generator=torch.Generator().manual_seed(0))
+    build.build_text(tmp_path, WORDS, vectors)
+    repo = tmp_path / build.HUNYUAN
+    tokenizer, tokenizer_2 = load_tokenizers({"tokenizer": repo / "tokenizer", "tokenizer_2": repo / "tokenizer_2"})  # checks the 95-token prefix
+    assert len(tokenizer(PROMPT_TEMPLATE.split("{}")[0])["input_ids"]) == PROMPT_CROP == 95
+    assert tokenizer(" wobbling")["input_ids"] == [build.BOS, build.UNK]
+    from transformers import CLIPTextModel, LlamaModel
+
+    llama, clip = LlamaModel.from_pretrained(repo / "text_encoder"), CLIPTextModel.from_pretrained(repo / "text_encoder_2")
+    prompt = "The camera pans slowly to the LEFT, wobbling"
+    embedding = encode_prompt(prompt, tokenizer, llama, tokenizer_2, clip)
+    ids = tokenizer(prompt)["input_ids"][1:]  # without BOS: 7 known words, the template's ",", and one unknown word
+    assert len(ids) == 9 and ids.count(build.UNK) == 1 and ids[-1] == build.UNK
+    assert embedding.tokens == len(ids) + 1  # and the template's closing <|eot_id|>
+    rows = llama.embed_tokens.weight
+    assert torch.equal(embedding.embeds[0, : embedding.tokens], rows[ids + [tokenizer.convert_tokens_to_ids("<|eot_id|>")]])  # hidden_states[-3] are the rows, exactly
+    assert tokenizer("the Camera")["input_ids"] == tokenizer("THE camera")["input_ids"]  # lower-cased
+    for word, vector in zip(WORDS, vectors):
+        assert torch.equal(rows[tokenizer(" " + word)["input_ids"][1]], vector)  # each word's row is its vector
+    assert embedding.pooled.shape == (1, build.CLIP_DIM)

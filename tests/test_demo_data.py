@@ -1,0 +1,66 @@
+"""The demo's training data (demo/data.py): seeded clips, camera paths whose motion is what the caption and the ground truth say."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fpgen.video import read_mp4
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where demo/ lives
+from demo import data  # noqa: E402
+
+
+def textured_photo(height: int = 300, width: int = 400, seed: int = 0) -> Image.Image:
+    """Smooth random texture: every shift changes many pixels, so a wrong shift cannot match."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+
+
+def test_pan_left_moves_the_view_left_by_the_stated_pixels():
+    frames = 11
+    path = data.motion_path("pan_left", "slow", frames)
+    assert path[10, 0] == -10 * data.PAN_PX  # the view's stated move: 4 output pixels left after 10 frames
+    views = data.fit_views(path, (300, 400), (64, 64), np.random.default_rng(0))
+    video = data.render(textured_photo(), views, (64, 64)).astype(np.float64)
+    shift = round(-path[10, 0])  # the content moves right by 4 pixels
+    errors = {s: np.abs(video[10][:, 8 + s : 56 + s] - video[0][:, 8:56]).mean() for s in range(-6, 7)}
+    assert min(errors, key=errors.get) == shift
+    assert errors[shift] < 0.5 < 5 < min(errors[shift - 1], errors[shift + 1])
+    assert views[10, 0] < views[0, 0] and views[10, 1] == views[0, 1]  # the view centre moved left in the photo, not up or down
+
+
+def test_zoom_in_magnifies_the_centre():
+    views = data.fit_views(data.motion_path("zoom_in", "fast", 37), (300, 400), (64, 64), np.random.default_rng(1))
+    assert np.isclose(views[0, 2] / views[36, 2], np.exp(data.ZOOM_RATE * data.SPEEDS["fast"] * 36))
+    assert np.allclose(views[:, :2], views[0, :2])  # about a fixed centre
+
+
+def test_views_stay_inside_the_photo():
+    for motion in data.MOTIONS:
+        path = data.motion_path(motion, "fast", 73)
+        views = data.fit_views(path, (300, 400), (64, 96), np.random.default_rng(2))
+        corners = views[0, :2] + views[0, 2] * data.view_offsets(path, 64, 96)  # the start view's centre and scale
+        assert corners[..., 0].min() >= 0 and corners[..., 0].max() <= 400, motion
+        assert corners[..., 1].min() >= 0 and corners[..., 1].max() <= 300, motion
+
+
+def test_a_tiny_run_is_deterministic_for_a_seed(tmp_path):
+    def run(out: Path, seed: int) -> list:
+        (out / "stills").mkdir(parents=True)
+        for name in data.STILLS:
+            textured_photo(seed=len(name)).save(out / "stills" / name)
+        data.make_split(out, "train", 2, seed, ("astronaut.png", "chelsea.png"), 1, (64, 64), 10, 1)
+        return [(p.name, p.read_text()) for p in sorted((out / "train").glob("*.[jt][sx][ot]*"))] + [read_mp4(p)[0] for p in sorted((out / "train").glob("*.mp4"))]
+
+    first, again, other = run(tmp_path / "a", 5), run(tmp_path / "b", 5), run(tmp_path / "c", 6)
+    assert len(first) == 6 and first[:4] == again[:4] and all(np.array_equal(x, y) for x, y in zip(first[4:], again[4:]))
+    assert first[:4] != other[:4]
+    truth = json.loads(first[0][1])
+    assert truth["frames"] == 37 and len(truth["views"]) == 37 and first[1][1].strip() == truth["caption"]
+    assert first[4].shape == (37, 64, 64, 3)

@@ -138,7 +138,7 @@ def test_foreign_keys_are_errors_that_name_them(tmp_path):
     elsewhere = _foreign(tmp_path, "other.safetensors", {"transformer.transformer_blocks.9.attn.to_q.lora_A.weight": weight, "transformer.transformer_blocks.9.attn.to_q.lora_B.weight": torch.zeros(32, 4),
                                                          "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": weight, "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.ones(32, 4)})  # fmt: skip
     model = tiny()
-    with pytest.raises(InputError, match="modules this FramePack transformer does not have: transformer_blocks.9.attn.to_q"):
+    with pytest.raises(InputError, match="modules this transformer does not have: transformer_blocks.9.attn.to_q"):
         apply_loras(model, [(read_lora(elsewhere)[0], LoraChoice(elsewhere))])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny().state_dict().values()))  # nothing half-applied
 
@@ -154,6 +154,13 @@ def test_generate_refuses_a_foreign_lora_in_one_line(cli, tmp_path):
     assert not (tmp_path / "out.mp4").exists()
     missing = cli("generate", GOLDEN / "input.png", "--lora", "nope.safetensors", "-o", "out.mp4")
     assert_one_line_error(missing, ExitCode.USAGE, "LoRA not found", "nope.safetensors")
+
+
+def test_generate_refuses_a_helios_lora_on_framepack(cli, tmp_path):
+    """LoRAs are told apart by the block list they name (``blocks.`` is Helios'), before any model loads."""
+    helios = _foreign(tmp_path, "wan.safetensors", {"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 32), "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.zeros(32, 4)})
+    proc = cli("generate", GOLDEN / "input.png", "--lora", helios, "-o", "out.mp4")
+    assert_one_line_error(proc, ExitCode.USAGE, "wan.safetensors is a Helios LoRA", "FramePack model")
 
 
 def test_lora_option_parsing():

@@ -142,7 +142,7 @@ def test_a_lora_of_another_model_is_refused_by_name(tmp_path):
     """Flux names its blocks as HunyuanVideo does but its layers otherwise: no such module, nothing applied."""
     save_file({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(RANK, 32), "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.zeros(96, RANK)}, str(tmp_path / "flux.safetensors"))
     model = tiny()
-    with pytest.raises(InputError, match="modules this FramePack transformer does not have: double_blocks.0.img_attn.qkv"):
+    with pytest.raises(InputError, match="modules this transformer does not have: double_blocks.0.img_attn.qkv"):
         apply_loras(model, [(read_lora(tmp_path / "flux.safetensors")[0], LoraChoice(tmp_path / "flux.safetensors"))])
     attention_only = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(RANK, 32), "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(96, RANK)}
     save_file(attention_only, str(tmp_path / "flux_kohya.safetensors"), metadata={"modelspec.architecture": "flux-1-dev/lora"})

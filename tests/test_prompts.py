@@ -14,6 +14,8 @@ from fpgen.conditioning import encode_prompt
 from fpgen.errors import InputError
 from fpgen.spec import Settings
 from fpgen.events import SectionStarted
+from fpgen.families import HELIOS
+from fpgen.geometry import section_seconds
 from fpgen.prompts import TimedPrompt, parse_prompts, section_prompts
 
 IMAGE = GOLDEN / "input.png"
@@ -33,11 +35,14 @@ def test_parse_plain_and_timed():
 def test_snapping_to_section_boundaries():
     # window 9: sections of 36 frames = 1.2 s; a prompt takes over at the nearest boundary (ties go later)
     prompts = parse_prompts("1s: a | 2.3s: b | 3s: c | 9s: d")
-    chosen, warnings = section_prompts(prompts, 5, 9)
+    chosen, warnings = section_prompts(prompts, 5, section_seconds(9))
     assert chosen == ["a", "a", "b", "c", "c"]  # 2.3 s -> boundary 2 (2.4 s); 3 s is 2.5 sections -> boundary 3 (3.6 s)
     assert len(warnings) == 1 and "'d'" in warnings[0] and "after" in warnings[0]  # 9 s is past the 5 sections (6 s)
-    chosen, warnings = section_prompts(parse_prompts("0s: a | 1.3s: b | 1.4s: c"), 3, 9)
+    chosen, warnings = section_prompts(parse_prompts("0s: a | 1.3s: b | 1.4s: c"), 3, section_seconds(9))
     assert chosen == ["a", "c", "c"] and any("'b'" in w and "replaced" in w for w in warnings)
+    # Helios: chunks of 33 frames at 24 fps = 1.375 s, so 2.3 s is 1.67 chunks -> boundary 2 (2.75 s), 3 s -> 2
+    chosen, _ = section_prompts(prompts, 5, HELIOS.section_seconds(9))
+    assert HELIOS.section_seconds(9) == 33 / 24 and chosen == ["a", "a", "c", "c", "c"]
 
 
 @pytest.mark.parametrize("model", ["framepack", "framepack-f1"])

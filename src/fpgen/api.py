@@ -42,7 +42,7 @@ def load_models(
     says what was picked and why. ``loras`` are merged into the transformer's weights as it loads.
     """
     files = model if isinstance(model, ModelFiles) else find_model(model, model_dir)
-    adapters = load_loras(loras)
+    adapters = load_loras(loras, files.spec.family.lora_kind)
     return Components(files, plan_runtime(runtime or RuntimeRequest(**request), files.paths["transformer"], loras=bool(adapters)), adapters).load()
 
 

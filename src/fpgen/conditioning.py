@@ -110,6 +110,7 @@ class JobInputs:
     keyframes: dict[int, torch.Tensor] = field(default_factory=dict)  # --keyframe latents by section boundary (from the new part's start)
     prefix: torch.Tensor | None = None  # --extend: latents of the given video's tail, time order
     lead: torch.Tensor | None = None  # --extend: its last 4*window-3 frames, (1, 3, T, H, W) in [-1, 1]
+    noise_state: torch.Tensor | None = None  # the job generator's state after encoding drew from it (families whose encoders draw noise)
 
     def embedding(self, text: str) -> PromptEmbedding:
         return self.prompts[text] if self.prompts else self.positive

@@ -19,7 +19,7 @@ from fpgen.buckets import load_picture, pick_bucket
 from fpgen.errors import InputError
 from fpgen.extend import VideoTail, read_tail
 from fpgen.families import Family
-from fpgen.geometry import section_seconds, whole_sections, window_tokens
+from fpgen.geometry import section_seconds, window_tokens
 from fpgen.hub import ModelFiles, find_model
 from fpgen.jobfolder import JobFolder, SavedJob, check_job_paths, find_job, job_dir
 from fpgen.lora import Lora, LoraChoice, load_loras, lora_notes
@@ -76,7 +76,7 @@ class Job:
 
     def describe(self) -> list[str]:
         """What the CLI prints before the job runs."""
-        lines = [f"  prompt {line}" for line in describe(list(self.plan.prompts), self.plan.window)] if len(set(self.plan.prompts)) > 1 else []
+        lines = [f"  prompt {line}" for line in describe(list(self.plan.prompts), self.model.spec.family.section_seconds(self.plan.window))] if len(set(self.plan.prompts)) > 1 else []
         new_frames = self.model.spec.family.frame_count(replace(self.plan, offset=0))
         lines += [f"  keyframe at {boundary * section_seconds(self.plan.window):.2f}s (the end of section {boundary})" for boundary, _ in (self.pictures.keyframes if self.pictures else ())]
         look = [f"output at {self.rate.describe()}"] if self.rate.output != self.rate.native else []
@@ -100,11 +100,11 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     if folder.exists() and not overwrite and folder.options() == spec.options():
         return resolve_resume(folder.path, preview, loaded)
     check_outputs(spec, overwrite)
-    loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras(LoraChoice.parse(item) for item in spec.lora))
+    loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras((LoraChoice.parse(item) for item in spec.lora), family.lora_kind))
     runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"], loras=bool(loras))
     pictures = read_pictures(spec, family, picture)
-    offset = whole_sections(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
-    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
+    offset = family.sections.tail.whole(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
+    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts), settings.prompt_blend)
     step_cache = plan_step_cache(spec, files, pictures.size)
     return Job(spec, files, runtime, loras, plan, pictures, (*lora_notes(loras), *pictures.notes, *notes), None, overwrite, preview, step_cache, *decide_output(spec, family, pictures.start is not None, pictures.size))
@@ -127,9 +127,10 @@ def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> Non
         raise InputError(f"missing IMAGE: {spec.model} makes videos from a start picture", "pass one (or --extend VIDEO, --from VIDEO, --resume JOB, --jobs FILE)")
     options = spec.options()
     for option, reason in family.refuses:
-        if options[option] and options[option] != "none":
-            flag = "--" + option.replace("_", "-")
-            raise InputError(f"{flag}: {spec.model} {reason}", f"drop {flag}" + (" (with --fast, add --step-cache none)" if option == "step_cache" else ""))
+        names = option.split("+")  # "a+b": the two together
+        if all(options[name] and options[name] != "none" for name in names):
+            flags = ["IMAGE" if name == "image" else "--" + name.replace("_", "-") for name in names]
+            raise InputError(f"{' with '.join(flags)}: {spec.model} {reason}", f"drop {' or '.join(flags)}" + (" (with --fast, add --step-cache none)" if option == "step_cache" else ""))
 
 
 def step_cache_key(spec: JobSpec, files: ModelFiles, size: tuple[int, int]) -> str:
@@ -159,7 +160,7 @@ def read_pictures(spec: JobSpec, family: Family, picture: np.ndarray | None = No
     ``--size`` or the family's default.
     """
     settings, sections = spec.settings, family.sections
-    tail = read_tail(spec.extend, sections.name, settings.window, settings.size, settings.resolution) if spec.extend is not None else None
+    tail = read_tail(spec.extend, sections.tail, settings.window, settings.size, settings.resolution) if spec.extend is not None else None
     read = {name: load_picture(path) for name, path in (("start", spec.image), ("end", spec.end_image)) if path is not None}
     start = read["start"].pixels if "start" in read else picture if picture is not None else tail.tail[sections.tail_frame] if tail is not None else None
     end = read["end"].pixels if "end" in read else start if spec.loop else None  # a loop ends where it starts
@@ -197,10 +198,10 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
         taken = spec.output if spec.output.exists() else sidecar_path(spec.output)
         raise InputError(f"{taken} exists, so the job in {folder.path} cannot finish there", "move or rename that file, then run the same --resume again")
     check_output_file(spec.output, False)
-    loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras(LoraChoice.parse(item) for item in spec.lora))
+    loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras((LoraChoice.parse(item) for item in spec.lora), family.lora_kind))
     runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"], loras=bool(loras))
     settings = spec.settings
-    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), settings.window)
+    prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
     prefix = saved.inputs.prefix
     offset = (prefix.shape[2] - 1) // settings.window if prefix is not None else 0
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts), settings.prompt_blend)

@@ -71,6 +71,7 @@ def generate_frames(
         pending = parts.resume_pending(components, video, plan, len(finished))
 
     tokens = window_tokens(plan.window, height, width)
+    section_steps = parts.section_steps(components, settings.steps)
     with components.denoising() as (transformer, blocks), components.step_cache(step_cache, settings.steps):
         for section in plan.sections[len(finished) :]:
             noise = torch.randn(noise_shape, generator=generator)
@@ -84,7 +85,7 @@ def generate_frames(
             denoise = parts.denoiser(transformer, blocks, positive, negative, context_to(context, device), guidance)
             if family.sections.pins_end and arrival is not None:
                 denoise = pin_last_frame(denoise, arrival.to(device))
-            on_step = lambda i, _x0, s=section: emit(StepDone(s, i + 1, settings.steps))  # noqa: E731
+            on_step = lambda i, _x0, s=section: emit(StepDone(s, i + 1, section_steps))  # noqa: E731
             latents = parts.sample(components, denoise, noise.to(device), settings.steps, tokens, on_step, generator)
             passes, calls = blocks.computed - computed, blocks.calls - calls
             begin, end = window_bounds(section.slot, plan.window)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from fpgen.extend import FORWARD_TAIL, HELIOS_TAIL, INVERTED_TAIL, TailLayout
 from fpgen.framepack import FRAMEPACK_PARTS
-from fpgen.geometry import FPS, latents_to_frames, section_count
+from fpgen.geometry import FPS, latents_to_frames, section_count, section_seconds
 from fpgen.helios import HELIOS_PARTS, HELIOS_PYRAMID_PARTS, HELIOS_ZERO_STAR_PARTS
 from fpgen.packing import PackedContext, forward_context, helios_context, inverted_context
 from fpgen.parts import Parts
@@ -47,11 +48,12 @@ class SectionOrder:
     pins_end: bool  # the last window's last frame is pinned to the end picture while sampling
     tail_frame: int  # extending a video: the frame of it that stands for the start picture
     start_from_tail: bool  # extending: the start latent is that frame even when a picture is given
+    tail: TailLayout  # extending: which of the video's last frames are encoded, and how the join is made
 
 
-INVERTED = SectionOrder("inverted", inverted_context, pins_end=False, tail_frame=-1, start_from_tail=True)
-FORWARD = SectionOrder("forward", forward_context, pins_end=True, tail_frame=0, start_from_tail=False)
-HELIOS_FORWARD = SectionOrder("forward", helios_context, pins_end=False, tail_frame=0, start_from_tail=False)
+INVERTED = SectionOrder("inverted", inverted_context, pins_end=False, tail_frame=-1, start_from_tail=True, tail=INVERTED_TAIL)
+FORWARD = SectionOrder("forward", forward_context, pins_end=True, tail_frame=0, start_from_tail=False, tail=FORWARD_TAIL)
+HELIOS_FORWARD = SectionOrder("forward", helios_context, pins_end=False, tail_frame=0, start_from_tail=False, tail=HELIOS_TAIL)
 
 
 def planned_frames(plan: SectionPlan) -> int:
@@ -69,15 +71,22 @@ class Family:
     parts: Parts = FRAMEPACK_PARTS
     fps: int = FPS
     section_count: Callable[[float, int], int] = section_count  # (seconds, window) -> sections
+    section_seconds: Callable[[int], float] = section_seconds  # window -> seconds one section adds (timed prompts snap to these)
     frame_count: Callable[[SectionPlan], int] = planned_frames  # frames of a planned video (FramePack: its latents, decoded overlapping)
     text_to_video: bool = False  # without a picture it makes a video from the prompt alone (else that is an error)
     color_match_after: float | None = None  # --color-match is on by default for videos longer than this (seconds); None: only when asked
-    refuses: tuple[tuple[str, str], ...] = ()  # (job option, why this family cannot take it)
+    refuses: tuple[tuple[str, str], ...] = ()  # (job option, or "a+b" for two together, why this family cannot take it)
+    lora_kind: str = "FramePack"  # the LoRAs it takes (``fpgen.lora.LORA_KINDS``)
 
 
 def helios_section_count(seconds: float, window: int) -> int:
     """Helios' chunks: enough whole chunks of ``4*window - 3`` frames to cover ``seconds`` at 24 fps (HeliosPipeline's count)."""
     return max(1, math.ceil(round(seconds * HELIOS_FPS) / latents_to_frames(window)))
+
+
+def helios_section_seconds(window: int) -> float:
+    """A Helios chunk adds ``4*window - 3`` frames at 24 fps."""
+    return latents_to_frames(window) / HELIOS_FPS
 
 
 def helios_frame_count(plan: SectionPlan) -> int:
@@ -89,11 +98,10 @@ HELIOS_FPS = 24
 HELIOS_DEFAULTS = Defaults(steps=50, window=9, cfg=5.0, size=(384, 640))
 HELIOS_REFUSES = (
     ("end_image", "has no end-frame mechanism"),
+    ("image+extend", "continues a video from its own first frame (HeliosPipeline takes a picture or a video, not both)"),
     ("loop", "has no end-frame mechanism to close a loop with"),
     ("keyframe", "has no end-frame mechanism, which keyframes use"),
-    ("extend", "cannot continue a video in fpgen yet (video-to-video is not implemented)"),
     ("step_cache", "has no step cache (TeaCache's calibration is HunyuanVideo's; --fast turns it on)"),
-    ("lora", "cannot load LoRAs in fpgen yet (FramePack LoRAs do not fit its Wan transformer)"),
 )
 HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 
@@ -102,7 +110,7 @@ def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Parts 
     """A Helios checkpoint: F1's context layout, UMT5 prompts, the Wan VAE, text-to-video without a picture, 24 fps."""
     return Family(
         name, HELIOS_FORWARD, HELIOS_COMPONENTS, defaults=defaults, parts=parts, fps=HELIOS_FPS,
-        section_count=helios_section_count, frame_count=helios_frame_count, text_to_video=True, refuses=HELIOS_REFUSES,
+        section_count=helios_section_count, section_seconds=helios_section_seconds, frame_count=helios_frame_count, text_to_video=True, refuses=HELIOS_REFUSES, lora_kind="Helios",
     )  # fmt: skip
 
 

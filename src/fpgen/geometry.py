@@ -1,7 +1,8 @@
 """The frame arithmetic of HunyuanVideo's causal VAE, in one place.
 
 The VAE compresses time by 4 (the first frame alone: T latents are 4T-3 frames) and space by 8,
-into 16 channels; videos play at 30 fps. A section of ``window`` latents adds ``4*window`` frames.
+into 16 channels; FramePack videos play at 30 fps (a family sets its own, ``Family.fps``). A section
+of ``window`` latents adds ``4*window`` frames.
 """
 
 from __future__ import annotations
@@ -31,16 +32,6 @@ def section_frames(window: int) -> int:
 def overlap_frames(window: int) -> int:
     """Frames a window's decode shares with its neighbour's (cross-faded): those of ``window`` latents alone."""
     return latents_to_frames(window)
-
-
-def windows_to_frames(windows: int, window: int) -> int:
-    """Frames of a start frame followed by ``windows`` whole sections."""
-    return section_frames(window) * windows + 1
-
-
-def whole_sections(frames: int, window: int) -> int:
-    """How many whole sections follow the first frame in ``frames`` frames."""
-    return (frames - 1) // section_frames(window)
 
 
 def section_seconds(window: int) -> float:

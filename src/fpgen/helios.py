@@ -10,12 +10,16 @@ Seed and noise convention (the one ``HeliosPipeline`` has, with one CPU generato
 with a picture, encoding draws first (the picture's VAE posterior sample, the posterior sample of the
 picture repeated over one chunk, then uniform sigma and Gaussian noise for each of the two), then
 every chunk draws its noise (1, 16, window, H/8, W/8) in time order. Text-to-video draws only the
-chunk noise. The engine replays the encoding draws (``skip_encoding_noise``) so that a resumed job
-and a fresh one see the same chunk noise.
+chunk noise. Continuing a video (``--extend``, the pipeline's ``video=``), encoding draws the first
+frame's posterior sample, one for every whole chunk of the video, the first frame's sigma and noise,
+then per chunk a sigma per latent frame and its noise (``video_latents``). The engine continues the
+generator from the state encoding left (``JobInputs.noise_state``), so a resumed job and a fresh one
+see the same chunk noise.
 """
 
 from __future__ import annotations
 
+import gc
 import html
 import math
 import re
@@ -32,12 +36,15 @@ from fpgen.buckets import resize_and_center_crop
 from fpgen.conditioning import JobInputs, PromptEmbedding
 from fpgen.denoiser import guided_velocity
 from fpgen.errors import ModelMissingError
+from fpgen.extend import VideoTail
 from fpgen.framepack import skip_section_noise
 from fpgen.parts import Parts
 from fpgen.geometry import LATENT_CHANNELS, latent_size, latents_to_frames
 from fpgen.loading import Components
+from fpgen.lora import apply_loras
+from fpgen.offload import on_device, release_cached_memory, stream_module_layers
 from fpgen.packing import PackedContext, window_bounds
-from fpgen.pixels import picture_to_pixels
+from fpgen.pixels import picture_to_pixels, to_pixels
 
 MAX_PROMPT_TOKENS = 512  # HeliosPipeline's max_sequence_length
 ZERO_INIT_STEPS = 1  # CFG-zero*: the first stage's steps 0..1 predict zero velocity (HeliosPyramidPipeline's zero_steps)
@@ -112,31 +119,70 @@ def picture_latents(vae, picture: np.ndarray, draws: HistoryDraws, window: int) 
     return noised(image, draws.image_sigma, draws.image_noise), noised(held, draws.history_sigma, draws.history_noise)
 
 
+def last_draws(draw, total: int, kept: int) -> list:
+    """``total`` draws in order, keeping only the last ``kept`` (the others are dropped as they are drawn)."""
+    drawn = []
+    for i in range(total):
+        value = draw()
+        if i >= total - kept:
+            drawn.append(value)
+    return drawn
+
+
+def video_latents(vae, tail: VideoTail, generator: torch.Generator, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start latent, history): a video's first frame and last whole chunks, encoded and noised as HeliosPipeline's ``video=``.
+
+    The pipeline encodes every whole chunk of the video (the last ``4*window - 3``-frame chunks, one
+    by one) and draws for each; only the last ones (``tail.tail``) reach the 19-latent history, so
+    the earlier chunks' draws are taken and dropped, which keeps the generator in step. The history
+    has a zero latent first (the history seed slot, zero as in text-to-video).
+    """
+    chunk = latents_to_frames(window)
+    total, kept = tail.frames // chunk, len(tail.tail) // chunk
+    hw = latent_size(*tail.tail.shape[1:3])
+    one, chunk_shape = (1, LATENT_CHANNELS, 1, *hw), (1, LATENT_CHANNELS, window, *hw)
+    low, high = HISTORY_NOISE
+    first_eps = torch.randn(one, generator=generator)
+    chunk_eps = last_draws(lambda: torch.randn(chunk_shape, generator=generator), total, kept)
+    first_sigma, first_noise = torch.rand(1, generator=generator) * (high - low) + low, torch.randn(one, generator=generator)
+    frame_sigmas = lambda: (torch.rand(window, generator=generator) * (high - low) + low).view(1, 1, window, 1, 1)  # noqa: E731
+    chunk_noise = last_draws(lambda: (frame_sigmas(), torch.randn(chunk_shape, generator=generator)), total, kept)
+    first = noised(posterior_sample(vae, picture_to_pixels(tail.first), first_eps), first_sigma, first_noise)
+    chunks = [
+        noised(posterior_sample(vae, to_pixels(tail.tail[i * chunk : (i + 1) * chunk]), eps), sigma, noise)
+        for i, (eps, (sigma, noise)) in enumerate(zip(chunk_eps, chunk_noise))
+    ]
+    return first, torch.cat([torch.zeros(one), *chunks], dim=2)
+
+
 def encode(components: Components, pictures, texts, negative: str | None, settings) -> JobInputs:
-    """Prompts through UMT5 (each distinct one once); a start picture through the Wan VAE with its history noise.
+    """Prompts through UMT5 (each distinct one once); a start picture or a video's tail through the Wan VAE with history noise.
 
     Text-to-video has no picture: the start latent and the history seed are zeros (see
-    ``fpgen.packing.helios_context``) and the "picture" is a black frame of the video's size.
+    ``fpgen.packing.helios_context``) and the "picture" is a black frame of the video's size. The
+    generator's state after the encoding draws is kept, so that every chunk's noise follows them.
     """
     height, width = pictures.size
     hw = latent_size(height, width)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
     with components.encoding() as models:
         prompts = {text: encode_umt5(text, models.tokenizer, models.text_encoder) for text in dict.fromkeys(texts)}
         negative_embedding = encode_umt5(negative, models.tokenizer, models.text_encoder) if negative is not None else None
-        if pictures.start is None:
+        if pictures.tail is not None:
+            image = pictures.tail.first
+            start, history = video_latents(models.vae, pictures.tail, generator, settings.window)
+        elif pictures.start is None:
             image = np.zeros((height, width, 3), dtype=np.uint8)
             start = history = torch.zeros((1, LATENT_CHANNELS, 1, *hw))
         else:
             image = resize_and_center_crop(pictures.start, height, width)
-            draws = HistoryDraws.take(torch.Generator("cpu").manual_seed(settings.seed), hw, settings.window)
-            start, history = picture_latents(models.vae, image, draws, settings.window)
-    return JobInputs(image, start, torch.zeros(0), prompts[texts[0]], negative_embedding, prompts, prefix=history)
+            start, history = picture_latents(models.vae, image, HistoryDraws.take(generator, hw, settings.window), settings.window)
+    return JobInputs(image, start, torch.zeros(0), prompts[texts[0]], negative_embedding, prompts, prefix=history, noise_state=generator.get_state())
 
 
 def skip_encoding_noise(generator: torch.Generator, inputs: JobInputs, window: int) -> None:
-    """Advance the job's generator past what ``encode`` drew from it (nothing for text-to-video)."""
-    if inputs.start_latent.any():
-        HistoryDraws.take(generator, tuple(inputs.start_latent.shape[-2:]), window)
+    """Continue the job's generator from where encoding left it (a resumed job and a fresh one see the same chunk noise)."""
+    generator.set_state(inputs.noise_state)
 
 
 def conditioning(prompt: PromptEmbedding, image_embeds: torch.Tensor, device, dtype) -> torch.Tensor:
@@ -305,6 +351,11 @@ def sample_pyramid(components: Components, velocity, noise: torch.Tensor, steps:
     return latents
 
 
+def pyramid_steps(components: Components, steps: int) -> int:
+    """A pyramid chunk takes ``steps`` steps in each of its resolution stages."""
+    return steps * components.scheduler_config["stages"]
+
+
 def skip_pyramid_noise(components: Components, generator: torch.Generator, shape: tuple[int, ...]) -> None:
     """Advance the generator past one pyramid chunk: its noise, then the block noise of every stage after the first."""
     torch.randn(shape, generator=generator)
@@ -326,15 +377,25 @@ def decode_chunk(components: Components, video: torch.Tensor, plan, section, pen
 
 
 class HeliosComponents(Components):
-    """Helios' models: UMT5 and its tokenizer, the Wan VAE, HeliosTransformer3DModel and the scheduler's config."""
+    """Helios' models: UMT5 and its tokenizer, the Wan VAE, HeliosTransformer3DModel and the scheduler's config.
+
+    Low-vram: UMT5 and the transformer stream layer by layer from host memory (diffusers' group
+    offloading, ``fpgen.offload.stream_module_layers``), UMT5 is dropped when encoding ends, before
+    the transformer loads (the two never share host memory), and the VAE decodes in tiles.
+    """
+
+    @property
+    def low_vram(self) -> bool:
+        return self.runtime.mode == "low-vram"
 
     def load_encoders(self) -> HeliosComponents:
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        resident = "cpu" if self.runtime.offload_encoders else self.runtime.device
         self.tokenizer = AutoTokenizer.from_pretrained(self.paths["tokenizer"])
         self.text_encoder = UMT5EncoderModel.from_pretrained(self.paths["text_encoder"], dtype=self.runtime.encoder_dtype, use_safetensors=True)
-        self.text_encoder = self.text_encoder.to(resident).eval().requires_grad_(False)
+        self.text_encoder = self.text_encoder.to("cpu" if self.low_vram else self._resident).eval().requires_grad_(False)
+        if self.low_vram:
+            stream_module_layers(self.text_encoder, self.runtime.device, containers=("encoder",))  # UMT5's layers are encoder.block
         return self.load_vae()
 
     def load_vae(self) -> HeliosComponents:
@@ -342,14 +403,21 @@ class HeliosComponents(Components):
 
         self.scheduler_config = HeliosScheduler.load_config(self.paths["scheduler"])
         vae = AutoencoderKLWan.from_pretrained(self.paths["vae"], torch_dtype=self.runtime.encoder_dtype, use_safetensors=True)
-        self.vae = vae.to("cpu" if self.runtime.offload_encoders else self.runtime.device).eval().requires_grad_(False)
+        if self.runtime.offload_encoders:
+            vae.enable_tiling()
+        self.vae = vae.to(self._resident).eval().requires_grad_(False)
         return self
 
     def load_transformer(self) -> HeliosComponents:
         from diffusers import HeliosTransformer3DModel
 
+        resident = "cpu" if self.low_vram else self.runtime.device
         model = HeliosTransformer3DModel.from_pretrained(self.paths["transformer"], torch_dtype=self.runtime.transformer_dtype, use_safetensors=True)
-        return self.use_transformer(model.to(self.runtime.device).eval().requires_grad_(False))
+        model = model.to(resident).eval().requires_grad_(False)
+        apply_loras(model, self.loras)
+        if self.low_vram:
+            stream_module_layers(model, self.runtime.device)
+        return self.use_transformer(model)
 
     def use_transformer(self, model: torch.nn.Module) -> HeliosComponents:
         self.transformer, self.blocks = model, TransformerPasses()
@@ -359,8 +427,13 @@ class HeliosComponents(Components):
     def encoding(self) -> Iterator:
         if self.text_encoder is None:
             self.load_encoders()
-        with self._visit(self.text_encoder), self._visit(self.vae):
+        streamed = self.low_vram
+        with on_device(self.text_encoder, self.runtime.device, self.runtime.offload_encoders and not streamed), self._visit(self.vae):
             yield self
+        if streamed:  # UMT5 leaves host memory before the transformer loads
+            self.text_encoder = None
+            gc.collect()
+            release_cached_memory(self.runtime.device)
 
 
 def nothing_pending(components, video, plan, done):
@@ -380,5 +453,5 @@ HELIOS_PARTS = Parts(
     skip_section_noise=skip_section_noise,
 )
 
-HELIOS_PYRAMID_PARTS = replace(HELIOS_PARTS, sample=sample_pyramid, skip_section_noise=skip_pyramid_noise)
+HELIOS_PYRAMID_PARTS = replace(HELIOS_PARTS, sample=sample_pyramid, skip_section_noise=skip_pyramid_noise, section_steps=pyramid_steps)
 HELIOS_ZERO_STAR_PARTS = replace(HELIOS_PYRAMID_PARTS, denoiser=partial(make_velocity, zero_star=True))

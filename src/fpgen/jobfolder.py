@@ -75,7 +75,7 @@ def save_inputs(path: Path, inputs: JobInputs) -> None:
         tensors |= _prompt_tensors(f"prompt.{i}", inputs.prompts[text])
     if inputs.negative is not None:
         tensors |= _prompt_tensors("negative", inputs.negative)
-    tensors |= {name: getattr(inputs, name) for name in ("end_latent", "prefix", "lead") if getattr(inputs, name) is not None}
+    tensors |= {name: getattr(inputs, name) for name in ("end_latent", "prefix", "lead", "noise_state") if getattr(inputs, name) is not None}
     tensors |= {f"keyframe.{boundary}": latent for boundary, latent in inputs.keyframes.items()}
     described = {"positive": inputs.positive, **({"negative": inputs.negative} if inputs.negative else {})}
     described |= {f"prompt.{i}": inputs.prompts[t] for i, t in enumerate(texts)}
@@ -102,6 +102,7 @@ def load_inputs(path: Path) -> JobInputs:
         keyframes={int(name.split(".")[1]): latent for name, latent in tensors.items() if name.startswith("keyframe.")},
         prefix=tensors.get("prefix"),
         lead=tensors.get("lead"),
+        noise_state=tensors.get("noise_state"),
     )
 
 

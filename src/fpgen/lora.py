@@ -21,6 +21,10 @@ Layouts:
   the few with no FramePack linear (the patch embedding) are skipped and reported.
 - LyCORIS LoHa (``hada_w1_a`` ...) and LoKr (``lokr_w1`` ...) under any of these names.
 
+Helios LoRAs are read in the diffusers/peft layout on the Helios transformer's own names
+(``transformer.blocks.0.attn1.to_q.lora_A.weight``); the block list a LoRA names (``LORA_KINDS``) tells a
+FramePack LoRA from a Helios one, so either on the other's model is refused before anything loads.
+
 Keys that fit no layout, and modules the model does not have, are errors: a LoRA that silently does
 nothing is the failure users report most.
 """
@@ -126,6 +130,8 @@ SUFFIXES = {
     ".hada_w1_a": "hada_w1_a", ".hada_w1_b": "hada_w1_b", ".hada_w2_a": "hada_w2_a", ".hada_w2_b": "hada_w2_b",
     ".lokr_w1": "lokr_w1", ".lokr_w1_a": "lokr_w1_a", ".lokr_w1_b": "lokr_w1_b", ".lokr_w2": "lokr_w2", ".lokr_w2_a": "lokr_w2_a", ".lokr_w2_b": "lokr_w2_b",
 }  # fmt: skip
+# The block lists of the transformers fpgen runs: a LoRA's module names say which kind of model it was made for
+LORA_KINDS = {"transformer_blocks.": "FramePack", "single_transformer_blocks.": "FramePack", "blocks.": "Helios"}
 
 
 @dataclass(frozen=True)
@@ -537,7 +543,7 @@ def check_fits(lora: Lora, model: torch.nn.Module, source: str) -> None:
     layers = dict(model.named_modules())
     missing = [name for name in lora.modules if not isinstance(layers.get(name), torch.nn.Linear)]
     if missing:
-        raise _unknown_keys_error(Path(source), missing, "the LoRA names modules this FramePack transformer does not have")
+        raise _unknown_keys_error(Path(source), missing, "the LoRA names modules this transformer does not have")
     for name, module in lora.modules.items():
         weight = layers[name].weight
         if module.shape != tuple(weight.shape):
@@ -561,9 +567,20 @@ def merge_lora(model: torch.nn.Module, lora: Lora, scale: float = 1.0) -> None:
         weight.copy_(merged.to(weight.dtype))
 
 
-def load_loras(choices: Iterable[LoraChoice | tuple[Lora, LoraChoice]]) -> list[tuple[Lora, LoraChoice]]:
-    """Read the files (those not read already) before any model is loaded, so a bad LoRA fails fast."""
-    return [item if isinstance(item, tuple) else (read_lora(item.path)[0], item) for item in choices]
+def check_kind(lora: Lora, source: str, kind: str) -> None:
+    """Refuse a LoRA made for another kind of model (``LORA_KINDS``), by its module names, before any model loads."""
+    other = sorted({made for name in lora.modules for prefix, made in LORA_KINDS.items() if name.startswith(prefix)} - {kind})
+    if other:
+        raise InputError(f"{source} is a {other[0]} LoRA; the model is a {kind} model", f"use a LoRA trained for {kind}, or drop --lora {source}")
+
+
+def load_loras(choices: Iterable[LoraChoice | tuple[Lora, LoraChoice]], kind: str | None = None) -> list[tuple[Lora, LoraChoice]]:
+    """Read the files (those not read already) before any model is loaded, so a bad LoRA (or one for another ``kind``) fails fast."""
+    loras = [item if isinstance(item, tuple) else (read_lora(item.path)[0], item) for item in choices]
+    if kind is not None:
+        for lora, choice in loras:
+            check_kind(lora, str(choice.path), kind)
+    return loras
 
 
 def lora_notes(loras: Iterable[tuple[Lora, LoraChoice]]) -> tuple[str, ...]:

@@ -296,17 +296,20 @@ def load_mapped_encoder(cls, path: Path, dtype: torch.dtype) -> torch.nn.Module:
     return model.eval()
 
 
-def stream_module_layers(module: torch.nn.Module, device: torch.device) -> None:
-    """Stream a transformers encoder (e.g. Llama) layer by layer with diffusers' group offloading.
+def stream_module_layers(module: torch.nn.Module, device: torch.device, containers: tuple[str, ...] = ()) -> None:
+    """Stream a model (Llama, UMT5, Helios' transformer) layer by layer with diffusers' group offloading.
 
-    It runs once per job, so its weights stay in ordinary memory (pinned on the fly, layer by
-    layer) instead of a second, pinned copy of 15 GB.
+    Its weights stay in ordinary memory (pinned on the fly, layer by layer) instead of a second,
+    pinned copy; the next layer is copied on a side stream on CUDA (on the CPU the hooks run as they
+    are, which the tests use). ``containers`` name children that hold the layer list deeper down
+    (UMT5's ``encoder``); a model's own layer lists are found by themselves.
     """
     from diffusers.hooks import apply_group_offloading
 
+    cuda = torch.device(device).type == "cuda"
     apply_group_offloading(
         module, onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="block_level",
-        num_blocks_per_group=1, use_stream=True, record_stream=True, low_cpu_mem_usage=True,
+        num_blocks_per_group=1, use_stream=cuda, record_stream=cuda, low_cpu_mem_usage=cuda, block_modules=list(containers) or None,
     )  # fmt: skip
 
 

@@ -6,6 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
+def same_steps(components, steps: int) -> int:
+    return steps
+
+
 @dataclass(frozen=True)
 class Parts:
     """The code a family brings to the engine's one section loop (see ``fpgen.framepack.FRAMEPACK_PARTS``)."""
@@ -19,3 +23,4 @@ class Parts:
     resume_pending: Callable  # (components, video, plan, sections done) -> what the next section's decode blends into
     skip_encoding_noise: Callable  # (generator, inputs, window): advance the job's generator past what encoding drew from it
     skip_section_noise: Callable  # (components, generator, noise shape): advance it past what one section drew (resuming)
+    section_steps: Callable = same_steps  # (components, --steps) -> sampler steps (progress events) one section takes

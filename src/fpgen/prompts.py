@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass
 
 from fpgen.errors import InputError
-from fpgen.geometry import section_seconds
 
 TIME_TAG = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*s\s*:\s*", re.IGNORECASE)
 
@@ -73,18 +72,18 @@ def parse_prompts(text: str) -> list[TimedPrompt]:
     return prompts
 
 
-def boundary(start: float, window: int) -> int:
-    """The section a prompt starting at ``start`` seconds takes over at: the nearest boundary, ties going later."""
-    return math.floor(start / section_seconds(window) + 0.5)
+def boundary(start: float, seconds: float) -> int:
+    """The section a prompt starting at ``start`` seconds takes over at (sections of ``seconds``): the nearest boundary, ties going later."""
+    return math.floor(start / seconds + 0.5)
 
 
-def section_prompts(prompts: list[TimedPrompt], count: int, window: int) -> tuple[list[str], list[str]]:
-    """The prompt of each new section in time order, and warnings about prompts that never apply.
+def section_prompts(prompts: list[TimedPrompt], count: int, seconds: float) -> tuple[list[str], list[str]]:
+    """The prompt of each new section in time order (sections of ``seconds``, the family's), and warnings about prompts that never apply.
 
     The first prompt also covers any time before its tag; a later prompt snapped to the same boundary
     as an earlier one replaces it, and one snapped past the end is not used.
     """
-    starts = [0] + [boundary(p.start, window) for p in prompts[1:]]
+    starts = [0] + [boundary(p.start, seconds) for p in prompts[1:]]
     owners = [max(i for i, first in enumerate(starts) if first <= slot) for slot in range(count)]
     warnings = []
     for i, prompt in enumerate(prompts):
@@ -94,10 +93,10 @@ def section_prompts(prompts: list[TimedPrompt], count: int, window: int) -> tupl
     return [prompts[i].text for i in owners], warnings
 
 
-def describe(prompts: list[str], window: int) -> list[str]:
+def describe(prompts: list[str], seconds: float) -> list[str]:
     """One line per prompt change: where it takes over, in seconds and section."""
     lines = []
     for slot, text in enumerate(prompts):
         if slot == 0 or text != prompts[slot - 1]:
-            lines.append(f"from {slot * section_seconds(window):.2f}s (section {slot + 1}): {text!r}")
+            lines.append(f"from {slot * seconds:.2f}s (section {slot + 1}): {text!r}")
     return lines

@@ -88,7 +88,7 @@ def start_job(components: Components, job: Job, preview: Path | None) -> tuple[S
     frame_offset = pictures.tail.frame_offset if pictures.tail is not None else 0
     sink = job_sink(job, folder, preview, frame_offset, inputs)
     if pictures.tail is not None:  # before the job exists: a resumed job always has the given video's frames
-        sink.write(head_frames(pictures.tail, settings.window), 0)
+        sink.write(head_frames(pictures.tail, settings.window, components.family.sections.tail), 0)
     folder.create(job.spec.options(), inputs, job.plan.order, frame_offset, job.rate.step)
     return sink, inputs
 

@@ -1,4 +1,4 @@
-"""MP4 in and out through the ffmpeg that imageio-ffmpeg ships: libx264, yuv420p, CRF, 30 fps.
+"""MP4 in and out through the ffmpeg that imageio-ffmpeg ships: libx264, yuv420p, CRF, the family's frame rate (30 fps by default).
 
 Nothing the user chose passes through ffmpeg's own syntax: every path goes to ffmpeg as ``file:``
 and an absolute path (so ``a:b.mp4`` is not read as a protocol), the concat list names links with

@@ -123,7 +123,7 @@ class JobProgress(LiveDisplay):
         if isinstance(event, SectionStarted):
             self._section_started(event)
         elif isinstance(event, StepDone) and self.progress:
-            self.progress.update(self.task, completed=event.section.index * self.steps + event.step)
+            self.progress.update(self.task, total=self.sections * event.steps, completed=event.section.index * event.steps + event.step)
         elif isinstance(event, SectionDone):
             self._section_done(event)
 

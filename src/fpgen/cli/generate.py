@@ -131,7 +131,7 @@ def generate(
     ),  # fmt: skip
     quantize: str | None = typer.Option(
         None, "--quantize", metavar="int8|fp8|nf4|auto", help="Store the transformer blocks' weights quantized (weight-only, needs fpgen[quantize]): int8 is closest to bf16, "
-        "nf4 smallest; auto picks the least lossy one that keeps the transformer on the GPU, none when bf16 fits. Output is no longer the official one.", show_default=False,
+        "nf4 smallest on disk; auto picks int8 when it keeps the transformer on the GPU and bf16 does not (the only kind measured to lower the GPU peak). Output is no longer the official one.", show_default=False,
     ),  # fmt: skip
     dtype: str = typer.Option("auto", "--dtype", help="Transformer compute dtype: auto (bf16 on CUDA, float32 on CPU), bfloat16 or float32."),
     preview: bool = typer.Option(False, "--preview", help="Keep <output>.partial.mp4 playable with everything made so far, updated after each section (framepack makes the end first: the preview is the video's tail).", rich_help_panel=LONG),

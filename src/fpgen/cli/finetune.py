@@ -20,6 +20,8 @@ Examples:
 
   fpgen finetune clips/ --cache-only
 
+  fpgen finetune pairs/ --one-frame -o runs/smile --max-steps 500   (then: fpgen edit face.png -p "she smiles" --lora runs/smile/lora.safetensors)
+
   fpgen finetune demo/train -o runs/scratch --full --model-dir hub --ema 0.999 --caption-dropout 0.1 --history 1,0,0
 
   accelerate launch -m fpgen finetune clips/ -o runs/full --full --learning-rate 1e-5
@@ -41,6 +43,7 @@ def finetune(
     resolution: int = typer.Option(640, "--resolution", help="Size bucket class; each clip is resized and centre-cropped to its nearest bucket."),
     window: int = typer.Option(9, "--window", help="Latent frames per section (9 = 33 video frames), as in generation."),
     max_sections: int | None = typer.Option(None, "--max-sections", help="Use at most this many sections of each clip (its start)."),
+    one_frame: bool = typer.Option(False, "--one-frame", help="Train a LoRA for `fpgen edit` from picture pairs: DATA holds NAME.png, NAME.target.png (the edit) and NAME.txt (its prompt)."),
     holdout: int = typer.Option(0, "--holdout", help="Clips kept out of training; their loss is logged to eval.jsonl."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the latents and embeddings are cached [default: .fpgen-cache next to DATA]."),
     cache_only: bool = typer.Option(False, "--cache-only", help="Only encode the clips and captions into the cache, then stop."),

@@ -29,7 +29,7 @@ from fpgen.loading import Components
 from fpgen.runtime import RuntimePlan
 from fpgen.pixels import to_pixels
 from fpgen.tensorfile import save_tensors
-from fpgen.training.data import Clip, ClipFrames, UnreadableClip, clip_size, read_clip
+from fpgen.training.data import Clip, ClipFrames, UnreadableClip, clip_size, read_clip, read_pair
 
 CACHE_VERSION = 2
 READ_AHEAD = 4  # clips read ahead of the encoders
@@ -50,7 +50,7 @@ class CacheSettings:
 @dataclass(frozen=True)
 class CachedClip:
     clip: Clip
-    video: Path  # latents (1, 16, T, h, w) float32, start_latent (1, 16, 1, h, w), image_embeds (1, N, E)
+    video: Path  # latents (1, 16, T, h, w) float32 (a pair: target_latent (1, 16, 1, h, w)), start_latent (1, 16, 1, h, w), image_embeds (1, N, E)
     text: Path  # prompt_embeds (1, tokens, D) and pooled (1, P)
     size: tuple[int, int]
     sections: int
@@ -141,6 +141,10 @@ class _Encoders:
             tensors["latents"] = self._latents(frames, tiled=True)
         return tensors
 
+    def encode_pair(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
+        """A ``--one-frame`` pair's entry: the source as ``encode_picture`` makes a start picture, and the target encoded alone."""
+        return {**self.encode_picture(frames[:1]), "target_latent": self._latents(frames[1:2], tiled=False)}
+
 
 def _text_entry(cache_dir: Path, caption: str, text_id: str) -> Path:
     return cache_dir / "text" / f"{_digest({'v': CACHE_VERSION, 'caption': caption, 'encoders': text_id})}.safetensors"
@@ -166,7 +170,11 @@ class _Read:
 
 def _read_ahead(clip: Clip, settings: CacheSettings, cache_dir: Path, video_id: str) -> _Read:
     """Everything of a clip's entry that needs no encoder; raises ``UnreadableClip``."""
-    size = clip_size(clip.video, settings.size, settings.resolution)
+    size = clip_size(clip, settings.size, settings.resolution)
+    if clip.target is not None:
+        key = {"v": CACHE_VERSION, "source": file_digest(clip.video), "target": file_digest(clip.target), "size": size, "encoders": video_id}
+        entry = cache_dir / "pair" / f"{_digest(key)}.safetensors"
+        return _Read(entry, size, None if entry.is_file() else read_pair(clip, size))
     key = {"v": CACHE_VERSION, "video": file_digest(clip.video), "size": size, "window": settings.window,
            "max_sections": settings.max_sections, "encoders": video_id}  # fmt: skip
     entry = cache_dir / "video" / f"{_digest(key)}.safetensors"
@@ -178,7 +186,8 @@ def _video_entry(clip: Clip, read: _Read, encoders: _Encoders) -> None:
     if read.frames is None:
         encoders.report.videos_reused += 1
         return
-    tensors = encoders.encode_picture(read.frames.frames) if read.frames.sections else {}
+    encode = encoders.encode_pair if clip.target is not None else encoders.encode_picture
+    tensors = encode(read.frames.frames) if read.frames.sections else {}
     save_tensors(read.entry, tensors, {"sections": str(read.frames.sections), "fps": str(read.frames.fps), "source": clip.name})
     encoders.report.videos_encoded += 1
 

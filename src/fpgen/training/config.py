@@ -40,6 +40,7 @@ class TrainConfig:
     window: int = 9
     max_sections: int | None = None
     holdout: int = 0
+    one_frame: bool = False  # DATA is picture pairs; each trains one latent frame in fpgen edit's context
     cache_dir: Path | None = None
     # optimisation
     max_steps: int = 1000
@@ -115,6 +116,8 @@ class TrainConfig:
             (self.eval_every >= 0, f"--eval-every must not be negative (got {self.eval_every})", "0 evaluates at the start and the end only"),
             (self.validate_every >= 0, f"--validate-every must not be negative (got {self.validate_every})", "0 disables validation videos"),
             (self.validate_every == 0 or self.validation_image is not None, "--validate-every needs --validation-image", "give the start picture of the validation video"),
+            (not (self.one_frame and self.validate_every), "--validate-every makes videos, which --one-frame does not train for", "check the LoRA with fpgen edit --lora instead"),
+            (not (self.one_frame and self.history != FULL_HISTORY), "--history does not apply to --one-frame", "one-frame samples use fpgen edit's history slots; leave out --history"),
             (self.validation_seconds > 0 and self.validation_steps >= 1, "--validation-seconds and --validation-steps must be positive", "e.g. --validation-seconds 2 --validation-steps 25"),
         ]  # fmt: skip
         for ok, message, hint in checks:

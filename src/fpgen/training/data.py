@@ -4,6 +4,10 @@ DATA is a folder of videos with same-named ``.txt`` captions (searched recursive
 or CSV file of ``{video, caption}`` (paths relative to that file). Each clip is resized and
 centre-cropped to its size bucket (or ``--size``) like a generation's start picture, and cut to
 ``1 + 4*window*k`` frames: the start frame plus ``k`` whole sections.
+
+With ``--one-frame`` DATA is a folder of picture pairs for one-frame edits: ``NAME.png`` (the
+source, any of PICTURE_EXTENSIONS), ``NAME.target.png`` (the edited picture, same size) and
+``NAME.txt`` (the edit's prompt). Each pair is one clip of one section whose target is one frame.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from fpgen.buckets import pick_bucket, resize_and_center_crop
+from fpgen.buckets import load_image, pick_bucket, resize_and_center_crop
 from fpgen.errors import InputError
 from fpgen.video import read_mp4
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+TARGET_SUFFIX = ".target"  # NAME.target.png is NAME.png edited
 CACHE_FOLDER = ".fpgen-cache"
 
 
@@ -33,6 +39,7 @@ class Clip:
     video: Path
     caption: str
     name: str  # how the clip is called in messages: its path relative to DATA
+    target: Path | None = None  # --one-frame: the edited picture (``video`` is then the source picture)
 
 
 @dataclass(frozen=True)
@@ -84,9 +91,48 @@ def _from_table(path: Path) -> list[Clip]:
     return clips
 
 
-def discover_clips(data: Path) -> list[Clip]:
-    """Every clip of DATA, in a stable order; an error if there are none or one lacks its caption."""
+def _picture_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the picture's header, without decoding it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError):
+        raise InputError(f"cannot read {path} as a picture", "pass PNG, JPEG or WebP pictures") from None
+
+
+def discover_pairs(folder: Path) -> list[Clip]:
+    """Every (source, target, caption) pair of a ``--one-frame`` folder; one-line errors for incomplete or mismatched pairs."""
+    if not folder.is_dir():
+        raise InputError(f"--one-frame needs a folder of picture pairs, and {folder} is not one", "put NAME.png, NAME.target.png and NAME.txt side by side in a folder")
+    pictures = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PICTURE_EXTENSIONS and CACHE_FOLDER not in p.parts)
+    targets = {p.with_suffix("").with_suffix(""): p for p in pictures if p.stem.endswith(TARGET_SUFFIX)}
+    pairs = []
+    for source in (p for p in pictures if not p.stem.endswith(TARGET_SUFFIX)):
+        name, target = str(source.relative_to(folder)), targets.pop(source.with_suffix(""), None)
+        if target is None:
+            raise InputError(f"{name} has no target picture", f"add {source.stem}{TARGET_SUFFIX}{source.suffix} (the edited picture) next to it, or remove it")
+        caption = _caption_of(source)
+        if caption is None:
+            raise InputError(f"{name} has no caption", f"write the edit's prompt in {source.with_suffix('.txt').name}")
+        if _picture_size(source) != _picture_size(target):
+            (sw, sh), (tw, th) = _picture_size(source), _picture_size(target)
+            raise InputError(f"{name} is {sw}x{sh} but its target {target.name} is {tw}x{th}", "a pair's two pictures must have the same size")
+        pairs.append(Clip(source, caption, name, target))
+    if targets:
+        orphan = next(iter(targets.values()))
+        raise InputError(f"{orphan.relative_to(folder)} has no source picture", f"add {orphan.name.replace(TARGET_SUFFIX, '', 1)} next to it, or remove it")
+    if not pairs:
+        raise InputError(f"no picture pairs found in {folder}", "expected NAME.png, NAME.target.png and NAME.txt (PNG, JPEG or WebP)")
+    return pairs
+
+
+def discover_clips(data: Path, one_frame: bool = False) -> list[Clip]:
+    """Every clip of DATA (picture pairs with ``one_frame``), in a stable order; an error if there are none or one lacks its caption."""
     data = Path(data).expanduser()
+    if one_frame:
+        return discover_pairs(data)
     if data.is_dir():
         clips = _from_folder(data)
     elif data.is_file() and data.suffix.lower() in (".jsonl", ".csv"):
@@ -118,10 +164,18 @@ def probe_video(path: Path) -> tuple[int, int]:
     return height, width
 
 
-def clip_size(path: Path, size: tuple[int, int] | None, resolution: int) -> tuple[int, int]:
+def clip_size(clip: Clip, size: tuple[int, int] | None, resolution: int) -> tuple[int, int]:
     if size is not None:
         return size
-    return pick_bucket(*probe_video(path), resolution)
+    if clip.target is not None:
+        width, height = _picture_size(clip.video)
+        return pick_bucket(height, width, resolution)
+    return pick_bucket(*probe_video(clip.video), resolution)
+
+
+def read_pair(clip: Clip, size: tuple[int, int]) -> ClipFrames:
+    """A pair as a two-frame clip of one section: the source picture, then the target, both bucketed."""
+    return ClipFrames(np.stack([resize_and_center_crop(load_image(path), *size) for path in (clip.video, clip.target)]), 0.0, 1)
 
 
 def usable_sections(frames: int, window: int, max_sections: int | None) -> int:

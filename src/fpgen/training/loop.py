@@ -50,7 +50,7 @@ def train(config: TrainConfig, resume: bool = False, on_event: Listener | None =
         # -- the data, the model's files and the devices: bad ones fail before any folder is made
         cuda = setup.wants_cuda(config)
         precision = setup.precision(config, cuda)
-        clips, files = discover_clips(config.data), setup.model_files(config)
+        clips, files = discover_clips(config.data, config.one_frame), setup.model_files(config)
         accelerator, tracking = setup.make_accelerator(config, cuda, precision)
         main = accelerator.is_main_process
         log = RunLog(output, on_event, accelerator if tracking else None) if main else SilentLog(output, None)

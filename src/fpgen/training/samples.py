@@ -9,6 +9,10 @@ exactly as at inference (teacher forcing).
 The start latent (frame 0, in the start slot and, for F1, as the first frame of history) is the
 first frame encoded alone, as generation encodes its picture, not the clip's first latent.
 
+A ``--one-frame`` pair (its entry has a ``target_latent``) is one sample: the target latent is the
+one-frame window and the context is exactly the one ``fpgen edit`` packs by default
+(``one_frame_context``), so a LoRA trained on pairs is used by edit as it was trained.
+
 The order is a pure function of the seed: epoch ``e`` shuffles the samples with a generator seeded
 from (seed, e), groups them by layout (size and padding: only those can share a batch), and
 shuffles the batches. Micro-batch ``n`` of the run is batch ``n`` of that endless stream, so a
@@ -24,8 +28,9 @@ from pathlib import Path
 
 import torch
 
+from fpgen.edit import SLOTS
 from fpgen.geometry import FULL_HISTORY
-from fpgen.packing import PackedContext, limit_history, pack_section, window_bounds
+from fpgen.packing import PackedContext, limit_history, pack_one_frame, pack_section, window_bounds
 from fpgen.plan import Order, Section, plan_sections
 from fpgen.tensorfile import load_tensors
 from fpgen.training.cache import CachedClip
@@ -125,10 +130,14 @@ def build_batch(
     for number, ref in enumerate(refs):
         clip = clips[ref.clip]
         video = load(clip.video)
-        latents = torch.cat([video["start_latent"], video["latents"][:, :, 1:]], dim=2)  # the start latent as generation makes it
-        begin, end = window_bounds(ref.section.slot, window)
-        targets.append(latents[:, :, begin:end])
-        contexts.append(limit_history(pack_section(order, latents, ref.section, window), history, order))
+        if "target_latent" in video:
+            targets.append(video["target_latent"])
+            contexts.append(one_frame_context(video["start_latent"], window))
+        else:
+            latents = torch.cat([video["start_latent"], video["latents"][:, :, 1:]], dim=2)  # the start latent as generation makes it
+            begin, end = window_bounds(ref.section.slot, window)
+            targets.append(latents[:, :, begin:end])
+            contexts.append(limit_history(pack_section(order, latents, ref.section, window), history, order))
         texts.append(load(captions[number] if captions else clip.text))
         images.append(video["image_embeds"])
     context = PackedContext(
@@ -138,6 +147,11 @@ def build_batch(
         torch.cat([c.clean_4x for c in contexts]),
     )
     return Batch(torch.cat(targets), context, collate_conditioning(texts, images))
+
+
+def one_frame_context(start: torch.Tensor, window: int) -> PackedContext:
+    """``fpgen edit``'s default context without a reference (``EditSpec.target``, ``EditSpec.slots``): target index ``window``, every history slot, blank."""
+    return pack_one_frame(start, window, window, frozenset(SLOTS))
 
 
 def cache_entry(path: Path) -> dict[str, torch.Tensor]:

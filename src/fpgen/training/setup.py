@@ -32,7 +32,10 @@ from fpgen.training.samples import SampleOptions, seeded
 
 
 def model_files(config: TrainConfig) -> ModelFiles:
-    return find_model(config.model, config.model_dir)
+    files = find_model(config.model, config.model_dir)
+    if config.one_frame and files.spec.order != "inverted":
+        raise InputError(f"--one-frame trains for fpgen edit, which needs the original FramePack model; {config.model} makes its sections forwards", "use --model framepack")
+    return files
 
 
 # ---------------------------------------------------------------------------------------------- precision and accelerate
@@ -107,7 +110,7 @@ def cache_only(config: TrainConfig, on_event: Listener | None = None) -> tuple[l
     """``--cache-only``: fill the cache and stop (one process; the encoders run on --device)."""
     config.validate()
     device, transformer_dtype, encoder_dtype = choose_device(config.device)
-    cached, _, report = cache_data(config, discover_clips(config.data), model_files(config), RuntimePlan(device, transformer_dtype, encoder_dtype), on_event or ignore)
+    cached, _, report = cache_data(config, discover_clips(config.data, config.one_frame), model_files(config), RuntimePlan(device, transformer_dtype, encoder_dtype), on_event or ignore)
     return cached, report
 
 
@@ -154,7 +157,7 @@ def build_trainee(config: TrainConfig, accelerator, transformer_path: Path, tran
     objective, optimizer = accelerator.prepare(FlowMatchingLoss(transformer, config.guidance), make_optimizer(adapters.trainable_parameters(transformer), config))
     # Stepped once per optimizer step here (accelerate's wrapper would step it once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps, config.lr_scheduler))
-    info = json.dumps({"base_model": config.model, "order": order, "window": config.window, "rank": config.rank, "alpha": config.lora_alpha, "guidance": config.guidance})
+    info = json.dumps({"base_model": config.model, "order": order, "window": config.window, "rank": config.rank, "alpha": config.lora_alpha, "guidance": config.guidance, "one_frame": config.one_frame})
     counter = StepCounter(accelerator.num_processes, config.grad_accum)
     ema = Ema({n: p for n, p in transformer.named_parameters() if p.requires_grad}, config.ema) if config.ema else None  # after prepare: on the device
     return Trainee(transformer, objective, optimizer, scheduler, counter, trained, config.full, config.lora_alpha, info, ema)

@@ -75,8 +75,13 @@ def test_pair_sample_is_edits_context(cli, tiny_models, pair_data):
 
 
 def test_training_fits_the_pair_and_edit_uses_the_lora(cli, tiny_models, pair_data, tmp_path):
-    """60 steps lower the pair's fixed-noise loss; the written LoRA loads in `fpgen edit --lora` and changes its picture."""
-    ran = cli("finetune", pair_data, "--one-frame", "-o", tmp_path / "run", *TINY, "--rank", "4", "--lr", "2e-3", "--max-steps", "60", "--save-every", "1000", "--json")
+    """20 steps lower the pair's fixed-noise loss; the written LoRA loads in `fpgen edit --lora` and changes its picture."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model is overhead-bound: threads only contend (as in test_finetune)
+    try:
+        ran = cli("finetune", pair_data, "--one-frame", "-o", tmp_path / "run", *TINY, "--rank", "4", "--lr", "5e-3", "--max-steps", "20", "--save-every", "1000", "--json")
+    finally:
+        torch.set_num_threads(threads)
     assert ran.returncode == 0, ran.stderr
     weights = json.loads(ran.stdout)["weights"]
     lora, _ = read_lora(weights)
@@ -87,14 +92,14 @@ def test_training_fits_the_pair_and_edit_uses_the_lora(cli, tiny_models, pair_da
     merge_lora(trained, lora)
     before = evaluation_loss(FlowMatchingLoss(base, 1.0), [batch], 3.0, 0)
     after = evaluation_loss(FlowMatchingLoss(trained, 1.0), [batch], 3.0, 0)
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.8 * before, (before, after)  # 0.70 measured
 
     edit = ("edit", pair_data / "face.png", "-p", "inverted colours", *TINY, "--steps", "2", "--seed", "3")
     assert cli(*edit, "-o", "plain.png").returncode == 0
     ran = cli(*edit, "--lora", weights, "-o", "lora.png")
     assert ran.returncode == 0, ran.stderr
     plain, edited = (np.asarray(Image.open(tmp_path / name), dtype=np.float32) for name in ("plain.png", "lora.png"))
-    assert np.abs(plain - edited).mean() > 1.0
+    assert np.abs(plain - edited).mean() > 5.0  # 20.5 of 255 measured
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from helpers import assert_one_line_error
 
 from fpgen.buckets import load_image, resize_and_center_crop
 from fpgen.conditioning import encode_latents
-from fpgen.edit import SLOTS
+from fpgen.edit import SLOTS, EditSpec
 from fpgen.errors import ExitCode
 from fpgen.lora import merge_lora, read_lora
 from fpgen.packing import pack_one_frame
@@ -62,6 +62,8 @@ def test_pair_sample_is_edits_context(cli, tiny_models, pair_data):
     ran = cli("finetune", pair_data, "--one-frame", "--cache-only", *TINY, "--json")
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["clips"] == 1
+    edit_defaults = EditSpec(pair_data / "face.png", pair_data / "unused.png")
+    assert (edit_defaults.target(9), edit_defaults.slots) == (9, frozenset(SLOTS))  # what one_frame_context packs
     models = tiny_models("framepack")
     start = latent_of(models, pair_data / "face.png")
     batch = pair_batch(pair_data)

@@ -116,8 +116,8 @@ def discover_pairs(folder: Path) -> list[Clip]:
         caption = _caption_of(source)
         if caption is None:
             raise InputError(f"{name} has no caption", f"write the edit's prompt in {source.with_suffix('.txt').name}")
-        if _picture_size(source) != _picture_size(target):
-            (sw, sh), (tw, th) = _picture_size(source), _picture_size(target)
+        (sw, sh), (tw, th) = _picture_size(source), _picture_size(target)
+        if (sw, sh) != (tw, th):
             raise InputError(f"{name} is {sw}x{sh} but its target {target.name} is {tw}x{th}", "a pair's two pictures must have the same size")
         pairs.append(Clip(source, caption, name, target))
     if targets:

@@ -48,6 +48,7 @@ COMPARISONS = (  # (name, cell a, cell b): a - b, paired on input and seed
     ("packed-short/inverted", "inverted/packed", "inverted/short"),
     ("packed-short/forward", "forward/packed", "forward/short"),
 )
+FROZEN_BELOW = 0.25  # a last section moving less than a quarter as much as the truth counts as frozen
 EDGE_SHARE = 0.15  # the paper's first and last 15% of frames
 GOLDEN_HUB = ROOT.parent / "shared" / "golden" / "hub"  # the tiny models in the --model-dir layout (the smoke run's default)
 
@@ -201,6 +202,7 @@ def video_metrics(frames: np.ndarray, truth: np.ndarray, frames_per_section: int
         "colour_drift_truth_last_section": float(section_means(colour_drift(truth), frames_per_section)[-1]),
         "sharpness_ratio_last_section": float(sections["sharpness_ratio"][-1]),
         "motion_error": motion_error(frames, truth),
+        "motion_ratio_last_section": float(sections["motion_ratio"][-1]),
     }
     return {"sections": {k: v.round(5).tolist() for k, v in sections.items()}, "summary": summary}
 
@@ -269,6 +271,7 @@ def run_study(args, inputs: list[tuple[str, str, int]], stills: Path) -> dict:
             del models
     for cell in cells.values():
         cell["mean"] = {key: float(np.mean([v["summary"][key] for v in cell["videos"]])) for key in cell["videos"][0]["summary"]}
+        cell["frozen"] = cell["mean"]["motion_ratio_last_section"] < FROZEN_BELOW  # the guard: such a cell's PSNR cannot count as a win
     return cells
 
 
@@ -302,7 +305,8 @@ def parse_args(argv: list[str] | None):
         parser.error(f"--models must be a model folder (got {args.models}); e.g. the demo hub .demo/hub, or --smoke for the tiny golden models")
     if args.sections < 2:
         parser.error("--sections must be at least 2 (the per-section slope needs two points)")
-    args.out = args.out or ROOT / "benchmarks" / "results" / f"drift-{datetime.date.today().isoformat()}.json"
+    name = f"drift-{'smoke-' if args.smoke else ''}{datetime.date.today().isoformat()}.json"  # a smoke run is never mistaken for the study
+    args.out = args.out or ROOT / "benchmarks" / "results" / name
     return args
 
 

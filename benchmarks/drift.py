@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -50,6 +51,8 @@ COMPARISONS = (  # (name, cell a, cell b): a - b, paired on input and seed
 )
 FROZEN_BELOW = 0.25  # a last section moving less than a quarter as much as the truth counts as frozen
 EDGE_SHARE = 0.15  # the paper's first and last 15% of frames
+STUDY = {"sections": 12, "paths": ",".join(PROMPTS), "seeds": "0,1", "size": "128x128", "steps": 25, "device": "auto"}
+SMOKE = {"sections": 2, "paths": "pan", "seeds": "0", "size": "64x64", "steps": 2, "device": "cpu"}
 GOLDEN_HUB = ROOT.parent / "shared" / "golden" / "hub"  # the tiny models in the --model-dir layout (the smoke run's default)
 
 
@@ -227,6 +230,7 @@ def plot(cells: dict, path: Path) -> str:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return "matplotlib is not installed: no plot (pip install fpgen[bench])"
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -236,6 +240,7 @@ def plot(cells: dict, path: Path) -> str:
             axis.plot(np.arange(1, len(curve) + 1), curve, marker="o", label=cell)
     for axis, label in zip(axes, ("PSNR vs ground truth (dB)", "SSIM vs ground truth")):
         axis.set_xlabel("section (time order)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     axes[0].legend()
@@ -255,8 +260,12 @@ def run_study(args, inputs: list[tuple[str, str, int]], stills: Path) -> dict:
     cells = {}
     with tempfile.TemporaryDirectory() as tmp:
         for order, model in ORDERS.items():
-            models = fpgen.load_models(model, model_dir=args.models, device=args.device)
+            loaded = {}  # model folder -> this order's models, loaded once
             for history_name, history in HISTORIES.items():
+                folder = args.short_models if history_name == "short" and args.short_models else args.models
+                if folder not in loaded:
+                    loaded[folder] = fpgen.load_models(model, model_dir=folder, device=args.device)
+                models = loaded[folder]
                 cell = cells.setdefault(f"{order}/{history_name}", {"model": model, "history": list(history), "videos": []})
                 for still, kind, seed in inputs:
                     settings = fpgen.Settings(prompt=PROMPTS[kind], seconds=args.sections * 4 * args.window / data.FPS, seed=seed, steps=args.steps,
@@ -268,7 +277,7 @@ def run_study(args, inputs: list[tuple[str, str, int]], stills: Path) -> dict:
                     result = video_metrics(video, truths[(still, kind, seed)], 4 * args.window)
                     cell["videos"].append({"still": still, "path": kind, "seed": seed, "seconds": round(time.perf_counter() - started, 2), **result})
                     print(f"{order}/{history_name} {still} {kind} seed {seed}: PSNR {result['summary']['psnr_mean']:.2f} dB", file=sys.stderr)
-            del models
+            del loaded, models
     for cell in cells.values():
         cell["mean"] = {key: float(np.mean([v["summary"][key] for v in cell["videos"]])) for key in cell["videos"][0]["summary"]}
         cell["frozen"] = cell["mean"]["motion_ratio_last_section"] < FROZEN_BELOW  # the guard: such a cell's PSNR cannot count as a win
@@ -278,35 +287,39 @@ def run_study(args, inputs: list[tuple[str, str, int]], stills: Path) -> dict:
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, help="model folder in the --model-dir layout holding both orders' transformers (--smoke: the tiny golden models)")
+    parser.add_argument("--short-models", type=Path, help="model folder trained with --history 1,0,0 for the short cells (default: --models, an inference-only ablation)")
     parser.add_argument("--stills", type=Path, default=ROOT / ".demo" / "data" / "stills", help="folder with the held-out stills (fetched with demo/data.py's pip download when missing)")
-    parser.add_argument("--sections", type=int, default=12)
-    parser.add_argument("--paths", default="pan,wobble,zoom", help=f"comma-separated camera paths: {', '.join(PROMPTS)}")
-    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds; each also draws the view over the still")
-    parser.add_argument("--size", default="128x128", help="HEIGHTxWIDTH of the videos")
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--sections", type=int, help="sections per video (study 12, smoke 2)")
+    parser.add_argument("--paths", help=f"comma-separated camera paths: {', '.join(PROMPTS)} (study all, smoke pan)")
+    parser.add_argument("--seeds", help="comma-separated seeds, each also drawing the view over the still (study 0,1, smoke 0)")
+    parser.add_argument("--size", help="HEIGHTxWIDTH of the videos (study 128x128, smoke 64x64)")
+    parser.add_argument("--steps", type=int, help="sampling steps (study 25, smoke 2)")
     parser.add_argument("--window", type=int, default=data.WINDOW, help="latent frames per section")
     parser.add_argument("--distilled-guidance", type=float, default=1.0, help="the demo model is trained with guidance 1")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--smoke", action="store_true", help="CPU check of the harness: 2 videos per cell, 64x64, 2 sections, 2 steps")
-    parser.add_argument("--out", type=Path, help="JSON to write (default benchmarks/results/drift-<date>.json); the PNG goes beside it")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (study auto, smoke cpu)")
+    parser.add_argument("--smoke", action="store_true", help="CPU check of the harness: 2 videos per cell, 64x64, 2 sections, 2 steps, the tiny golden models")
+    parser.add_argument("--out", type=Path, help="JSON to write (default benchmarks/results/drift[-smoke]-<date>.json); the PNG goes beside it")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    if args.smoke:
-        args.models = args.models or GOLDEN_HUB
-        args.sections, args.paths, args.seeds, args.size, args.steps, args.device = 2, "pan", "0", "64x64", 2, "cpu"
-    try:
-        args.size = tuple(int(v) for v in args.size.lower().split("x"))
-        args.seeds = [int(v) for v in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--size must be HEIGHTxWIDTH and --seeds integers (got {args.size!r}, {args.seeds!r})")
+    for name, value in ({**SMOKE, "models": GOLDEN_HUB} if args.smoke else STUDY).items():  # given options win over the run's defaults
+        setattr(args, name, value if getattr(args, name) is None else getattr(args, name))
+    size = re.fullmatch(r"(\d+)x(\d+)", args.size.lower())
+    if not size or int(size[1]) % 16 or int(size[2]) % 16 or not re.fullmatch(r"\d+(,\d+)*", args.seeds):
+        parser.error(f"--size must be HEIGHTxWIDTH in multiples of 16 and --seeds integers (got {args.size!r}, {args.seeds!r})")
+    args.size, args.seeds = (int(size[1]), int(size[2])), [int(v) for v in args.seeds.split(",")]
     args.paths = args.paths.split(",")
     if unknown := [p for p in args.paths if p not in PROMPTS]:
         parser.error(f"unknown --paths {','.join(unknown)}: use {', '.join(PROMPTS)}")
     if args.models is None or not args.models.is_dir():
         parser.error(f"--models must be a model folder (got {args.models}); e.g. the demo hub .demo/hub, or --smoke for the tiny golden models")
+    if args.short_models is not None and not args.short_models.is_dir():
+        parser.error(f"--short-models must be a model folder (got {args.short_models})")
     if args.sections < 2:
         parser.error("--sections must be at least 2 (the per-section slope needs two points)")
     name = f"drift-{'smoke-' if args.smoke else ''}{datetime.date.today().isoformat()}.json"  # a smoke run is never mistaken for the study
     args.out = args.out or ROOT / "benchmarks" / "results" / name
+    if args.out.exists() and not args.overwrite:
+        parser.error(f"{args.out} exists: pass --overwrite to replace it, or --out another file")
     return args
 
 
@@ -318,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     cells = run_study(args, inputs, stills)
     result = {
         "command": " ".join(sys.argv),
-        "models": str(args.models),
+        "models": str(args.models), "short_models": str(args.short_models or args.models),
         "size": list(args.size), "sections": args.sections, "steps": args.steps, "window": args.window,
         "distilled_guidance": args.distilled_guidance, "inputs": [list(i) for i in inputs], "smoke": args.smoke,
         "seconds": round(time.perf_counter() - started, 1),

@@ -94,3 +94,14 @@ def test_periodic_paths_come_back_to_the_start_view(kind):
     start, back = path[0], path[drift.data.SWAY_PERIOD]
     assert back == pytest.approx(start, abs=1e-9) and start == pytest.approx([0, 0, 1, 0])
     assert np.abs(path - start).max() > 0.5 if kind != "zoom" else np.abs(np.log(path[:, 2])).max() > 0.02
+
+
+def test_video_metrics_flag_a_frozen_copy_of_the_first_frame():
+    stripes = np.tile(np.sin(np.arange(256) / 4)[None, :, None] * 80 + 128, (32, 1, 3))
+    truth = np.stack([stripes[:, t : t + 32] for t in range(0, 34, 2)])  # 17 frames: the start and 2 sections of 8
+    frozen = drift.video_metrics(np.repeat(truth[:1], len(truth), 0), truth, 8)
+    exact = drift.video_metrics(truth, truth, 8)
+    assert len(exact["sections"]["psnr"]) == 2 and exact["summary"]["ssim_mean"] == pytest.approx(1.0)
+    assert exact["summary"]["motion_ratio_last_section"] == pytest.approx(1.0) and exact["summary"]["motion_error"] == 0
+    assert frozen["summary"]["motion_ratio_last_section"] < drift.FROZEN_BELOW
+    assert frozen["summary"]["psnr_contrast"] < 0 and frozen["summary"]["colour_drift_last_section"] == pytest.approx(0, abs=1e-9)

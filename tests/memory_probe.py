@@ -1,5 +1,6 @@
 """`fpgen ARGS` that also records its own memory to $FPGEN_MEMORY_LOG, one JSON object per line:
-``{"section_rss_kb": N}`` as each section is done, and ``{"peak_kb": N}`` at exit.
+``{"section_rss_kb": N}`` as each section is done (after glibc's malloc_trim, so freed heap pages the
+allocator keeps for reuse do not count), and ``{"peak_kb": N}`` at exit.
 
 Read from /proc/self/status inside the process, because the parent's view is skewed both ways:
 wait4's ru_maxrss includes the parent's resident size (exec records the old address space's peak,
@@ -8,6 +9,7 @@ at a random point of the next section's work.
 """
 
 import atexit
+import ctypes
 import json
 import os
 import re
@@ -18,6 +20,7 @@ from fpgen import events
 from fpgen.cli import main
 
 log = open(os.environ["FPGEN_MEMORY_LOG"], "w")
+libc = ctypes.CDLL("libc.so.6")
 
 
 def status_kb(field: str) -> int:
@@ -34,6 +37,7 @@ section_done = events.SectionDone.__init__
 
 def recording_section_done(self, *args, **kwargs):
     section_done(self, *args, **kwargs)
+    libc.malloc_trim(0)  # free heap pages go back to the system: what is left is what the process holds
     record(section_rss_kb=status_kb("VmRSS"))
 
 

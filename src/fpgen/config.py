@@ -9,7 +9,6 @@ each section's prompt. Below it nothing re-validates.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from fpgen.prompts import describe, parse_prompts, section_prompts
 from fpgen.registry import resolve_model
 from fpgen.retime import NATIVE, FrameRate, output_rate
 from fpgen.runtime import RuntimePlan, plan_runtime
-from fpgen.spec import JobSpec, Settings
+from fpgen.spec import JobSpec, Settings, check_new_file
 from fpgen.stepcache import DEFAULT_THRESHOLDS, StepCachePlan, calibration_key, read_calibration
 
 MIN_INTERPOLATED = 32  # ffmpeg's minterpolate makes no frame from a smaller picture (its 16-pixel blocks need neighbours)
@@ -212,17 +211,9 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
 
 def check_output_file(output: Path, overwrite: bool) -> None:
     """Refuse, before any work, an output that is not an MP4, exists already, or cannot be written."""
-    if output.suffix.lower() != ".mp4":
-        raise InputError(f"output {output} must end in .mp4", "e.g. -o video.mp4")
-    if output.is_dir():
-        raise InputError(f"output {output} is a folder", "name an .mp4 file with -o/--output")
-    if output.exists() and not overwrite:
-        raise InputError(f"{output} already exists", "choose another -o/--output, or pass --overwrite")
+    check_new_file(output, ".mp4", "video.mp4", overwrite)
     if not overwrite and not sidecar_is_ours(output):
         raise InputError(f"{sidecar_path(output)} exists and is not fpgen's metadata", "choose another -o/--output, or pass --overwrite")
-    parent = next((p for p in (output.parent, *output.parent.parents) if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write into {output.parent}", "choose an -o/--output in a folder you can write")
 
 
 def check_outputs(spec: JobSpec, overwrite: bool) -> None:

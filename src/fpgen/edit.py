@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fpgen.errors import InputError
-from fpgen.spec import RuntimeRequest, Settings
+from fpgen.spec import RuntimeRequest, Settings, check_new_file
 
 if TYPE_CHECKING:
     from fpgen.hub import ModelFiles
@@ -65,7 +65,7 @@ class EditSpec:
             raise InputError(f"--history {','.join(sorted(unknown))} is not a history slot", "use any of post,2x,4x, or none")
         if self.reference is not None and "post" in (self.history or ()):
             raise InputError("--reference takes the post slot's place", "leave post out of --history")
-        check_png_output(self.output, self.overwrite)
+        check_new_file(self.output, ".png", "edited.png", self.overwrite)
 
     @property
     def slots(self) -> frozenset[str]:
@@ -79,18 +79,6 @@ class EditSpec:
         settings = {k: v for k, v in self.settings.__dict__.items() if k in ("prompt", "negative_prompt", "seed", "steps", "distilled_guidance", "cfg", "window")}
         paths = {k: str(getattr(self, k)) if getattr(self, k) else None for k in ("image", "reference", "mask", "image_mask")}
         return {**paths, **settings, "target_index": self.target(self.settings.window or 9), "reference_index": self.reference_index, "history": sorted(self.slots), "model": self.model, "lora": list(self.lora)}
-
-
-def check_png_output(output: Path, overwrite: bool) -> None:
-    if output.suffix.lower() != ".png":
-        raise InputError(f"output {output} must end in .png", "e.g. -o edited.png")
-    if output.is_dir():
-        raise InputError(f"output {output} is a folder", "name a .png file with -o/--output")
-    if output.exists() and not overwrite:
-        raise InputError(f"{output} already exists", "choose another -o/--output, or pass --overwrite")
-    parent = next((p for p in (output.parent, *output.parent.parents) if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write into {output.parent}", "choose an -o/--output in a folder you can write")
 
 
 @dataclass(frozen=True)

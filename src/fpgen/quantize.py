@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 
 from fpgen.errors import InputError
+from fpgen.terminal import IMPORT_NOISE
 
 # Bytes per weight relative to bf16, scales included: per-row int8/fp8, NF4 in blocks of 64 with
 # 8-bit scalers in blocks of 256 (4 bits + 8/64 + 32/(64*256) bits).
@@ -35,7 +36,7 @@ def check_quantization_available() -> None:
 @contextmanager
 def _quiet_import():
     """torchao's import warns about every CUDA extension a CPU build of torch cannot load, and torch about its enums."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    loggers = [logging.getLogger(name) for name in IMPORT_NOISE]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -230,6 +231,20 @@ class JobSpec:
         if "keyframe" in values:
             values["keyframe"] = tuple(_absolute_keyframe(item) for item in ([values["keyframe"]] if isinstance(values["keyframe"], str) else values["keyframe"]))
         return cls(settings=Settings(**{k: values.pop(k) for k in SETTINGS_FIELDS if k in values}).validate(), **values)
+
+
+def check_new_file(output: Path, suffix: str, example: str, overwrite: bool) -> None:
+    """Refuse, before any work, an output path that is not a ``suffix`` file, exists already (unless
+    ``overwrite``) or lies where nothing can be written; ``example`` is a file name to suggest."""
+    if output.suffix.lower() != suffix:
+        raise InputError(f"output {output} must end in {suffix}", f"e.g. -o {example}")
+    if output.is_dir():
+        raise InputError(f"output {output} is a folder", f"name {'an' if suffix == '.mp4' else 'a'} {suffix} file with -o/--output")
+    if output.exists() and not overwrite:
+        raise InputError(f"{output} already exists", "choose another -o/--output, or pass --overwrite")
+    parent = next((p for p in (output.parent, *output.parent.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write into {output.parent}", "choose an -o/--output in a folder you can write")
 
 
 def _step_cache_from_legacy(values: dict) -> None:

@@ -22,3 +22,8 @@ def printable(text: str, keep_newlines: bool = False) -> str:
     """``text`` without escape sequences or control characters; newlines become spaces unless ``keep_newlines``."""
     text = _CONTROLS.sub("", _SEQUENCES.sub("", str(text)))
     return text if keep_newlines else text.replace("\n", " ")
+
+
+# Loggers that speak when transformers and diffusers import torchao (they do whenever it is installed, for
+# `--quantize`): its CUDA kernels missing on a CPU build, torch's notes on its enums. Nothing a user can act on.
+IMPORT_NOISE = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer", "transformers.quantizers.quantizer_torchao")

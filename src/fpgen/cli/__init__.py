@@ -19,6 +19,7 @@ from rich.markup import escape
 from fpgen._version import __version__
 from fpgen.errors import ExitCode, FpgenError
 from fpgen.signals import sigterm_as_interrupt
+from fpgen.terminal import IMPORT_NOISE
 
 app = typer.Typer(
     name="fpgen",
@@ -56,11 +57,6 @@ def _root(
 def main() -> None:
     """The console script."""
     sys.exit(run(sys.argv[1:]))
-
-
-# Loggers that speak when transformers and diffusers import torchao (they do whenever it is installed, for
-# `--quantize`): its CUDA kernels missing on a CPU build, torch's notes on its enums. Nothing a user can act on.
-IMPORT_NOISE = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer", "transformers.quantizers.quantizer_torchao")
 
 
 def run(argv: list[str]) -> int:

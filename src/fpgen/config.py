@@ -26,7 +26,7 @@ from fpgen.metadata import sidecar_is_ours, sidecar_path
 from fpgen.output import partial_path
 from fpgen.plan import SectionPlan, plan_sections, snap_keyframes
 from fpgen.prompts import describe, parse_prompts, section_prompts
-from fpgen.registry import resolve_model
+from fpgen.registry import MODELS, resolve_model
 from fpgen.retime import NATIVE, FrameRate, output_rate
 from fpgen.runtime import RuntimePlan, plan_runtime
 from fpgen.spec import JobSpec, Settings, check_new_file
@@ -89,12 +89,16 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     ``loaded`` (``fpgen.loading.Components``) supplies the model, runtime and LoRAs of models
     already loaded; ``picture`` a start picture given as an array instead of ``spec.image``.
     """
-    check_family_inputs(spec, loaded.family if loaded is not None else resolve_model(spec.model, spec.revision).family, picture is not None)
+    model = loaded.files.spec if loaded is not None else resolve_model(spec.model, spec.revision)
+    if spec.image is None and spec.extend is None and picture is None and model.example is not None:
+        spec = replace(spec, image=model.example)  # a shipped model's own picture: `fpgen generate --model demo` runs as it is
+    check_family_inputs(spec, model.family, picture is not None)
     files = loaded.files if loaded is not None else find_model(spec.model, spec.model_dir, revision=spec.revision)
     family = files.spec.family
     settings = spec.settings.complete(family.defaults)
     local = files.spec.transformer.local  # a local folder is recorded absolute: the job stays valid from any directory
-    spec = replace(spec, settings=settings, model=str(local.absolute()) if local is not None else spec.model)
+    recorded = str(local.absolute()) if local is not None and spec.model not in MODELS else spec.model  # a shipped model by its name
+    spec = replace(spec, settings=settings, model=recorded)
     folder = JobFolder(job_dir(spec.output))
     if folder.exists() and not overwrite and folder.options() == spec.options():
         return resolve_resume(folder.path, preview, loaded)

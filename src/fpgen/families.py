@@ -115,6 +115,7 @@ def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Parts 
 
 
 FRAMEPACK = Family("framepack", INVERTED)
+DEMO = Family("demo", INVERTED, defaults=Defaults(distilled_guidance=1.0, size=(128, 128)))  # trained at 128x128 with guidance 1 (demo/README.md)
 FRAMEPACK_F1 = Family("framepack-f1", FORWARD, color_match_after=30.0)  # F1's colours drift over long videos (peers.md: FramePack #535, #703)
 HELIOS = helios_family("helios")
 HELIOS_MID = helios_family("helios-mid", replace(HELIOS_DEFAULTS, steps=10), HELIOS_ZERO_STAR_PARTS)  # pyramid stages with CFG-zero*

@@ -93,7 +93,7 @@ def locate_model(spec: ModelSpec, model_dir: Path | None = None) -> dict[str, Pa
         size = f" (about {spec.download_gb:g} GB)" if spec.download_gb else ""
         if not status.present_folders:
             repos = ", ".join(dict.fromkeys(source.repo for source in spec.sources().values()))
-            raise ModelMissingError(f"model {spec.name!r} is not downloaded: none of {repos} is in {where}", f"run: {download_command(spec, model_dir)}{size}")
+            raise ModelMissingError(f"model {spec.name!r} is not downloaded: none of {repos} is in {where}", f"run: {download_command(spec, model_dir)}{size}; or see fpgen work now with the small model it ships: --model demo")
         raise ModelMissingError(f"model {spec.name!r} is not complete in {where} (missing {', '.join(status.missing)})", f"run: {download_command(spec, model_dir)}")
     return status.folders
 

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from fpgen.checkpoint import config_from_shapes, is_gguf, read_gguf_header, read_header, strip_prefix
 from fpgen.errors import InputError
-from fpgen.families import FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_DISTILLED, HELIOS_MID, Family, family_for_order
+from fpgen.families import DEMO, FRAMEPACK, FRAMEPACK_F1, HELIOS, HELIOS_DISTILLED, HELIOS_MID, Family, family_for_order
 from fpgen.plan import Order
 
 HUNYUAN_VIDEO = "hunyuanvideo-community/HunyuanVideo"
 FLUX_REDUX = "lllyasviel/flux_redux_bfl"
 TRANSFORMER_FILES = ("config.json", "diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.safetensors.index.json")
+DEMO_FOLDER = Path(__file__).parent / "demo_model"  # package data: a small FramePack trained by fpgen (demo/README.md);
+# its example.png is a held-out photograph (scikit-image's coffee.png, CC0), never trained on
 METADATA_FILE = "fpgen.json"  # written next to a full finetune: {"order": ..., "base_model": ...}
 
 
@@ -50,6 +52,7 @@ class ModelSpec:
     feature_extractor: Source = Source(FLUX_REDUX, "feature_extractor")
     scheduler: Source | None = None  # a family whose sampler is configured by the repo (Helios)
     download_gb: float | None = None  # what ``fpgen download`` fetches with nothing cached (README, Models and downloads)
+    example: Path | None = None  # the start picture a job without one takes (a shipped model's own)
 
     @property
     def order(self) -> Order:
@@ -68,7 +71,18 @@ def helios_spec(name: str, family: Family, repo: str, download_gb: float | None 
     )  # fmt: skip
 
 
+def packaged_spec(name: str, family: Family, folder: Path) -> ModelSpec:
+    """A model shipped inside fpgen: every component a folder of ``folder``, nothing to download."""
+    here = lambda component: Source(f"fpgen/{name}", component, local=folder / component)  # noqa: E731
+    return ModelSpec(
+        name, family, here("transformer"), text_encoder=here("text_encoder"), text_encoder_2=here("text_encoder_2"), tokenizer=here("tokenizer"),
+        tokenizer_2=here("tokenizer_2"), vae=here("vae"), image_encoder=here("image_encoder"), feature_extractor=here("feature_extractor"),
+        example=folder / "example.png",
+    )  # fmt: skip
+
+
 MODELS: dict[str, ModelSpec] = {
+    "demo": packaged_spec("demo", DEMO, DEMO_FOLDER),
     "framepack": ModelSpec("framepack", FRAMEPACK, Source("lllyasviel/FramePackI2V_HY", files=TRANSFORMER_FILES), download_gb=42.8),
     "framepack-f1": ModelSpec("framepack-f1", FRAMEPACK_F1, Source("lllyasviel/FramePack_F1_I2V_HY_20250503", files=TRANSFORMER_FILES), download_gb=42.8),
     "helios": helios_spec("helios", HELIOS, "BestWishYsh/Helios-Base"),

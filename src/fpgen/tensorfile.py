@@ -26,7 +26,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # processes filling one cache may write the same entry
     try:
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(partial), metadata=metadata)
         os.replace(partial, path)

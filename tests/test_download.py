@@ -99,7 +99,22 @@ def test_models_lists_presence_and_size_on_disk(downloaded):
     f1 = listing["framepack-f1"]
     assert not f1["complete"] and f1["missing"] == ["lllyasviel/FramePack_F1_I2V_HY_20250503"]
     assert f1["size_bytes"] == sum(map(len, golden_files(*FRAMEPACK_REPOS[1:]).values())) and f1["download_command"] == "fpgen download framepack-f1"
-    assert json.loads(proc.stdout)["total_bytes"] == listing["framepack"]["size_bytes"]
+    assert json.loads(proc.stdout)["total_bytes"] == listing["framepack"]["size_bytes"]  # the shipped demo is not in the cache's total
+    demo = listing["demo"]
+    assert demo["shipped"] and demo["complete"] and not listing["framepack"]["shipped"] and demo["download_command"] is None
+    assert 20e6 < demo["size_bytes"] < 40e6  # the package's weights, as demo/README.md records them
+
+
+def test_the_shipped_demo_downloads_nothing_and_runs_without_a_picture(tmp_path):
+    from fpgen.config import resolve
+    from fpgen.registry import MODELS
+    from fpgen.spec import JobSpec, Settings
+
+    proc = download(fpgen_env(tmp_path / "hf"), "demo", "--json")  # HF_HUB_OFFLINE=1: no network is needed at all
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"models": ["demo"], "download_bytes": 0, "shipped": True}, proc.stderr
+    job = resolve(JobSpec(tmp_path / "out.mp4", Settings(prompt="the camera zooms in", seconds=1.0), model="demo"))
+    assert job.spec.image == MODELS["demo"].example and job.pictures.size == (128, 128)  # the demo's picture and trained size
+    assert job.spec.model == "demo" and job.settings.distilled_guidance == 1.0  # recorded by name (portable); the family's guidance
 
 
 def test_generate_after_download_never_touches_the_network(downloaded, tmp_path):

@@ -58,6 +58,11 @@ class ModelSpec:
     def order(self) -> Order:
         return self.family.sections.name
 
+    @property
+    def shipped(self) -> bool:
+        """Every file inside fpgen itself (the demo): nothing to download, nothing in the cache."""
+        return all(source.local is not None for source in self.sources().values())
+
     def sources(self) -> dict[str, Source]:
         return {name: getattr(self, name) for name in self.family.components}
 
@@ -82,12 +87,12 @@ def packaged_spec(name: str, family: Family, folder: Path) -> ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "demo": packaged_spec("demo", DEMO, DEMO_FOLDER),
     "framepack": ModelSpec("framepack", FRAMEPACK, Source("lllyasviel/FramePackI2V_HY", files=TRANSFORMER_FILES), download_gb=42.8),
     "framepack-f1": ModelSpec("framepack-f1", FRAMEPACK_F1, Source("lllyasviel/FramePack_F1_I2V_HY_20250503", files=TRANSFORMER_FILES), download_gb=42.8),
     "helios": helios_spec("helios", HELIOS, "BestWishYsh/Helios-Base"),
     "helios-mid": helios_spec("helios-mid", HELIOS_MID, "BestWishYsh/Helios-Mid"),
     "helios-distilled": helios_spec("helios-distilled", HELIOS_DISTILLED, "BestWishYsh/Helios-Distilled"),
+    "demo": packaged_spec("demo", DEMO, DEMO_FOLDER),
 }
 
 

@@ -25,7 +25,7 @@ Examples:
 
 @app.command(epilog=EXAMPLES)
 def download(
-    models: list[str] | None = typer.Argument(None, help="framepack, framepack-f1, or the Hub repo id of a FramePack transformer (default: framepack)."),
+    models: list[str] | None = typer.Argument(None, help="framepack, framepack-f1, helios, helios-mid, helios-distilled, or the Hub repo id of a FramePack transformer (default: framepack)."),
     revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit of the model's own (transformer) repo; one model at a time. The shared encoders come at the revision fpgen pins."),
     local_dir: Path | None = typer.Option(None, "--local-dir", help="Download into this folder (DIR/owner/name/...) instead of the Hugging Face cache, for `fpgen generate --model-dir DIR`."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be downloaded and check the disk space; download nothing."),
@@ -51,7 +51,13 @@ def download(
     hf_logging.set_verbosity_error()  # fpgen reports huggingface_hub's failures itself, in one line
     started = time.perf_counter()
 
-    plan = plan_download(specs, local_dir)
+    for spec in specs:
+        if spec.shipped:
+            report.info(f"{spec.name} ships with fpgen: nothing to download (try: fpgen generate --model {spec.name})")
+    if all(spec.shipped for spec in specs):
+        report.result({"models": names, "download_bytes": 0, "shipped": True}, f"{', '.join(names)}: nothing to download")
+        return
+    plan = plan_download([spec for spec in specs if not spec.shipped], local_dir)
     for line in plan_lines(plan):
         report.info(line)
     check_space(plan)

@@ -35,20 +35,20 @@ def models(
 
     statuses = [model_status(spec, model_dir) for spec in MODELS.values()]
     where = model_dir or Path(constants.HF_HUB_CACHE)
-    total = size_on_disk([folder for status in statuses for folder in status.present_folders])
+    total = size_on_disk([folder for status in statuses if not status.spec.shipped for folder in status.present_folders])
     rows = [
         {
             "name": s.spec.name, "transformer": s.spec.transformer.repo, "order": s.spec.order, "complete": not s.missing,
-            "missing": s.missing, "size_bytes": size_on_disk(s.present_folders),
+            "missing": s.missing, "size_bytes": size_on_disk(s.present_folders), "shipped": s.spec.shipped,
             "download_command": download_command(s.spec, model_dir) if s.missing else None,
         }
         for s in statuses
     ]  # fmt: skip
     lines, width = [f"models in {where}:"], max(14, *(len(row["name"]) for row in rows))
     for row, status in zip(rows, statuses):
-        state = "complete" if row["complete"] else "incomplete" if status.present_folders else "not downloaded"
+        state = "ships with fpgen" if status.spec.shipped else "complete" if row["complete"] else "incomplete" if status.present_folders else "not downloaded"
         lines.append(f"  {row['name']:<{width}} {human_size(row['size_bytes']):>9}  {state:<14}  {row['transformer']}")
         if row["download_command"]:
             lines.append(f"  {'':<{width}} {'':>9}  get it with: {row['download_command']}")
-    lines.append(f"  {'total':<{width}} {human_size(total):>9}  (shared files counted once)")
+    lines.append(f"  {'total':<{width}} {human_size(total):>9}  (shared files counted once; the demo not counted)")
     Reporter(json_output).result({"location": str(where), "models": rows, "total_bytes": total}, "\n".join(lines))

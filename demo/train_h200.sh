@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The demo model's training on one H200, in one device call (the machine stays warm 30 s after a call,
-# so nothing is left there for a second one):
+# The demo model's training on one H200, in one device call (the machine stays warm only 30 s after a
+# call, so nothing is left there for a second one). The shipped demo was made by:
 #
-#   bash benchmarks/on_device.sh bash demo/train_h200.sh all
+#   BUDGET=565 VAE_S=120 CLIPS=600 MODELS=framepack bash benchmarks/on_device.sh bash demo/train_h200.sh all
 #
 # `all` = weights, then the clips rendered (CPU) while the VAE trains (GPU) for VAE_S seconds, vae-export,
-# cache, both transformers (inverted and F1) at once until EXPORT_S seconds before BUDGET, export.
+# cache (CACHE_JOBS processes), the transformers of MODELS (framepack: inverted, framepack-f1: forward; two
+# at once share the GPU and each runs far slower) until EXPORT_S seconds before BUDGET, export (a run stopped
+# by the limit is finished at its last checkpoint, which writes its EMA weights).
 # The stages also run alone, in that order, and each skips what is done and continues what was stopped.
-# Carry (64 MiB in all; inputs only): .whl (diffusers 0.42.1, imageio-ffmpeg 0.6.0), .demo/text
-# (`python demo/build.py .demo/text --part text` here, about 4 MB) and .demo/data/stills (`make demo-data CLIPS=0`).
-# What comes back: $OUT/hub.tar.part-* (the whole hub, both transformers: cat hub.tar.part-* | tar -x -C .demo/hub),
-# $OUT/vae.json and $OUT/logs.txt.
+# Carry (64 MiB in all; inputs only): .whl (diffusers 0.42.1, imageio-ffmpeg 0.6.0 unpacked as a .tar.xz, typer,
+# rich, click, pydantic and their small dependencies), .demo/text (`python demo/build.py .demo/text --part text`
+# here, 7 MB) and .demo/data/stills (`make demo-data CLIPS=0`).
+# What comes back: $OUT/hub.tar.part-* (the hub with the trained transformers: cat hub.tar.part-* | tar -x -C .demo/hub),
+# $OUT/vae.json and $OUT/<model>.log.jsonl; then `python demo/build.py .demo/hub --part package` writes the package's copy.
 set -euo pipefail
 BUDGET=${BUDGET:-570}             # seconds this command may use (the device stops it at 600)
 HUB=.demo/hub DATA=.demo/data RUNS=.demo/runs CACHE=.demo/cache
@@ -54,14 +57,19 @@ for stage in "$@"; do
         pids+=($!)
       done
       for pid in "${pids[@]}"; do wait "$pid" || [ $? -eq 124 ]; done  # 124: stopped at the limit (timeout), checkpoint kept
-      for model in $MODELS; do tail -n 2 "$RUNS/$model.err"; cat "$RUNS/$model/log.jsonl"; done ;;
+      for model in $MODELS; do tail -n 2 "$RUNS/$model.err"; cat "$RUNS/$model/log.jsonl" 2>/dev/null || true; done ;;
     export)  # the runs' EMA weights into the hub (bf16, shards under 5 MB); the whole hub back through $OUT in 15 MB parts
       for model in $MODELS; do
         order=inverted; [ "$model" = framepack-f1 ] && order=forward
+        if [ ! -f "$RUNS/$model/config.json" ]; then  # stopped by the time limit: finish at its last checkpoint (writes the EMA weights)
+          last=$(ls "$RUNS/$model/checkpoints" | sort | tail -n 1)
+          MAX_STEPS=$((10#${last#step-})) MODELS=$model BUDGET=$(left) bash "$0" train
+        fi
         python3 demo/build.py "$HUB" --part export --run "$RUNS/$model" --order "$order"
-        cp "$RUNS/$model/log.jsonl" "$OUT/$model.log.jsonl"
+        cp "$RUNS/$model/log.jsonl" "$OUT/$model.log.jsonl" 2>/dev/null || true
       done
-      tar -C "$HUB" -cf - . | split -b 15m - "$OUT/hub.tar.part-" ;;
+      untrained=(); [[ " $MODELS " == *" framepack-f1 "* ]] || untrained=(--exclude lllyasviel/FramePack_F1_I2V_HY_20250503)
+      tar -C "$HUB" "${untrained[@]}" -cf - . | split -b 15m - "$OUT/hub.tar.part-" ;;
     all)  # everything in one call; the clips render on the CPU while the VAE trains
       bash "$0" weights
       WORKERS=$((WORKERS / 2)) bash "$0" data > "$RUNS/data.log" 2>&1 & data=$!

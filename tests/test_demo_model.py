@@ -1,10 +1,11 @@
 """Behaviour tests on the shipped demo model (issue 16): what its trained weights do, each with a margin measured over seeds.
 
-The demo (``--model demo``, demo/README.md) is weak: one section of "the camera zooms in" hardly moves and a
-pan turns the picture into texture within a section, so the camera-path comparison (zoom against pan) is
-left out; these tests check what it does robustly. The models load once per module; every video is the
-shipped example picture at 128x128, one or two sections of ``STEPS`` steps, seed ``SEED`` (the margins
-were measured over seeds 0 to 2).
+The demo (``--model demo``, demo/README.md) is weak: one section of "the camera zooms in" hardly moves (the
+best-fitting zoom between its first and last frame is 1.00) and a pan turns the picture into texture within a
+section, so the camera-path comparison (zoom against pan) is left out. These tests check what it does
+robustly: the end picture, the join of ``--extend``, timed prompts and TeaCache. The models load once per
+module; every video is the shipped example picture at 128x128, one or two sections of ``STEPS`` steps, seed
+``SEED`` (margins measured on seeds 0 and 1).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def plain(demo, example):
 
 def test_end_image_arrives(demo, example, plain):
     """With the example mirrored as ``--end-image`` the last frame lands on it: its mean squared error (in [-1, 1]
-    units) to the end picture falls to at most half of the plain video's. Measured over seeds 0-2: MARGIN_END."""
+    units) to the end picture falls below half of the plain video's. Measured (seeds 0, 1): 0.30x and 0.25x
+    (0.061 against 0.203, 0.057 against 0.223); a 1.3x centre zoom as the end picture gives 0.25x and 0.21x."""
     end = resize_and_center_crop(example, *SIZE)[:, ::-1].copy()
     arrived, _ = make_video(demo, example, end=end)
     target = as_frames(end[None])[0]
@@ -74,14 +76,15 @@ def test_end_image_arrives(demo, example, plain):
 
 def test_teacache_on_trained_weights(demo, example, plain):
     """TeaCache at its default threshold skips transformer passes on the trained weights and the video stays
-    close to the uncached one: relative L2 of the frames at most REL_BOUND. Measured over seeds 0-2: MARGIN_TEA.
+    close to the uncached one: relative L2 of the frames below 0.06. Measured (seeds 0, 1): skip rate 0.2 at 10
+    steps, relative L2 0.018 and 0.024.
     The per-section skip rate is printed (the lead reports it in RESULTS.md)."""
     cached, result = make_video(demo, example, step_cache="teacache")
     frames = plain[0]
     rel_l2 = ((cached - frames).norm() / frames.norm()).item()
     print(f"demo model, TeaCache at the default threshold, {STEPS} steps: skip rate per section {result.skip_rates}, frames rel L2 {rel_l2:.4f}")
     assert min(result.skip_rates) >= 0.1, f"TeaCache skipped too little: {result.skip_rates}"
-    assert rel_l2 < REL_BOUND, f"TeaCache's video is {rel_l2:.4f} (relative L2) from the uncached one"
+    assert rel_l2 < 0.06, f"TeaCache's video is {rel_l2:.4f} (relative L2) from the uncached one"
 
 
 def test_extend_join_is_as_smooth_as_the_video(demo, plain, tmp_path):
@@ -98,3 +101,16 @@ def test_extend_join_is_as_smooth_as_the_video(demo, plain, tmp_path):
     changes = frame_changes(frames)
     join, typical = changes[count - 1 : count + 2].max().item(), changes.median().item()
     assert join < 2.5 * typical, f"change at the join {join:.4f}, the video's median change {typical:.4f}"
+
+
+def test_timed_prompt_changes_motion_at_the_boundary(demo, example):
+    """``0s: pan left | 1.2s: hold still`` over two sections: the first section's mean frame-to-frame change is
+    more than twice the second's. Measured (seeds 0, 1): 3.66x and 3.64x (0.0238 then 0.0065). Without the switch
+    the pattern is not there: "holds still" alone changes 0.0042 then 0.0033, and the switch the other way
+    (still, then pan) gives 0.0175 then 0.0243 (seed 0; the inverted order makes the pan section first, from the
+    start picture alone, and the weak model turns it to texture)."""
+    frames, _ = make_video(demo, example, "0s: the camera pans to the left | 1.2s: the camera holds still", sections=2)
+    changes = frame_changes(frames)
+    section = (len(frames) - 1) // 2
+    before, after = changes[:section].mean().item(), changes[section:].mean().item()
+    assert before > 2 * after, f"mean frame change {before:.4f} in the pan section, {after:.4f} in the still one"

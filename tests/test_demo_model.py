@@ -90,7 +90,10 @@ def test_teacache_on_trained_weights(demo, example, plain):
 def test_extend_join_is_as_smooth_as_the_video(demo, plain, tmp_path):
     """``--extend`` by one section: the frame-to-frame changes where the new part begins (the given video's last
     frame to the new part's first two) stay within 2.5x the extended video's median change. Measured (seeds 0, 1):
-    the largest is 1.62x and 1.85x the median, the first one 1.10x and 1.27x."""
+    the largest is 1.62x and 1.85x the median, the first one 1.10x and 1.27x. Not asserted: where the copied frames
+    end and the cross-faded ones begin (frame 3 to 4 here) the change is 3.3x and 3.8x the median, the largest in
+    the video (the given video changes 0.007 there; the jump is 2.9 grey levels of noise, no colour or position
+    offset: the copied frames are encoded a second time, the cross-faded ones once)."""
     given = tmp_path / "given.mp4"
     write_mp4(given, (((plain[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()))
     extended = tmp_path / "extended.mp4"

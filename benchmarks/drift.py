@@ -15,8 +15,12 @@ contrast of the last 15% of frames against the first 15%, and the per-section sl
 Between cells: paired bootstrap 95% intervals of the mean difference (numpy only).
 
     python benchmarks/drift.py --models .demo/hub                        # the study: 12 sections, 3 paths, 2 stills, 2 seeds (GPU)
+    python benchmarks/drift.py --models demo --sections 8 --steps 15 --paths pan --seeds 0,1,2 --device cpu   # the shipped demo
     python benchmarks/drift.py --smoke                                   # CPU: 2 videos per cell, the tiny golden models, 64x64
     python benchmarks/drift.py --models DIR --sections 4 --paths pan --seeds 0 --device cpu
+
+``--models demo`` runs the demo shipped with fpgen (``--model demo``): it holds the inverted order only, so the
+forward cells are written as not trained (no videos), and its short cells are an inference-only ablation.
 
 Writes ``benchmarks/results/drift-<date>.json`` (or ``--out``) and a PNG of the error against the
 section per cell beside it (needs matplotlib: ``pip install fpgen[bench]``; skipped with a note otherwise).
@@ -53,6 +57,7 @@ FROZEN_BELOW = 0.25  # a last section moving less than a quarter as much as the 
 EDGE_SHARE = 0.15  # the paper's first and last 15% of frames
 STUDY = {"sections": 12, "paths": ",".join(PROMPTS), "seeds": "0,1", "size": "128x128", "steps": 25, "device": "auto"}
 SMOKE = {"sections": 2, "paths": "pan", "seeds": "0", "size": "64x64", "steps": 2, "device": "cpu"}
+SHIPPED = {"demo": {"inverted": "demo"}}  # models inside fpgen: the orders each was trained in
 GOLDEN_HUB = ROOT.parent / "shared" / "golden" / "hub"  # the tiny models in the --model-dir layout (the smoke run's default)
 
 
@@ -217,7 +222,7 @@ def compare(cells: dict) -> dict:
     """Paired bootstrap intervals of every summary between the cells of COMPARISONS."""
     out = {}
     for name, first, second in COMPARISONS:
-        if first in cells and second in cells:
+        if cells.get(first, {}).get("videos") and cells.get(second, {}).get("videos"):
             a, b = cells[first]["videos"], cells[second]["videos"]
             out[name] = {key: paired_bootstrap([v["summary"][key] for v in a], [v["summary"][key] for v in b]) for key in a[0]["summary"]}
     return out
@@ -234,7 +239,7 @@ def plot(cells: dict, path: Path) -> str:
     except ImportError:
         return "matplotlib is not installed: no plot (pip install fpgen[bench])"
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for cell, result in cells.items():
+    for cell, result in ((c, r) for c, r in cells.items() if r["videos"]):
         for axis, metric in zip(axes, ("psnr", "ssim")):
             curve = np.mean([v["sections"][metric] for v in result["videos"]], 0)
             axis.plot(np.arange(1, len(curve) + 1), curve, marker="o", label=cell)
@@ -250,6 +255,16 @@ def plot(cells: dict, path: Path) -> str:
     return f"plot: {path}"
 
 
+def cell_models(args, order: str, history_name: str) -> tuple[str | None, Path | None, str | None]:
+    """(model, model folder, note) of one cell: model None when these weights hold no such order."""
+    short_weights = history_name == "short" and args.short_models
+    note = None if history_name == "packed" or short_weights else "inference-only ablation: weights trained with history 1,2,16"
+    if str(args.models) in SHIPPED:
+        model = SHIPPED[str(args.models)].get(order)
+        return model, None, note if model else f"not trained: the shipped {args.models} model holds the {', '.join(SHIPPED[str(args.models)])} order only"
+    return ORDERS[order], args.short_models if short_weights else args.models, note
+
+
 def run_study(args, inputs: list[tuple[str, str, int]], stills: Path) -> dict:
     """Generate every cell's videos with the real fpgen and measure them against the ground truth."""
     import fpgen
@@ -259,26 +274,27 @@ def run_study(args, inputs: list[tuple[str, str, int]], stills: Path) -> dict:
     truths = {item: ground_truth(stills, *item, frames, args.size) for item in inputs}
     cells = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for order, model in ORDERS.items():
-            loaded = {}  # model folder -> this order's models, loaded once
+        for order in ORDERS:
+            loaded = {}  # (model, folder) -> this order's models, loaded once
             for history_name, history in HISTORIES.items():
-                folder = args.short_models if history_name == "short" and args.short_models else args.models
-                if folder not in loaded:
-                    loaded[folder] = fpgen.load_models(model, model_dir=folder, device=args.device)
-                models = loaded[folder]
-                cell = cells.setdefault(f"{order}/{history_name}", {"model": model, "history": list(history), "videos": []})
+                model, folder, note = cell_models(args, order, history_name)
+                cell = cells.setdefault(f"{order}/{history_name}", {"model": model, "history": list(history), "videos": []} | ({"note": note} if note else {}))
+                if model is None:
+                    continue
+                if (model, folder) not in loaded:
+                    loaded[(model, folder)] = fpgen.load_models(model, model_dir=folder, device=args.device)
                 for still, kind, seed in inputs:
                     settings = fpgen.Settings(prompt=PROMPTS[kind], seconds=args.sections * 4 * args.window / data.FPS, seed=seed, steps=args.steps,
                                               window=args.window, distilled_guidance=args.distilled_guidance, size=args.size, history=history)  # fmt: skip
                     output = Path(tmp) / f"{order}-{history_name}-{still}-{kind}-{seed}.mp4"
                     started = time.perf_counter()
-                    fpgen.generate_video(models, truths[(still, kind, seed)][0], output, settings, crf=0)
+                    fpgen.generate_video(loaded[(model, folder)], truths[(still, kind, seed)][0], output, settings, crf=0)
                     video, _ = read_mp4(output)
                     result = video_metrics(video, truths[(still, kind, seed)], 4 * args.window)
                     cell["videos"].append({"still": still, "path": kind, "seed": seed, "seconds": round(time.perf_counter() - started, 2), **result})
                     print(f"{order}/{history_name} {still} {kind} seed {seed}: PSNR {result['summary']['psnr_mean']:.2f} dB", file=sys.stderr)
-            del loaded, models
-    for cell in cells.values():
+            del loaded
+    for cell in (cell for cell in cells.values() if cell["videos"]):
         cell["mean"] = {key: float(np.mean([v["summary"][key] for v in cell["videos"]])) for key in cell["videos"][0]["summary"]}
         cell["frozen"] = cell["mean"]["motion_ratio_last_section"] < FROZEN_BELOW  # the guard: such a cell's PSNR cannot count as a win
     return cells
@@ -286,7 +302,7 @@ def run_study(args, inputs: list[tuple[str, str, int]], stills: Path) -> dict:
 
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=Path, help="model folder in the --model-dir layout holding both orders' transformers (--smoke: the tiny golden models)")
+    parser.add_argument("--models", type=Path, help=f"model folder in the --model-dir layout holding both orders' transformers (--smoke: the tiny golden models), or a model shipped with fpgen: {', '.join(SHIPPED)}")
     parser.add_argument("--short-models", type=Path, help="model folder trained with --history 1,0,0 for the short cells (default: --models, an inference-only ablation)")
     parser.add_argument("--stills", type=Path, default=ROOT / ".demo" / "data" / "stills", help="folder with the held-out stills (fetched with demo/data.py's pip download when missing)")
     parser.add_argument("--sections", type=int, help="sections per video (study 12, smoke 2)")
@@ -310,7 +326,7 @@ def parse_args(argv: list[str] | None):
     args.paths = args.paths.split(",")
     if unknown := [p for p in args.paths if p not in PROMPTS]:
         parser.error(f"unknown --paths {','.join(unknown)}: use {', '.join(PROMPTS)}")
-    if args.models is None or not args.models.is_dir():
+    if str(args.models) not in SHIPPED and (args.models is None or not args.models.is_dir()):
         parser.error(f"--models must be a model folder (got {args.models}); e.g. the demo hub .demo/hub, or --smoke for the tiny golden models")
     if args.short_models is not None and not args.short_models.is_dir():
         parser.error(f"--short-models must be a model folder (got {args.short_models})")
@@ -341,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(plot(cells, args.out.with_suffix(".png")), file=sys.stderr)
-    print(json.dumps({"out": str(args.out), "seconds": result["seconds"], "cells": {k: v["mean"] for k, v in cells.items()}}))
+    print(json.dumps({"out": str(args.out), "seconds": result["seconds"], "cells": {k: v.get("mean", v.get("note")) for k, v in cells.items()}}))
 
 
 if __name__ == "__main__":

@@ -105,3 +105,18 @@ def test_video_metrics_flag_a_frozen_copy_of_the_first_frame():
     assert exact["summary"]["motion_ratio_last_section"] == pytest.approx(1.0) and exact["summary"]["motion_error"] == 0
     assert frozen["summary"]["motion_ratio_last_section"] < drift.FROZEN_BELOW
     assert frozen["summary"]["psnr_contrast"] < 0 and frozen["summary"]["colour_drift_last_section"] == pytest.approx(0, abs=1e-9)
+
+
+def test_the_shipped_demo_runs_its_trained_order_and_reports_the_other_as_not_trained():
+    from types import SimpleNamespace
+
+    demo = SimpleNamespace(models=Path("demo"), short_models=None)
+    assert drift.cell_models(demo, "inverted", "packed") == ("demo", None, None)
+    model, folder, note = drift.cell_models(demo, "inverted", "short")
+    assert (model, folder) == ("demo", None) and note.startswith("inference-only ablation")
+    model, folder, note = drift.cell_models(demo, "forward", "packed")
+    assert model is None and note.startswith("not trained")
+    hub = SimpleNamespace(models=Path("hub"), short_models=Path("hub-short"))
+    assert drift.cell_models(hub, "forward", "short") == ("framepack-f1", Path("hub-short"), None)
+    cells = {"inverted/packed": {"videos": [{"summary": {"psnr_mean": 20.0}}]}, "forward/packed": {"videos": []}}
+    assert drift.compare(cells) == {}  # a cell without videos is in no comparison

@@ -26,7 +26,7 @@ from fpgen.metadata import sidecar_is_ours, sidecar_path
 from fpgen.output import partial_path
 from fpgen.plan import SectionPlan, plan_sections, snap_keyframes
 from fpgen.prompts import describe, parse_prompts, section_prompts
-from fpgen.registry import MODELS, resolve_model
+from fpgen.registry import resolve_model
 from fpgen.retime import NATIVE, FrameRate, output_rate
 from fpgen.runtime import RuntimePlan, plan_runtime
 from fpgen.spec import JobSpec, Settings, check_new_file
@@ -97,7 +97,7 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     family = files.spec.family
     settings = spec.settings.complete(family.defaults)
     local = files.spec.transformer.local  # a local folder is recorded absolute: the job stays valid from any directory
-    recorded = str(local.absolute()) if local is not None and spec.model not in MODELS else spec.model  # a shipped model by its name
+    recorded = str(local.absolute()) if local is not None and not files.spec.shipped else spec.model  # a shipped model by its name
     spec = replace(spec, settings=settings, model=recorded)
     folder = JobFolder(job_dir(spec.output))
     if folder.exists() and not overwrite and folder.options() == spec.options():

@@ -51,13 +51,14 @@ def download(
     hf_logging.set_verbosity_error()  # fpgen reports huggingface_hub's failures itself, in one line
     started = time.perf_counter()
 
+    to_fetch = [spec for spec in specs if not spec.shipped]
     for spec in specs:
         if spec.shipped:
             report.info(f"{spec.name} ships with fpgen: nothing to download (try: fpgen generate --model {spec.name})")
-    if all(spec.shipped for spec in specs):
+    if not to_fetch:
         report.result({"models": names, "download_bytes": 0, "shipped": True}, f"{', '.join(names)}: nothing to download")
         return
-    plan = plan_download([spec for spec in specs if not spec.shipped], local_dir)
+    plan = plan_download(to_fetch, local_dir)
     for line in plan_lines(plan):
         report.info(line)
     check_space(plan)

@@ -390,6 +390,115 @@ def cp_step(args, timeout: float) -> dict:
     return {**json.loads(result_file.read_text()), "wall_s": round(wall, 1)}
 
 
+# ---------------------------------------------------------------------------------------------- fsdp: `fpgen finetune --full` under FSDP2
+
+RESULT_FILES = ("diffusion_pytorch_model", "config.json", "fpgen.json")  # what a --full run writes at its end
+REDUCED = {"num_layers": 1, "num_single_layers": 2}  # full width, 3 of the 60 blocks: a checkpoint of ~8 GB that resumes within the time limit
+
+
+def write_reduced(folder: Path, tiny: bool) -> None:
+    """A reduced-depth FramePack transformer folder (random weights), for the resume stages."""
+    import fullsize
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    config = {**(fullsize.TINY_TRANSFORMER if tiny else fullsize.TRANSFORMER), **REDUCED}
+    fullsize.build(lambda: HunyuanVideoFramepackTransformer3DModel(**config), "cuda" if torch.cuda.is_available() and not tiny else "cpu", torch.bfloat16, 0).save_pretrained(folder)
+
+
+def write_clips(folder: Path, count: int, frames: int, size: tuple[int, int]) -> Path:
+    """``count`` captioned clips of a picture drifting sideways (enough frames for one training section)."""
+    import numpy as np
+
+    from fpgen.video import write_mp4
+
+    folder.mkdir(parents=True, exist_ok=True)
+    picture = start_picture(max(size) + frames * 4)
+    for k in range(count):
+        video = np.stack([picture[: size[0], 4 * (t + k) : 4 * (t + k) + size[1]] for t in range(frames)])
+        write_mp4(folder / f"clip{k}.mp4", video, crf=12)
+        (folder / f"clip{k}.txt").write_text(f"a colourful pattern drifts sideways, clip {k}")
+    return folder
+
+
+def finetune(args, processes: int, output: Path, timeout: float, *options: str) -> tuple[dict, list[dict]]:
+    """`fpgen finetune` on ``processes`` GPUs under accelerate's FSDP2 config (one plain process on 1 GPU or --tiny); (outcome, log rows)."""
+    launcher = ["-m", "accelerate.commands.launch", "--config_file", str(BENCHMARKS.parent / "configs/accelerate/fsdp.yaml"), "--num_processes", str(processes), "-m"] if processes > 1 else ["-m"]
+    command = [sys.executable, *launcher, "fpgen", "finetune", str(args.work / "fsdp" / "clips"), "-o", str(output), "--model-dir", str(args.models), "--cache-dir", str(args.work / "fsdp" / "cache"),
+               "--window", str(args.window), "--size", args.train_size, "--lr", "1e-5", "--json", *(["--device", "cpu"] if args.tiny else []), *options]  # fmt: skip
+    with GpuMemory() as memory:
+        proc, wall, stderr = run_command(command, timeout, **({"OMP_NUM_THREADS": "1"} if args.tiny else {}))
+    rows = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()] if (output / "log.jsonl").is_file() else []
+    if proc is None or proc.returncode:
+        return {**failure(proc, wall, stderr), "steps_logged": len(rows)}, rows
+    return {"wall_s": round(wall, 1), "nvidia_smi_peak_used_gib": memory.gib(max(processes, 1))}, rows
+
+
+def read_whole(folder: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights and optimizer state as whole tensors: the single files, or the shards joined by torch.distributed.checkpoint."""
+    from torch.distributed.checkpoint import HuggingFaceStorageReader, load
+
+    from fpgen.tensorfile import load_tensors
+    from fpgen.training.checkpoint import MODEL_FILE, MODEL_SHARDS, OPTIMIZER_FILE, OPTIMIZER_SHARDS
+
+    if (folder / MODEL_FILE).is_file():
+        return {**load_tensors(folder / MODEL_FILE)[0], **{f"optimizer/{k}": v for k, v in load_tensors(folder / OPTIMIZER_FILE)[0].items()}}
+    whole = {}
+    for shards, prefix in ((MODEL_SHARDS, ""), (OPTIMIZER_SHARDS, "optimizer/")):
+        reader = HuggingFaceStorageReader(str(folder / shards))
+        state = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in reader.read_metadata().state_dict_metadata.items()}
+        load(state, storage_reader=reader, no_dist=True)
+        whole.update({prefix + k: v for k, v in state.items()})
+    return whole
+
+
+def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict:
+    """How far checkpoint ``b`` is from ``a``: identical tensors, and the largest relative L2 difference."""
+    if a.keys() != b.keys():
+        return {"error": f"different tensors: {sorted(a.keys() ^ b.keys())[:4]}"}
+    rel = {k: ((a[k].double() - b[k].double()).norm() / a[k].double().norm().clamp_min(1e-30)).item() for k in a}
+    return {"tensors": len(a), "identical": sum(torch.equal(a[k], b[k]) for k in a), "max_rel_l2": max(rel.values())}
+
+
+def fsdp(args, timeout: float) -> dict:
+    """Full finetuning under FSDP2: the 13B on two GPUs (s/step, memory), then a reduced-depth transformer's sharded checkpoint
+    resumed on two GPUs (bit for bit) and on one (another process count); every run through `fpgen finetune`."""
+    started, work = time.perf_counter(), args.work / "fsdp"
+    left = lambda: timeout - (time.perf_counter() - started)  # noqa: E731
+    shutil.rmtree(work, ignore_errors=True)
+    height, width = (int(v) for v in args.train_size.split("x"))
+    write_clips(work / "clips", 2, 4 * args.window + 5, (height, width))
+    reduced = work / "reduced"
+    writer = subprocess.Popen([sys.executable, __file__, "--write-reduced", str(reduced), *(["--tiny"] if args.tiny else [])], env=subprocess_env(**({"CUDA_VISIBLE_DEVICES": "1"} if not args.tiny else {})))
+    gpus = 1 if args.tiny else 2
+    result = {"settings": {"size": args.train_size, "window": args.window, "batch_per_gpu": 1, "optimizer": "AdamW, float32 weights and moments, bf16 autocast",
+                           "gradient_checkpointing": True, "reduced_depth": REDUCED, "processes": gpus}}  # fmt: skip
+
+    full, rows = finetune(args, gpus, work / "full", left() - 200, "--full", "--max-steps", str(args.warmup + args.steps), "--save-every", "0")
+    times = [row["s_per_step"] for row in rows[args.warmup :]]
+    result["full_size"] = {**full, "s_per_step": round(statistics.median(times), 3) if times else None, "step_times": [row["s_per_step"] for row in rows],
+                           "peak_allocated_gib_rank0": max((row["peak_memory_gb"] or 0 for row in rows), default=None), "losses": [row["loss"] for row in rows]}  # fmt: skip
+    print(f"fsdp full size: {json.dumps(result['full_size'])[:800]}", flush=True)
+    writer.wait(timeout=max(1.0, left()))
+    # The straight run saves at steps 2 and 4; two resumed runs start from a copy of its step 2 and end at step 4.
+    options = ("--model", str(reduced), "--full", "--save-every", "2", "--max-steps", "4")
+    straight, _ = finetune(args, gpus, work / "straight", left() - 120, *options)
+    result["reduced"] = {"straight": straight}
+    for name, processes, extra in (("resumed_same_count", gpus, ()), ("resumed_one_process", 1, ("--grad-accum", str(gpus)))):
+        folder = work / name
+        if "error" in straight or left() < 40:
+            result["reduced"][name] = {"skipped": "the straight run failed" if "error" in straight else "time"}
+            continue
+        shutil.copytree(work / "straight", folder, ignore=lambda where, names: [n for n in names if n == "step-0000004" or (Path(where) == work / "straight" and n.startswith(RESULT_FILES))],
+                        copy_function=os.link)  # fmt: skip
+        outcome, _ = finetune(args, processes, folder, left() - 10, *options, "--resume", *extra)
+        if "error" not in outcome:
+            outcome["vs_straight_step_4"] = compare(read_whole(work / "straight/checkpoints/step-0000004"), read_whole(folder / "checkpoints/step-0000004"))
+        result["reduced"][name] = outcome
+        print(f"fsdp {name}: {json.dumps(outcome)[:800]}", flush=True)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
 def start_model_writer(args, gpus: int) -> subprocess.Popen:
     """Write the full-size random models as a --model-dir folder in a process of its own, on the last GPU."""
     log = open(args.work / "write-models.log", "w")
@@ -415,12 +524,13 @@ def summary_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-STAGES = [("train", 1), ("cp_step", 2), ("train", 2), ("generate", 1), ("generate", 2), ("cp_job", 2)]  # most wanted first
+STAGES = [("fsdp", 2), ("train", 1), ("cp_step", 2), ("train", 2), ("generate", 1), ("generate", 2), ("cp_job", 2)]  # most wanted first
 
 
 def headline(results: dict) -> dict:
     """The issue's keys, from the stages' figures (None where a stage did not run)."""
     train, gen, step, job = results["train"], results["generate"], results.get("cp_step", {}), results.get("cp_job", {})
+    full = results.get("fsdp", {}).get("full_size", {})
     return {
         "train_lora_samples_per_s": {n: stage.get("samples_per_s") for n, stage in train.items()},
         "jobs_s_per_frame": {n: stage.get("s_per_frame") for n, stage in gen.items()},
@@ -430,8 +540,8 @@ def headline(results: dict) -> dict:
         "cp_rel_l2_vs_one_gpu": step.get("rel_l2"),
         "cp_job_s_per_frame": job.get("s_per_frame"),
         "one_gpu_job_s_per_frame": gen.get("1", {}).get("later_jobs_s_per_frame_per_gpu"),
-        "train_full_fsdp_s_per_step": "not measured by this script (FSDP2 full finetuning runs through fpgen finetune)",
-        "train_full_fsdp_peak_gib_per_gpu": "not measured by this script",
+        "train_full_fsdp_s_per_step": full.get("s_per_step"),
+        "train_full_fsdp_peak_gib_per_gpu": full.get("nvidia_smi_peak_used_gib"),
     }
 
 
@@ -460,6 +570,7 @@ def parse_args():
     parser.add_argument("--cp-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--write-models", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--write-reduced", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.train_size = args.train_size or ("64x64" if args.tiny else "640x608")
     args.gen_size = args.gen_size or ("64x64" if args.tiny else None)
@@ -475,6 +586,8 @@ def main() -> None:
         return cp_worker(args)
     if args.write_models:
         return write_models(args.write_models, args.tiny)
+    if args.write_reduced:
+        return write_reduced(args.write_reduced, args.tiny)
 
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -494,7 +607,7 @@ def main() -> None:
                       train={}, generate={})  # fmt: skip
 
     wanted = set(args.stages.split(","))
-    writer = start_model_writer(args, gpus) if wanted & {"generate", "cp_job"} else None
+    writer = start_model_writer(args, gpus) if wanted & {"generate", "cp_job", "fsdp"} else None
 
     def left() -> float:
         """Seconds left for stages: the budget less 25 s to stop one that overruns and write the results."""
@@ -510,13 +623,13 @@ def main() -> None:
                 writer.kill()
                 writer.wait()
 
-    estimates = {"train": 60.0, "cp_step": 60.0, "generate": 60.0, "cp_job": 60.0} if args.tiny else {"train": 100.0, "cp_step": 90.0, "generate": 150.0, "cp_job": 110.0}
-    run_stage = {"train": lambda n, t: train(n, args, t), "cp_step": lambda n, t: cp_step(args, t), "generate": lambda n, t: generate(n, args, args.models, t), "cp_job": lambda n, t: cp_job(args, args.models, t)}
+    estimates = {"fsdp": 60.0, "train": 60.0, "cp_step": 60.0, "generate": 60.0, "cp_job": 60.0} if args.tiny else {"fsdp": 300.0, "train": 100.0, "cp_step": 90.0, "generate": 150.0, "cp_job": 110.0}
+    run_stage = {"train": lambda n, t: train(n, args, t), "cp_step": lambda n, t: cp_step(args, t), "generate": lambda n, t: generate(n, args, args.models, t), "cp_job": lambda n, t: cp_job(args, args.models, t), "fsdp": lambda n, t: fsdp(args, t)}
     for kind, n in [(kind, n) for kind, n in STAGES if kind in wanted]:
         if (kind, n) != ("train", 1):  # every other stage uses the writer's GPU or its models
             wait_for_models()
         seconds = left()
-        if kind in ("generate", "cp_job") and writer.returncode:
+        if kind in ("generate", "cp_job", "fsdp") and writer.returncode:
             outcome = {"error": f"writing the models failed (exit code {writer.returncode})", "log_tail": (args.work / "write-models.log").read_text()[-2000:]}
         elif seconds < estimates[kind]:
             outcome = {"skipped": "time", "left_s": round(seconds), "estimate_s": round(estimates[kind])}

@@ -88,7 +88,7 @@ def resume(run: Path, vae, optimizer) -> int:
     if not (folder / "state.json").is_file():
         return 0
     vae.load_state_dict(load_tensors(folder / "model.safetensors")[0])
-    optimizer.load_state_dict(_join_optimizer_state(*load_tensors(folder / "optimizer.safetensors"), folder))
+    optimizer.load_state_dict(_join_optimizer_state(*load_tensors(folder / "optimizer.safetensors"), folder / "optimizer.safetensors"))
     return int(json.loads((folder / "state.json").read_text())["step"])
 
 

@@ -69,7 +69,7 @@ def finetune(
     fp8_base: bool = typer.Option(False, "--fp8-base", help="Store the frozen base's block linears in float8 (half the memory, some precision lost); LoRA only."),
     offload_activations: bool = typer.Option(False, "--offload-activations", help="Keep the checkpointed activations in CPU memory."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks on CUDA: faster steps after a one-time compile (not with --fp8-base or --offload-activations)."),
-    save_every: int = typer.Option(250, "--save-every", help="Write a resumable checkpoint every N steps (and at the end)."),
+    save_every: int = typer.Option(250, "--save-every", help="Write a resumable checkpoint every N steps and at the end; 0: only when stopped (Ctrl-C), the result alone otherwise."),
     keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Checkpoints kept (the newest)."),
     log_every: int = typer.Option(1, "--log-every", help="Log the loss every N steps."),
     eval_every: int = typer.Option(0, "--eval-every", help="Evaluate the held-out loss every N steps (always at the start and the end)."),

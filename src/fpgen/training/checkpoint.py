@@ -7,6 +7,11 @@ pickle runs whatever it names):
 - ``lora.safetensors`` (a LoRA run: the adapter, loadable with ``fpgen generate --lora``) or
   ``model.safetensors`` (``--full``: every weight);
 - ``optimizer.safetensors``: the optimizer's state tensors, its parameter groups as JSON metadata;
+- under FSDP instead, ``model/`` and ``optimizer/``: each process writes its own shards (its pieces of
+  the weights and of the optimizer's state), never gathering the whole (a 13B full finetune's
+  checkpoint is 156 GB), as safetensors files in torch.distributed.checkpoint's Hugging Face layout,
+  where every file records where its pieces sit in the whole tensor, so any number of processes,
+  one included, reads them back; ``optimizer.json`` holds the parameter groups;
 - ``ema.safetensors`` (``--ema``): the weights' moving average;
 - ``state.json``: the step, the micro-batches a step takes, the learning-rate schedule;
 - ``rng-<process>.json``: each process's Python, NumPy and torch RNG states.
@@ -38,6 +43,7 @@ from fpgen.training.events import RUN_FILE
 
 LORA_FILE, CHECKPOINTS = "lora.safetensors", "checkpoints"
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, EMA_FILE = "model.safetensors", "optimizer.safetensors", "state.json", "ema.safetensors"
+MODEL_SHARDS, OPTIMIZER_SHARDS, OPTIMIZER_GROUPS = "model", "optimizer", "optimizer.json"
 RNG_FILE = re.compile(r"rng-(\d+)\.json")
 
 
@@ -68,6 +74,20 @@ def check_output(config: TrainConfig, resume: bool) -> None:
         raise InputError(f"{output} exists and is not an empty folder", "choose a new or empty folder for --output; nothing in it is overwritten")
 
 
+OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2}  # per trained weight: AdamW's two moments in float32, or in 8 bits
+
+
+def check_room(output: Path, trainee, config: TrainConfig, precision: str) -> None:
+    """Refuse a run whose checkpoint and result cannot fit on --output's disk, before it trains for hours and fails at its first save."""
+    weights = sum(p.numel() for p in trainee.parameters)  # every process counts them all (a sharded weight's numel is the whole's)
+    checkpoint = weights * (4 + OPTIMIZER_BYTES[config.optimizer] + (4 if config.ema else 0)) if config.save_every else 0
+    result = weights * (2 if config.full and precision == "bf16" else 4)
+    free = shutil.disk_usage(next(folder for folder in (output, *output.parents) if folder.exists())).free
+    if checkpoint + result > free:
+        what = f"a checkpoint of this run takes {checkpoint / 1e9:.1f} GB and its result {result / 1e9:.1f} GB" if checkpoint else f"the result takes {result / 1e9:.1f} GB"
+        raise InputError(f"{what}, and {output} has {free / 1e9:.1f} GB free", "free space or choose an --output on a larger disk" + (", or pass --save-every 0 to write the result only" if checkpoint else ""))
+
+
 def latest_checkpoint(output: Path) -> Path | None:
     folders = _checkpoints(Path(output))
     return folders[-1] if folders else None
@@ -79,15 +99,22 @@ def _checkpoints(output: Path) -> list[Path]:
 
 def check_checkpoint(folder: Path) -> None:
     """A checkpoint must hold our files only: resuming reads safetensors and JSON, and refuses a folder that offers more."""
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in (LORA_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, EMA_FILE) and not RNG_FILE.fullmatch(p.name))
+    ours = (LORA_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, EMA_FILE, OPTIMIZER_GROUPS)
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours and not RNG_FILE.fullmatch(p.name) and not _only_shards(p))
     if foreign:
         names = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise InputError(
             f"the checkpoint {folder} holds files fpgen does not write ({names}); resuming loads tensors and JSON only, never pickles",
             "remove those files if you trust where they came from, or start a new run in another --output",
         )
-    if not (folder / STATE_FILE).is_file() or not (folder / OPTIMIZER_FILE).is_file():
-        raise InputError(f"the checkpoint {folder} is incomplete (no {STATE_FILE} or {OPTIMIZER_FILE})", "remove that folder to resume from the one before it")
+    optimizer = (folder / OPTIMIZER_FILE).is_file() or ((folder / OPTIMIZER_GROUPS).is_file() and (folder / OPTIMIZER_SHARDS).is_dir())
+    if not (folder / STATE_FILE).is_file() or not optimizer:
+        raise InputError(f"the checkpoint {folder} is incomplete (no {STATE_FILE} or optimizer state)", "remove that folder to resume from the one before it")
+
+
+def _only_shards(path: Path) -> bool:
+    """A ``model/`` or ``optimizer/`` folder of safetensors shards and nothing else."""
+    return path.name in (MODEL_SHARDS, OPTIMIZER_SHARDS) and path.is_dir() and all(f.is_file() and f.suffix == ".safetensors" for f in path.iterdir())
 
 
 # ---------------------------------------------------------------------------------------------- the step counter
@@ -138,10 +165,12 @@ class Checkpoints:
             partial.mkdir(parents=True)
         self.accelerator.wait_for_everyone()
         _write_json(partial / f"rng-{self.accelerator.process_index}.json", rng_state())
-        weights, optimizer = _full_weights(self.accelerator, self.trainee), _optimizer_state(self.accelerator, self.trainee)  # collective under FSDP
+        if is_fsdp(self.accelerator):
+            _write_shards(partial, self.trainee, main)  # every process its own pieces
+        elif main:
+            _write_weights(partial, self.trainee, _full_weights(self.accelerator, self.trainee))
+            save_tensors(partial / OPTIMIZER_FILE, *_split_optimizer_state(self.trainee.optimizer.state_dict()))
         if main:
-            _write_weights(partial, self.trainee, weights)
-            save_tensors(partial / OPTIMIZER_FILE, *_split_optimizer_state(optimizer))
             if self.trainee.ema:
                 save_tensors(partial / EMA_FILE, self.trainee.ema.state_dict())
             _write_json(partial / STATE_FILE, {**self.trainee.counter.state_dict(), "scheduler": self.trainee.scheduler.state_dict()})
@@ -159,8 +188,11 @@ class Checkpoints:
         try:
             state = _read_json(folder / STATE_FILE)
             self.trainee.counter.load_state_dict(state)
-            _read_weights(self.accelerator, folder, self.trainee)
-            _load_optimizer_state(self.accelerator, self.trainee, folder)
+            if (folder / OPTIMIZER_GROUPS).is_file():
+                _read_shards(folder, self.trainee)
+            else:
+                _read_weights(self.accelerator, folder, self.trainee)
+                _load_optimizer_state(self.accelerator, self.trainee, folder)
             self.trainee.scheduler.load_state_dict(state["scheduler"])
             if self.trainee.ema:
                 if not (folder / EMA_FILE).is_file():
@@ -232,23 +264,40 @@ def is_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def _optimizer_state(accelerator, trainee) -> dict:
-    """The optimizer's whole state (under FSDP gathered from the shards, keyed by parameter name)."""
-    if is_fsdp(accelerator):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(trainee.objective, trainee.optimizer.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return trainee.optimizer.state_dict()
-
-
 def _load_optimizer_state(accelerator, trainee, folder: Path) -> None:
     if not is_fsdp(accelerator):
-        trainee.optimizer.load_state_dict(_join_optimizer_state(*load_tensors(folder / OPTIMIZER_FILE), folder))
+        trainee.optimizer.load_state_dict(_join_optimizer_state(*load_tensors(folder / OPTIMIZER_FILE), folder / OPTIMIZER_FILE))
         return
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    state = _join_optimizer_state(*load_tensors(folder / OPTIMIZER_FILE), folder) if accelerator.is_main_process else {}
+    state = _join_optimizer_state(*load_tensors(folder / OPTIMIZER_FILE), folder / OPTIMIZER_FILE) if accelerator.is_main_process else {}
     set_optimizer_state_dict(trainee.objective, trainee.optimizer.optimizer, state, options=_from_main())
+
+
+def _write_shards(folder: Path, trainee, main: bool) -> None:
+    """Each process's pieces of the weights and the optimizer's state (a collective: every process calls it)."""
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter, save
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    weights, optimizer = get_state_dict(trainee.objective, trainee.optimizer.optimizer)
+    tensors, groups = _split_optimizer_state(optimizer)
+    save(weights, storage_writer=HuggingFaceStorageWriter(str(folder / MODEL_SHARDS), save_distributed=True))
+    save(tensors, storage_writer=HuggingFaceStorageWriter(str(folder / OPTIMIZER_SHARDS), save_distributed=True))
+    if main:
+        _write_json(folder / OPTIMIZER_GROUPS, groups)
+
+
+def _read_shards(folder: Path, trainee) -> None:
+    """Read ``model/`` and ``optimizer/`` into this run, however many processes wrote them and however many read them."""
+    from torch.distributed.checkpoint import HuggingFaceStorageReader, load
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    weights, optimizer = get_state_dict(trainee.objective, trainee.optimizer.optimizer)  # this run's pieces (the optimizer's state made)
+    tensors, _ = _split_optimizer_state(optimizer)
+    load(weights, storage_reader=HuggingFaceStorageReader(str(folder / MODEL_SHARDS)))
+    load(tensors, storage_reader=HuggingFaceStorageReader(str(folder / OPTIMIZER_SHARDS)))
+    optimizer = _join_optimizer_state(tensors, _read_json(folder / OPTIMIZER_GROUPS), folder / OPTIMIZER_GROUPS)
+    set_state_dict(trainee.objective, trainee.optimizer.optimizer, model_state_dict=weights, optim_state_dict=optimizer)
 
 
 def _from_main():
@@ -267,11 +316,11 @@ def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, {"param_groups": json.dumps(state["param_groups"]), "plain": json.dumps(plain)}
 
 
-def _join_optimizer_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str], folder: Path) -> dict:
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str], where: Path) -> dict:
     try:
         groups, plain = json.loads(metadata["param_groups"]), json.loads(metadata["plain"])
     except (KeyError, ValueError):
-        raise InputError(f"{folder / OPTIMIZER_FILE} lacks the optimizer's parameter groups", "remove that checkpoint to resume from the one before it") from None
+        raise InputError(f"{where} lacks the optimizer's parameter groups", "remove that checkpoint to resume from the one before it") from None
     state: dict = {}
     for key, value in {**tensors, **plain}.items():
         parameter, name = key.rsplit("/", 1)

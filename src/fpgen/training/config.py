@@ -110,7 +110,7 @@ class TrainConfig:
             (not (self.fp8_base and self.mixed_precision == "no"), "--fp8-base computes in bf16 and needs --mixed-precision bf16 (or auto)", "leave out --mixed-precision"),
             (self.gradient_checkpointing or not self.offload_activations, "--offload-activations needs --gradient-checkpointing", "it moves the checkpointed activations to the CPU"),
             (not (self.compile and (self.fp8_base or self.offload_activations)), "--compile does not combine with --fp8-base or --offload-activations", "their per-layer hooks defeat it; drop one"),
-            (self.save_every >= 1, f"--save-every must be at least 1 (got {self.save_every})", "e.g. --save-every 250"),
+            (self.save_every >= 0, f"--save-every must not be negative (got {self.save_every})", "e.g. --save-every 250; 0 writes a checkpoint only when stopped"),
             (self.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1 (got {self.keep_checkpoints})", "the newest ones are kept"),
             (self.log_every >= 1, f"--log-every must be at least 1 (got {self.log_every})", "e.g. --log-every 1"),
             (self.eval_every >= 0, f"--eval-every must not be negative (got {self.eval_every})", "0 evaluates at the start and the end only"),

@@ -20,7 +20,7 @@ import torch
 from fpgen.errors import Interrupted, OutOfMemoryError
 from fpgen.training import setup
 from fpgen.training.cache import CacheReport, CachedStart
-from fpgen.training.checkpoint import CHECKPOINTS, LORA_FILE, Checkpoints, check_output, is_fsdp, latest_checkpoint, write_result
+from fpgen.training.checkpoint import CHECKPOINTS, LORA_FILE, Checkpoints, check_output, check_room, is_fsdp, latest_checkpoint, write_result
 from fpgen.training.config import TrainConfig
 from fpgen.training.data import discover_clips
 from fpgen.training.events import Evaluated, Listener, Logged, RunLog, Saved, SilentLog, Started, Validated
@@ -70,6 +70,7 @@ def train(config: TrainConfig, resume: bool = False, on_event: Listener | None =
         # -- the trainee (model, optimizer, schedule, step), resumed from the last checkpoint
         trainee = setup.build_trainee(config, accelerator, files.paths["transformer"], placement.transformer_dtype, files.spec.order)
         checkpoints = Checkpoints(accelerator, output, config.keep_checkpoints, trainee)
+        check_room(output, trainee, config, precision)
         log.start(config, checkpoints.resume(latest_checkpoint(output)) if resume else None)
         validator = Validator.load(config, files, placement, start, accelerator) if (config.validate_every and start and main) else None
         result = TrainResult(output, output / LORA_FILE, trainee.counter.step, cache=report, main=main)
@@ -105,7 +106,7 @@ def train(config: TrainConfig, resume: bool = False, on_event: Listener | None =
                     last_log = now
 
                 # -- checkpoint, held-out loss, validation video
-                if step % config.save_every == 0 or step == config.max_steps:
+                if config.save_every and (step % config.save_every == 0 or step == config.max_steps):
                     save(checkpoints, step, log, stop)
                 if config.eval_every and step % config.eval_every == 0 and step != config.max_steps:
                     evaluate(trainee, eval_batches, config, log, result)

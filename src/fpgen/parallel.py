@@ -1,13 +1,14 @@
 """One video over several GPUs: every transformer pass split by sequence (Ulysses context parallelism).
 
 Each process holds the whole model and runs the whole job on the same numbers (encoders, sampler,
-VAE); only the 60 blocks are shared out. Their tokens, [history, window] and the text, are each cut
-into N contiguous pieces; each process runs the blocks on its pieces, and inside every attention
-diffusers' Ulysses all-to-all (``ContextParallelConfig(ulysses_anything=True)``, which allows
-uneven pieces) trades the sequence split for a head split, so each process attends over the whole
-sequence for 1/N of the heads. The image tokens are all-gathered after the last block, so every
-process leaves the blocks with the same output and the processes stay in step with no other
-messages. Only the first process writes files.
+VAE); only the 60 blocks and the VAE decoder's tiles (``fpgen.vae_split``) are shared out. The
+blocks' tokens, [history, window] and the text, are each cut into N contiguous pieces; each process
+runs the blocks on its pieces, and inside every attention diffusers' Ulysses all-to-all
+(``ContextParallelConfig(ulysses_anything=True)``, which allows uneven pieces) trades the
+sequence split for a head split, so each process attends over the whole sequence for 1/N of the
+heads. The image tokens are all-gathered after the last block, so every process leaves the blocks
+with the same output and the processes stay in step with no other messages but the decode's
+all_gather. Only the first process writes files.
 
 Why not the model's ``_cp_plan`` (diffusers' ``enable_parallelism``): fpgen calls the blocks itself
 (``transformer.packed_forward``) and the plan's hooks split the model's own ``forward`` inputs.
@@ -104,11 +105,16 @@ def join_group(rank: int, world: int, port: int, device: torch.device) -> None:
 
 
 def load_split(job):
-    """The job's models with their block passes split over the group."""
+    """The job's models with their block passes and decodes split over the group."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
     from fpgen.loading import Components
+    from fpgen.vae_split import share_vae_decode
 
     components = Components(job.model, job.runtime, job.loras).load()
     split_sequence(components.blocks, job.runtime.device)
+    if isinstance(components.vae, AutoencoderKLHunyuanVideo):  # decodes in tiles (Helios' Wan VAE decodes frame by frame)
+        share_vae_decode(components.vae)
     return components
 
 

@@ -56,15 +56,24 @@ class TileCache:
     def __call__(self, tile_input: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():  # training through the decoder: nothing to reuse
             return self.run(tile_input)
-        for tile in self.tiles:
-            if same_tensor(tile.input, tile_input):
-                self.hits += 1
-                tile.decode = self.decodes
-                return tile.output.to(tile_input.device, copy=True)
-        self.misses += 1
-        output = self.run(tile_input)
-        self.tiles.append(Tile(self.decodes, tile_input, output.to(self.store or output.device, copy=True)))
-        return output
+        return self.decode_all([tile_input], lambda inputs: [self.run(x) for x in inputs])[0]
+
+    def decode_all(self, inputs: list[torch.Tensor], decode_misses: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> list[torch.Tensor]:
+        """The decoder outputs of ``inputs``: stored ones reused, the others made by ``decode_misses`` in one call (``vae_split`` shares them out)."""
+        found = [next((tile for tile in self.tiles if same_tensor(tile.input, x)), None) for x in inputs]
+        misses = [x for x, tile in zip(inputs, found) if tile is None]
+        made = iter(decode_misses(misses) if misses else ())
+        outputs = []
+        for x, tile in zip(inputs, found):
+            if tile is None:
+                output = next(made)
+                self.tiles.append(Tile(self.decodes, x, output.to(self.store or output.device, copy=True)))
+            else:
+                tile.decode, output = self.decodes, tile.output.to(x.device, copy=True)
+            outputs.append(output)
+        self.hits += len(inputs) - len(misses)
+        self.misses += len(misses)
+        return outputs
 
 
 def reuse_vae_tiles(vae, store: torch.device | None = None) -> TileCache:

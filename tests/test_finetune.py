@@ -383,9 +383,9 @@ def test_cache_is_reused_and_invalidated(offline_cache, monkeypatch, tmp_path):
 
 def test_full_finetune_is_a_model_generate_loads(hf_cache, small_data, offline_cache, tmp_path):
     output = tmp_path / "full"
-    proc, result = finetune(hf_cache, small_data, "-o", output, *SMALL, "--full", "--model", "framepack-f1", "--max-steps", "3", "--lr", "1e-3")
+    proc, result = finetune(hf_cache, small_data, "-o", output, *SMALL, "--full", "--model", "framepack-f1", "--max-steps", "3", "--lr", "1e-3", "--save-every", "0")
     assert proc.returncode == 0, proc.stderr
-    assert Path(result["weights"]) == output
+    assert Path(result["weights"]) == output and not (output / "checkpoints").exists()  # --save-every 0: the result only
     assert json.loads((output / "fpgen.json").read_text()) == {"order": "forward", "base_model": "framepack-f1", "steps": 3}
 
     resumed = tmp_path / "full-resumed"  # 2 steps, then --resume the third: every weight as in 3 steps at once
@@ -405,6 +405,31 @@ def test_full_finetune_is_a_model_generate_loads(hf_cache, small_data, offline_c
     assert "transformer_blocks.0.attn.to_q.weight" in changed and "x_embedder.proj.weight" in changed  # every weight trains
     video = fpgen.generate_video(models, small_data.parent / "start.png", tmp_path / "v.mp4", fpgen.Settings(seconds=0.4, window=3, steps=2, size=(64, 64)))
     assert video.frames == 13 and video.output.is_file()
+
+
+@pytest.mark.parametrize(("full", "save_every", "free_gb", "needle"), [
+    (True, 250, 100.0, "a checkpoint of this run takes 120.0 GB and its result 20.0 GB, and OUT has 100.0 GB free"),  # 10e9 weights: 4 + 8 bytes each, bf16 result
+    (True, 0, 19.0, "the result takes 20.0 GB, and OUT has 19.0 GB free"),
+    (False, 250, 130.0, "a checkpoint of this run takes 120.0 GB and its result 40.0 GB, and OUT has 130.0 GB free"),  # a LoRA's result is float32
+    (True, 250, 140.5, None),
+])  # fmt: skip
+def test_a_run_refuses_a_disk_its_checkpoint_cannot_fit(tmp_path, monkeypatch, full, save_every, free_gb, needle):
+    from types import SimpleNamespace
+
+    from fpgen.errors import InputError
+    from fpgen.training import checkpoint
+    from fpgen.training.config import TrainConfig
+
+    trainee = SimpleNamespace(parameters=[torch.empty(1).expand(10**9) for _ in range(10)])  # 10e9 weights, no memory
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: SimpleNamespace(free=free_gb * 1e9))
+    config = TrainConfig(data=tmp_path, output=tmp_path / "OUT", full=full, save_every=save_every)
+    if needle is None:
+        checkpoint.check_room(tmp_path / "OUT", trainee, config, "bf16")
+        return
+    with pytest.raises(InputError) as error:
+        checkpoint.check_room(tmp_path / "OUT", trainee, config, "bf16")
+    assert error.value.message.replace(str(tmp_path / "OUT"), "OUT") == needle
+    assert ("--save-every 0" in error.value.hint) == bool(save_every)
 
 
 @pytest.mark.parametrize(

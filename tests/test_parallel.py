@@ -15,6 +15,7 @@ from fpgen.config import Settings
 from fpgen.errors import Interrupted
 from fpgen.events import SectionDone
 from fpgen.tensorfile import load_tensors
+from fpgen.video import read_mp4
 
 DRIVER = Path(__file__).with_name("split_driver.py")
 JOB = (GOLDEN / "input.png", "-p", "a man walks", "--seconds", "1.2", "--steps", "2", "--size", "32x32", "--device", "cpu", "--json")
@@ -60,6 +61,8 @@ def test_generate_gpus_2_splits_one_video(hf_cache, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["two.json", "two.mp4", "two.safetensors"]
     alone, split = (load_tensors(tmp_path / name)[0]["latents"] for name in ("one.safetensors", "two/two.safetensors"))
     assert (split - alone).abs().max().item() < 1e-5
+    frames_one, frames_two = (read_mp4(tmp_path / name)[0].astype(int) for name in ("one.mp4", "two/two.mp4"))  # the decode shared out too
+    assert frames_one.shape == frames_two.shape and abs(frames_one - frames_two).max() <= 1
 
 
 def test_a_job_stopped_on_one_device_finishes_split_over_two(hf_cache, tiny_models, tmp_path):

@@ -5,6 +5,7 @@
     python benchmarks/bench_job.py --part summary --raw job_resident.json job_fast.json --out results/h200-DATE.json  # the issue's keys
     python benchmarks/bench_job.py --part lowvram --out results/job_lowvram.json     # low-vram under a 6 GiB cap
     python benchmarks/bench_job.py --part lowvram-exact --out results/job_ratio.json # low-vram, then exact, both cold
+    python benchmarks/bench_job.py --part stepcaches --budget-s 500 --out results/job_stepcaches.json  # fast mode: MagCache, FBCache, TeaCache, a profile
     python benchmarks/bench_job.py --part resident --tiny --size 32x32 --seconds 5 --steps 1 --models /tmp/tiny --assets DIR --out /tmp/r.json  # CPU smoke run
 
 ``--assets`` holds the ``tokenizer``, ``tokenizer_2`` and ``feature_extractor`` folders written beside the
@@ -18,6 +19,10 @@ attaches: the runtime plan's attention backend (FlashAttention-3, FP8 in the fas
 installed on Hopper), compiled blocks and VAE tile reuse. The baseline is the official arithmetic as
 the official demo runs it: eager, diffusers' own SDPA attention processor, the VAE as diffusers
 decodes (no tile reuse).
+
+``--part stepcaches`` loads the fast mode once and runs the same job with each step cache (none,
+then by value: magcache, fbcache, a profile of one fast step, teacache); ``--budget-s`` skips what
+would not finish in time.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -42,13 +48,16 @@ import fullsize  # noqa: E402
 from bench_step import fpgen_call, official_call, section_inputs, sync, timed  # noqa: E402
 
 from fpgen.api import generate_video  # noqa: E402
-from fpgen.events import SectionDone, StepDone  # noqa: E402
+from fpgen.config import resolve, step_cache_key  # noqa: E402
+from fpgen.events import SectionDone, SectionStarted, StepDone  # noqa: E402
 from fpgen.hub import find_model  # noqa: E402
 from fpgen.loading import Components, load_vae  # noqa: E402
 from fpgen.offload import release_cached_memory  # noqa: E402
 from fpgen.plan import SectionPlan  # noqa: E402
+from fpgen.run import run_job as run_resolved_job  # noqa: E402
 from fpgen.runtime import plan_runtime  # noqa: E402
-from fpgen.spec import RuntimeRequest, Settings  # noqa: E402
+from fpgen.spec import JobSpec, RuntimeRequest, Settings  # noqa: E402
+from fpgen.stepcache import DEFAULT_THRESHOLDS, MagnitudeRecorder, save_calibration  # noqa: E402
 from fpgen.tensorfile import load_tensors, save_tensors  # noqa: E402
 from fpgen.vae_reuse import reuse_vae_tiles  # noqa: E402
 
@@ -95,15 +104,21 @@ class Results(dict):
 
 
 class StepClock:
-    """Times the transformer part of a job from its step events (sections' decode excluded)."""
+    """Times the transformer part of a job from its step events (sections' decode excluded), and
+    notes the prompt's token count (a step measured alone at that count reuses the job's compiled blocks)."""
 
     def __init__(self):
         self.steps, self.step_time, self.decode_time = 0, 0.0, 0.0
-        self.last = time.perf_counter()
+        self.started = self.last = time.perf_counter()
+        self.first_step_s, self.prompt_tokens = None, None
 
     def __call__(self, event):
         now = time.perf_counter()
-        if isinstance(event, StepDone):
+        if isinstance(event, SectionStarted):
+            self.prompt_tokens = int(event.conditioning.prompt_mask.sum())
+        elif isinstance(event, StepDone):
+            if self.first_step_s is None:  # the encoders, the blocks' compile and one step
+                self.first_step_s = now - self.started
             if event.step > 1:  # the first step of a section follows the previous decode
                 self.step_time += now - self.last
                 self.steps += 1
@@ -126,6 +141,7 @@ def run_job(components: Components, settings: Settings, out: Path, name: str) ->
         "s_per_step": clock.step_time / max(clock.steps, 1), "decode_s_per_section": clock.decode_time / video.result.plan.count,
         "transformer_passes": video.result.transformer_passes,
         "skip_rates": video.result.skip_rates,  # random weights say nothing about real skip rates
+        "first_step_s": clock.first_step_s, "prompt_tokens": clock.prompt_tokens,
     }  # fmt: skip
     if torch.cuda.is_available():
         result.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB, peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB)
@@ -180,14 +196,16 @@ def official_step(components: Components, results: dict):
     return baseline
 
 
-def step_inputs(device):
-    return section_inputs(False, device, 128) if device.type == "cuda" else section_inputs(True, device, 20)
+def step_inputs(device, text_tokens: int | None = None):
+    """A section's inputs at the job's shapes (tiny models on the CPU) with ``text_tokens`` prompt tokens (128 on CUDA, 20 on the CPU unless given)."""
+    tiny = device.type != "cuda"
+    return section_inputs(tiny, device, text_tokens or (20 if tiny else 128))
 
 
-def mode_step(components: Components, results: dict, name: str, baseline=None):
+def mode_step(components: Components, results: dict, name: str, baseline=None, text_tokens: int | None = None):
     """One step at the job's shapes in the runtime plan's mode: the first call (the compile) and the median of 3."""
     transformer, blocks, device = components.transformer, components.blocks, components.runtime.device
-    x, cond, context = step_inputs(device)
+    x, cond, context = step_inputs(device, text_tokens)
     sigma = torch.tensor([0.8], device=device)
     with torch.no_grad():
         started = time.perf_counter()
@@ -200,33 +218,41 @@ def mode_step(components: Components, results: dict, name: str, baseline=None):
     print(name, "step", json.dumps(results[f"{name}_step"]), flush=True)
 
 
-def profile_step(components: Components, results: dict, name: str, top: int = 14):
-    """Where one step's GPU time goes: the top kernels by total time, grouped into attention, GEMMs and the rest."""
+def kernel_kind(key: str) -> str:
+    """A CUDA kernel's group in a step profile: attention, gemm, quantize (the FP8 casts: per-token and
+    per-head amax, scale and clamp; inductor may fuse a norm into them) or other (element-wise)."""
+    k = key.lower()
+    if "attention" in k or "fmha" in k or "flash" in k or ("cudnn" in k and "sdpa" in k):
+        return "attention"
+    if "gemm" in k or "sm90_xmma" in k or "cutlass" in k or "nvjet" in k or "scaled_mm" in k or "mm" == k:
+        return "gemm"
+    if "amax" in k or ("clamp" in k and "to_copy" in k) or "float8" in k or "e4m3" in k:
+        return "quantize"
+    return "other"
+
+
+def profile_step(components: Components, results: dict, name: str, top: int = 14, text_tokens: int | None = None):
+    """Where one step's GPU time goes: the top kernels by total time, grouped by ``kernel_kind``; with
+    the step's wall time from ``mode_step``, the host gaps are what the kernels leave of it."""
     from torch.profiler import ProfilerActivity, profile
 
     device = components.runtime.device
-    x, cond, context = step_inputs(device)
+    x, cond, context = step_inputs(device, text_tokens)
     sigma = torch.tensor([0.8], device=device)
     with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         fpgen_call(components.transformer, x, sigma, cond, context, components.blocks)
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.device_time_total for e in events)
-
-    def kind(key: str) -> str:
-        k = key.lower()
-        if "attention" in k or "fmha" in k or "flash" in k or ("cudnn" in k and "sdpa" in k):
-            return "attention"
-        if "gemm" in k or "sm90_xmma" in k or "cutlass" in k or "nvjet" in k or "scaled_mm" in k or "mm" == k:
-            return "gemm"
-        return "other"
-
     groups: dict[str, float] = {}
     for e in events:
-        groups[kind(e.key)] = groups.get(kind(e.key), 0.0) + e.device_time_total
+        groups[kernel_kind(e.key)] = groups.get(kernel_kind(e.key), 0.0) + e.device_time_total
+    step = results.get(f"{name}_step")
     results[f"{name}_profile"] = {
         "gpu_ms": total / 1e3,
+        "ms": {k: round(v / 1e3, 1) for k, v in groups.items()},
         "share": {k: round(v / total, 3) for k, v in groups.items()},
+        "host_gap_ms": step["s_per_step"] * 1e3 - total / 1e3 if step else None,
         "top": [(e.key[:90], round(e.device_time_total / 1e3, 2), e.count) for e in sorted(events, key=lambda e: -e.device_time_total)[:top]],
     }
     print(name, "profile", json.dumps(results[f"{name}_profile"]), flush=True)
@@ -495,6 +521,109 @@ def lowvram_and_fast(args, results: dict):
     vae_compile(args, results, started)
 
 
+CALIBRATE_SECONDS = 2.0  # fpgen calibrate's default video length
+BY_VALUE = ("magcache", "fbcache", "profile", "teacache")  # what --part stepcaches runs after the no-cache job, most wanted first
+
+
+class Budget:
+    """The part's wall-clock allowance (None: no limit): a stage runs only when its estimate still fits."""
+
+    def __init__(self, seconds: float | None, started: float):
+        self.seconds, self.started = seconds, started
+
+    def allows(self, estimate_s: float) -> bool:
+        return self.seconds is None or time.perf_counter() - self.started + estimate_s <= self.seconds
+
+
+def record(results: dict, key: str, value) -> None:
+    """Keep one figure and print it at once, so that a run stopped later still has it in its log."""
+    results[key] = value
+    print(key, json.dumps(value), flush=True)
+
+
+def calibrate_magcache(components: Components, settings: Settings, out: Path) -> dict:
+    """MagCache's ratios for these weights, measured as ``fpgen calibrate`` measures them (the job resolved,
+    a ``MagnitudeRecorder`` on the block stack, every pass computed) and stored where ``--step-cache magcache``
+    reads them. A video of calibrate's default length with the job's prompt (its shapes compile once for
+    every job after it) and another seed (a user calibrates on another video than the one measured)."""
+    clock = StepClock()
+    spec = replace(JobSpec.from_options({"output": out, "model": components.files.spec.name}), settings=replace(settings, seconds=CALIBRATE_SECONDS, seed=settings.seed + 1))
+    job = resolve(spec, overwrite=True, loaded=components, picture=picture())
+    if components.blocks is None:
+        components.load_transformer()
+    recorder = MagnitudeRecorder(job.settings.steps)
+    components.blocks.hooks.append(recorder)
+    try:
+        run_resolved_job(components, job, clock)
+    finally:
+        components.blocks.hooks.remove(recorder)
+    recorder.reset()  # the last section's ratios join the others
+    seconds = time.perf_counter() - clock.started
+    size = job.pictures.size
+    about = {"model": job.spec.model, "steps": job.settings.steps, "window": job.settings.window, "size": f"{size[0]}x{size[1]}", "sections": recorder.sections}
+    path = save_calibration(step_cache_key(job.spec, job.model, size), recorder.ratios(), about)
+    return {"s": seconds, "first_step_s": clock.first_step_s, "s_per_step": clock.step_time / max(clock.steps, 1), "sections": len(recorder.sections),
+            "ratios": [round(r, 4) for r in recorder.ratios()], "path": str(path)}  # fmt: skip
+
+
+def step_cache_job(components: Components, settings: Settings, cache: str, args, results: dict, reference: torch.Tensor | None = None) -> dict:
+    """The job with ``cache`` at its default threshold: its figures under ``stepcache_<cache>_...``
+    (latents against ``reference``, the no-cache job's, and ``--exact-latents`` when given), its latents kept."""
+    name = f"stepcache_{cache}"
+    job = run_job(components, replace(settings, step_cache=cache), args.work / f"{name}.mp4", name)
+    results[f"{name}_job"] = {**job["result"], "threshold": DEFAULT_THRESHOLDS.get(cache)}
+    record(results, f"{name}_s_per_frame", job["result"]["s_per_frame"])
+    record(results, f"{name}_passes_computed", job["result"]["transformer_passes"])
+    if reference is not None:
+        record(results, f"{name}_latents_rel_l2", rel_l2(job["latents"], reference))
+    if args.exact_latents and args.exact_latents.exists():
+        record(results, f"{name}_latents_rel_l2_vs_exact", rel_l2(job["latents"], saved_latents(args.exact_latents)))
+    save_tensors(args.out.with_name(f"{name}_latents.safetensors"), {"latents": job["latents"]})
+    return job
+
+
+def fast_profile(components: Components, results: dict, text_tokens: int) -> None:
+    """One fast step at the jobs' shapes (their prompt's token count: no recompile), timed, then profiled on CUDA."""
+    mode_step(components, results, "fast", text_tokens=text_tokens)
+    if torch.cuda.is_available():
+        profile_step(components, results, "fast", text_tokens=text_tokens)
+
+
+def step_caches(args, results: dict):
+    """The fast mode loaded once; MagCache calibrated on its weights; the job with no step cache, then
+    with each cache and a profile of one fast step, by value, while ``--budget-s`` allows.
+
+    A cached job's estimate is the no-cache job's time (a cache computes at most every pass); the
+    profile's is the calibration's time to its first step (encoders, a compile in case the step's
+    shapes differ from the jobs') and six steps. No exact-mode job runs here: its bf16 weights would
+    be a second load and compile (``--exact-latents`` compares with ``--part resident``'s instead).
+    """
+    budget = Budget(args.budget_s, time.perf_counter())
+    settings = job_settings(args)
+    models = model_dir(args.models, args.tiny, args.assets)
+    started = time.perf_counter()
+    components = framepack_components(models, "fast").load()
+    record(results, "load_s", time.perf_counter() - started)
+    record(results, "fast_attention", attention_of(components))
+    record(results, "magcache_calibration", calibrate_magcache(components, settings, args.work / "calibrate.mp4"))
+    record(results, "magcache_calibrate_s", results["magcache_calibration"]["s"])
+    none = step_cache_job(components, settings, "none", args, results)
+    profile_estimate = results["magcache_calibration"]["first_step_s"] + 6 * none["result"]["s_per_step"]
+    for stage in BY_VALUE:
+        estimate = profile_estimate if stage == "profile" else none["result"]["job_s"]
+        if not budget.allows(estimate):
+            record(results, f"{stage}_skipped", f"an estimated {estimate:.0f} s would overrun --budget-s {args.budget_s:.0f}")
+            continue
+        try:
+            if stage == "profile":
+                fast_profile(components, results, none["result"]["prompt_tokens"])
+            else:
+                step_cache_job(components, settings, stage, args, results, none["latents"])
+        except Exception as error:  # a cache's first GPU run may fail: the stages after it still run
+            traceback.print_exc()
+            record(results, f"{stage}_error", f"{type(error).__name__}: {str(error)[:300]}")
+
+
 SUMMARY = {  # the issue's key: (the run, the path in its JSON)
     "baseline_s_per_step": ("resident", "baseline_step.s_per_step"),
     "exact_s_per_step": ("resident", "exact_step.s_per_step"),
@@ -533,7 +662,7 @@ def summary(args, results: dict):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-exact", "lowvram-fast", "summary", "lowvram-child", "warm-start", "host-memory"], required=True)
+    parser.add_argument("--part", choices=["resident", "lowvram", "lowvram-exact", "lowvram-fast", "stepcaches", "summary", "lowvram-child", "warm-start", "host-memory"], required=True)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--models", type=Path, default=default_models_dir())
     parser.add_argument("--assets", type=Path, default=ASSETS, help="tokenizer, tokenizer_2 and feature_extractor folders for writing --models")
@@ -547,6 +676,7 @@ def main():
     parser.add_argument("--pid", type=int, default=None, help="the process whose host memory --part host-memory samples")
     parser.add_argument("--fast-latents", type=Path, default=None, help="--part summary: the fast job's latents from --part lowvram-fast")
     parser.add_argument("--raw", type=Path, nargs=2, default=None, help="--part summary: the resident and the lowvram-fast results")
+    parser.add_argument("--budget-s", type=float, default=None, help="--part stepcaches: skip the stages that would end later than this many seconds after the part starts")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.part == "lowvram-child":
@@ -559,7 +689,8 @@ def main():
         return host_memory_peaks(args.pid, args.models, args.out)
     results = Results(args.out, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__, models_dir=str(args.models))
     started = time.perf_counter()
-    {"resident": resident, "lowvram": lowvram, "lowvram-exact": lowvram_and_exact, "lowvram-fast": lowvram_and_fast}[args.part](args, results)
+    parts = {"resident": resident, "lowvram": lowvram, "lowvram-exact": lowvram_and_exact, "lowvram-fast": lowvram_and_fast, "stepcaches": step_caches}
+    parts[args.part](args, results)
     results["total_s"] = time.perf_counter() - started
     print(json.dumps(results, indent=1))
 

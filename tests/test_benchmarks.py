@@ -21,13 +21,20 @@ def golden_assets(folder: Path) -> Path:
     return folder
 
 
-def test_bench_job_resident_runs_tiny(tmp_path):
-    out = tmp_path / "out" / "resident.json"
-    command = [sys.executable, str(SCRIPT), "--part", "resident", "--tiny", "--models", str(tmp_path / "models"), "--assets", str(golden_assets(tmp_path / "assets")),
-               "--work", str(tmp_path / "work"), "--size", "32x32", "--seconds", "5", "--steps", "1", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+def run_bench(tmp_path: Path, part: str, steps: int, *options: str) -> dict:
+    """``bench_job.py --part part`` on tiny random models (5 s at 32x32), fpgen's cache folder in ``tmp_path``; its results."""
+    out = tmp_path / "out" / f"{part}.json"
+    command = [sys.executable, str(SCRIPT), "--part", part, "--tiny", "--models", str(tmp_path / "models"), "--assets", str(golden_assets(tmp_path / "assets")),
+               "--work", str(tmp_path / "work"), "--size", "32x32", "--seconds", "5", "--steps", str(steps), "--out", str(out), *options]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_bench_job_resident_runs_tiny(tmp_path):
+    result = run_bench(tmp_path, "resident", 1)
+    out = tmp_path / "out" / "resident.json"
     exact, baseline, vae = result["exact"], result["baseline"], result["vae"]
     assert (exact["frames"], exact["transformer_passes"], baseline["transformer_passes"]) == (145, [1, 1, 1, 1], [1, 1, 1, 1])
     # on the CPU the exact mode is the official arithmetic (SDPA, eager): the step and the job match the baseline bit for bit
@@ -39,3 +46,36 @@ def test_bench_job_resident_runs_tiny(tmp_path):
     assert (vae["sections"], vae["tiles_reused"], vae["tiles_decoded"], vae["identical"]) == (4, 5, 17, True)
     assert result["warm_start"]["warm_start_s"] > 0 and result["warm_start"]["transformer_load_s"] > 0
     assert (out.parent / "exact_latents.safetensors").is_file()
+
+
+CACHES = ("none", "magcache", "fbcache", "teacache")
+
+
+def test_bench_job_stepcaches_runs_tiny(tmp_path):
+    steps = 8
+    result = run_bench(tmp_path, "stepcaches", steps)
+    # MagCache calibrated first, on the loaded weights, over a 2-s video (2 sections) and stored where --step-cache magcache reads it
+    calibration = result["magcache_calibration"]
+    assert (calibration["sections"], len(calibration["ratios"]), calibration["ratios"][0]) == (2, steps, 1.0)
+    assert Path(calibration["path"]).parent == tmp_path / "cache" / "fpgen" / "magcache" and result["magcache_calibrate_s"] > 0
+    assert result["stepcache_none_passes_computed"] == [steps] * 4
+    for cache in CACHES:
+        passes = result[f"stepcache_{cache}_passes_computed"]
+        assert len(passes) == 4 and all(2 <= p <= steps for p in passes), (cache, passes)  # a section's first and last steps always compute
+        assert result[f"stepcache_{cache}_s_per_frame"] > 0 and result[f"stepcache_{cache}_job"]["frames"] == 145
+        assert (tmp_path / "out" / f"stepcache_{cache}_latents.safetensors").is_file()
+        if cache != "none":  # a cache that computed every pass gave the no-cache latents bit for bit; one that skipped, close ones
+            error = result[f"stepcache_{cache}_latents_rel_l2"]
+            assert error == 0.0 if passes == [steps] * 4 else 0 < error < 0.1, (cache, passes, error)
+    # on the tiny models MagCache (with its calibrated ratios) and TeaCache skip in every section
+    assert all(p < steps for cache in ("magcache", "teacache") for p in result[f"stepcache_{cache}_passes_computed"])
+    # the fast step is timed at the jobs' prompt length (its profile needs CUDA); no stage was skipped or failed
+    assert result["stepcache_none_job"]["prompt_tokens"] > 0 and result["fast_step"]["s_per_step"] > 0 and "fast_profile" not in result
+    assert not any(key.endswith(("_skipped", "_error")) for key in result)
+
+
+def test_bench_job_stepcaches_budget_skips_the_optional_stages(tmp_path):
+    result = run_bench(tmp_path, "stepcaches", 2, "--budget-s", "0")
+    assert result["stepcache_none_passes_computed"] == [2] * 4 and result["magcache_calibrate_s"] > 0  # always run
+    assert [key for key in result if key.endswith("_skipped")] == ["magcache_skipped", "fbcache_skipped", "profile_skipped", "teacache_skipped"]
+    assert not any(f"stepcache_{cache}_s_per_frame" in result for cache in CACHES[1:]) and "fast_step" not in result

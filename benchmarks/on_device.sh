@@ -2,7 +2,10 @@
 # On the GPU box (no network): install the wheels carried in .whl/ (*.whl, or unpacked ones as *.tar.xz) beside its torch, then run "$@".
 #   device run: bash benchmarks/on_device.sh python3 benchmarks/bench_step.py --out $OUT/step.json
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+mkdir -p /tmp/site
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
 for packed in .whl/*.tar.xz; do  # wheels unpacked and xz-compressed to fit the transfer
   if [ -e "$packed" ]; then tar -xJf "$packed" -C /tmp/site; fi
 done

@@ -106,27 +106,27 @@ def main(argv=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+    def keep(**items) -> None:
+        """Add ``items`` and write everything so far: a part that fails leaves the earlier ones' figures."""
+        results.update(items)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+
     if "write" in args.part:
         started = time.perf_counter()
         write_models(args.models, device, args.tiny)
-        results["write_s"] = time.perf_counter() - started
+        keep(write_s=time.perf_counter() - started)
     if "distilled" in args.part:
         run = job("helios-distilled", args.models, Settings(prompt="a red cat walks on the beach", seconds=2 if args.tiny else 10, size=size), work)
         steady = run["chunk_s"][1:] or run["chunk_s"]
-        results["distilled"] = run
-        results["helios_distilled_fps"] = run["frames"] / run["job_s"]
-        results["helios_distilled_s_per_chunk"] = statistics.median(steady)
-        results["peak_reserved_gib"] = run.get("peak_reserved_gib")
+        keep(distilled=run, helios_distilled_fps=run["frames"] / run["job_s"], helios_distilled_s_per_chunk=statistics.median(steady), peak_reserved_gib=run.get("peak_reserved_gib"))
     if "base" in args.part:
         run = job("helios", args.models, Settings(prompt="a red cat walks on the beach", negative_prompt="blurry", seconds=1, steps=2 if args.tiny else 50, size=size), work)
-        results["base"] = run
-        results["helios_base_s_per_frame"] = run["job_s"] / run["frames"]
+        keep(base=run, helios_base_s_per_frame=run["job_s"] / run["frames"])
     if "lowvram" in args.part:
         run = job("helios-distilled", args.models, Settings(prompt="a red cat walks on the beach", seconds=2, size=size), work, low_vram=torch.cuda.is_available())
-        results["lowvram"] = run
-        results["lowvram_peak_reserved_gib"] = run.get("peak_reserved_gib")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+        keep(lowvram=run, lowvram_peak_reserved_gib=run.get("peak_reserved_gib"))
     print(json.dumps({key: value for key, value in results.items() if not isinstance(value, dict)}, indent=1))
     return results
 

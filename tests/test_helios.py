@@ -46,7 +46,19 @@ def helios_offline(helios_cache, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     for module in (base_module, pyramid_module):
         monkeypatch.setattr(module, "prompt_clean", clean_prompt)
+    monkeypatch.setattr(pyramid_module.torch.linalg, "cholesky", semidefinite_cholesky(torch.linalg.cholesky))
     return helios_cache
+
+
+def semidefinite_cholesky(cholesky):
+    """The reference's block noise factors a covariance that is singular once rounded to float32 (``fpgen.helios.block_noise``),
+    which fails on some CPUs: factor it in float64 with its eigenvalues held at the 1e-8 jitter float32 lost."""
+
+    def factor(matrix, **options):
+        values, vectors = torch.linalg.eigh(matrix.double())
+        return cholesky(vectors @ torch.diag(values.clamp_min(1e-8)) @ vectors.T, **options).to(matrix.dtype)
+
+    return factor
 
 
 @pytest.fixture
@@ -283,7 +295,7 @@ def test_low_vram_releases_umt5_then_streams_the_transformer(helios_offline, tmp
 
     def streamed_layers(module, device, **options):
         stream(module, device, **options)
-        layers = module.encoder.block if hasattr(module, "encoder") else module.blocks
+        layers = module.block if hasattr(module, "block") else module.blocks
         hooked = all(HookRegistry.check_if_exists_or_initialize(layer).get_hook("group_offloading") is not None for layer in layers)
         phases.append(f"stream {type(module).__name__}, every layer: {hooked}")
 
@@ -299,6 +311,6 @@ def test_low_vram_releases_umt5_then_streams_the_transformer(helios_offline, tmp
         low = fpgen_latents(streamed, tmp_path / "low", None, settings)
     finally:
         gc.enable()
-    assert phases == ["stream UMT5EncoderModel, every layer: True", "load transformer, UMT5 alive: False", "stream HeliosTransformer3DModel, every layer: True"]
+    assert phases == ["stream UMT5Stack, every layer: True", "load transformer, UMT5 alive: False", "stream HeliosTransformer3DModel, every layer: True"]
     resident = fpgen_latents(fpgen.load_models("helios", device="cpu", dtype="float32"), tmp_path / "resident", None, settings)
     assert low.shape == (1, 16, 1 + 2, 4, 6) and torch.equal(low, resident)

@@ -305,11 +305,15 @@ def double(latents: torch.Tensor) -> torch.Tensor:
 
 
 def block_noise(shape: tuple[int, ...], gamma: float, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise correlated within every 2x2 patch (covariance (1+gamma)I - gamma), against the upsampling's block artifacts."""
+    """Gaussian noise correlated within every 2x2 patch (covariance (1+gamma)I - gamma), against the upsampling's block artifacts.
+
+    The factor is computed in float64: at Helios' gamma of 1/3 the covariance is singular but for a
+    1e-8 jitter that float32 cannot hold, and float32 Cholesky (diffusers') then fails on some CPUs.
+    """
     b, c, t, h, w = shape
-    covariance = torch.eye(4) * (1 + gamma) - torch.ones(4, 4) * gamma + torch.eye(4) * 1e-8
+    covariance = torch.eye(4, dtype=torch.float64) * (1 + gamma) - torch.ones(4, 4, dtype=torch.float64) * gamma + torch.eye(4, dtype=torch.float64) * 1e-8
     z = torch.randn(b * c * t * (h // 2) * (w // 2), 4, generator=generator)
-    noise = z @ torch.linalg.cholesky(covariance).T
+    noise = z @ torch.linalg.cholesky(covariance).float().T
     return noise.view(b, c, t, h // 2, w // 2, 2, 2).permute(0, 1, 2, 3, 5, 4, 6).reshape(shape)
 
 
@@ -395,7 +399,7 @@ class HeliosComponents(Components):
         self.text_encoder = UMT5EncoderModel.from_pretrained(self.paths["text_encoder"], dtype=self.runtime.encoder_dtype, use_safetensors=True)
         self.text_encoder = self.text_encoder.to("cpu" if self.low_vram else self._resident).eval().requires_grad_(False)
         if self.low_vram:
-            stream_module_layers(self.text_encoder, self.runtime.device, containers=("encoder",))  # UMT5's layers are encoder.block
+            stream_module_layers(self.text_encoder.encoder, self.runtime.device)  # UMT5's stack, which runs every weight forward uses
         return self.load_vae()
 
     def load_vae(self) -> HeliosComponents:

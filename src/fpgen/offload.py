@@ -296,20 +296,21 @@ def load_mapped_encoder(cls, path: Path, dtype: torch.dtype) -> torch.nn.Module:
     return model.eval()
 
 
-def stream_module_layers(module: torch.nn.Module, device: torch.device, containers: tuple[str, ...] = ()) -> None:
+def stream_module_layers(module: torch.nn.Module, device: torch.device) -> None:
     """Stream a model (Llama, UMT5, Helios' transformer) layer by layer with diffusers' group offloading.
 
     Its weights stay in ordinary memory (pinned on the fly, layer by layer) instead of a second,
     pinned copy; the next layer is copied on a side stream on CUDA (on the CPU the hooks run as they
-    are, which the tests use). ``containers`` name children that hold the layer list deeper down
-    (UMT5's ``encoder``); a model's own layer lists are found by themselves.
+    are, which the tests use). The layer list must be the module's own child: diffusers 0.42.1's
+    ``block_modules`` (a list one level down) registers its CUDA prefetch hooks twice and fails, so
+    UMT5 passes its ``encoder`` stack.
     """
     from diffusers.hooks import apply_group_offloading
 
     cuda = torch.device(device).type == "cuda"
     apply_group_offloading(
         module, onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="block_level",
-        num_blocks_per_group=1, use_stream=cuda, record_stream=cuda, low_cpu_mem_usage=cuda, block_modules=list(containers) or None,
+        num_blocks_per_group=1, use_stream=cuda, record_stream=cuda, low_cpu_mem_usage=cuda,
     )  # fmt: skip
 
 

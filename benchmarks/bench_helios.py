@@ -15,7 +15,8 @@ loading excluded:
   ``helios_distilled_s_per_chunk`` (median chunk after the first), ``peak_reserved_gib``;
 - base: 384x640, one chunk of 33 frames, 50 steps with CFG 5: ``helios_base_s_per_frame``;
 - lowvram: distilled, 2 chunks, ``--low-vram`` (UMT5 and the transformer streamed): ``lowvram_peak_reserved_gib``.
-fpgen does not compile Helios' blocks: these are eager figures (the compile cache plays no part).
+Helios' blocks are compiled as FramePack's are (exact mode; a 3-s warm-up job on the same models compiles them
+for every shape before the timed Distilled job); low-vram streams them eager.
 """
 
 from __future__ import annotations
@@ -72,11 +73,19 @@ def write_models(root: Path, device, tiny: bool) -> Path:
     return root
 
 
-def job(name: str, models: Path, settings: Settings, out: Path, low_vram: bool = False) -> dict:
-    """Load ``name`` from ``models`` (not timed), run one text-to-video job, and say how long each chunk took and the peak memory."""
+def job(name: str, models: Path, settings: Settings, out: Path, low_vram: bool = False, warm_up: Settings | None = None) -> dict:
+    """Load ``name`` from ``models`` (not timed), run one text-to-video job, and say how long each chunk took and the peak memory.
+
+    ``warm_up``: a shorter job run first on the same models (not timed), which compiles the blocks for every shape the job meets.
+    """
     files = find_model(name, models)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     components = Components(files, plan_runtime(RuntimeRequest(device=device, low_vram=low_vram), files.paths["transformer"])).load()
+    warm_up_s = None
+    if warm_up is not None:
+        started = time.perf_counter()
+        generate_video(components, None, out / f"{name}-warm-up.mp4", warm_up, overwrite=True)
+        warm_up_s = time.perf_counter() - started
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -85,7 +94,8 @@ def job(name: str, models: Path, settings: Settings, out: Path, low_vram: bool =
     video = generate_video(components, None, out / f"{name}{'-lowvram' if low_vram else ''}.mp4", settings, lambda event: marks.append(time.perf_counter()) if isinstance(event, SectionDone) else None, overwrite=True)
     elapsed = time.perf_counter() - started
     chunks = [b - a for a, b in zip([started, *marks], marks)]
-    result = {"frames": video.frames, "fps": video.fps, "job_s": elapsed, "chunk_s": chunks, "passes": video.result.transformer_passes, "mode": components.runtime.mode}
+    result = {"frames": video.frames, "fps": video.fps, "job_s": elapsed, "chunk_s": chunks, "passes": video.result.transformer_passes, "mode": components.runtime.mode,
+              "compiled": components.runtime.compile and components.runtime.is_cuda and not low_vram, "warm_up_s": warm_up_s}  # fmt: skip
     if torch.cuda.is_available():
         result.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB, peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB)
     del components
@@ -118,7 +128,8 @@ def main(argv=None) -> dict:
         write_models(args.models, device, args.tiny)
         keep(write_s=time.perf_counter() - started)
     if "distilled" in args.part:
-        run = job("helios-distilled", args.models, Settings(prompt="a red cat walks on the beach", seconds=2 if args.tiny else 10, size=size), work)
+        warm_up = Settings(prompt="a red cat walks on the beach", seconds=3, size=size) if torch.cuda.is_available() else None  # 3 chunks: every shape the job meets
+        run = job("helios-distilled", args.models, Settings(prompt="a red cat walks on the beach", seconds=2 if args.tiny else 10, size=size), work, warm_up=warm_up)
         steady = run["chunk_s"][1:] or run["chunk_s"]
         keep(distilled=run, helios_distilled_fps=run["frames"] / run["job_s"], helios_distilled_s_per_chunk=statistics.median(steady), peak_reserved_gib=run.get("peak_reserved_gib"))
     if "base" in args.part:

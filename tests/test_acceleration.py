@@ -78,6 +78,22 @@ def test_compile_cache_folder_follows_the_model_and_keeps_the_users(tmp_path, mo
     assert acceleration.os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
+def test_compile_blocks_finds_every_family_s_blocks(tmp_path, monkeypatch):
+    """FramePack's two block lists and Helios' one are compiled, each block in place; the rest stays eager."""
+    from conftest import HUB
+    from heliosmodels import tiny_transformer
+
+    from fpgen.loading import load_transformer
+
+    monkeypatch.setattr(acceleration, "COMPILE_CACHE", tmp_path / "inductor")
+    framepack, helios = load_transformer(HUB / "lllyasviel/FramePackI2V_HY", torch.float32), tiny_transformer()
+    for model, lists in ((framepack, ("transformer_blocks", "single_transformer_blocks")), (helios, ("blocks",))):
+        compile_blocks(model)
+        blocks = [block for name in lists for block in getattr(model, name)]
+        assert len(blocks) >= 2 and all(block._compiled_call_impl is not None for block in blocks)
+        assert sum(module._compiled_call_impl is not None for module in model.modules()) == len(blocks)
+
+
 def test_streaming_loader_reads_every_weight_once(monkeypatch):
     """The low-vram loader assembles the same transformer as from_pretrained (pinning replaced: no GPU here)."""
     import fpgen.offload as offload

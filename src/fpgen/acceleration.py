@@ -84,14 +84,17 @@ def inductor_options(match_eager_rounding: bool) -> dict:
     return {key: value for key, value in EAGER_ROUNDING.items() if key in known}
 
 
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks")  # FramePack's two kinds of block, Helios' one
+
+
 def compile_blocks(transformer, match_eager_rounding: bool = True) -> None:
     """torch.compile each block in place: fused elementwise work, one graph per block kind.
 
     Fused kernels keep intermediates in float32 where eager PyTorch rounds to bf16; with
     ``match_eager_rounding`` they round as eager does, so the exact mode stays at eager's numbers.
     """
-    blocks = (*transformer.transformer_blocks, *transformer.single_transformer_blocks)
-    embedder = transformer.x_embedder.proj.weight  # on the compute device in every mode (streamed blocks wait on the host)
+    blocks = [block for name in BLOCK_LISTS for block in getattr(transformer, name, ())]
+    embedder = (transformer.x_embedder.proj if hasattr(transformer, "x_embedder") else transformer.patch_embedding).weight  # on the compute device in every mode (streamed blocks wait on the host)
     use_persistent_compile_cache(embedder.device, embedder.dtype, rounding_of(match_eager_rounding))
     options = inductor_options(match_eager_rounding)
     for block in blocks:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fpgen.acceleration import compile_blocks
 from fpgen.buckets import resize_and_center_crop
 from fpgen.conditioning import JobInputs, PromptEmbedding
 from fpgen.denoiser import guided_velocity
@@ -421,6 +422,8 @@ class HeliosComponents(Components):
         apply_loras(model, self.loras)
         if self.low_vram:
             stream_module_layers(model, self.runtime.device)
+        elif self.runtime.is_cuda and self.runtime.compile:  # as FramePack's blocks (streamed blocks run eager: their hooks would break the graphs)
+            compile_blocks(model, match_eager_rounding=self.runtime.mode != "fast")
         return self.use_transformer(model)
 
     def use_transformer(self, model: torch.nn.Module) -> HeliosComponents:

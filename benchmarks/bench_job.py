@@ -605,11 +605,13 @@ def step_caches(args, results: dict):
     components = framepack_components(models, "fast").load()
     record(results, "load_s", time.perf_counter() - started)
     record(results, "fast_attention", attention_of(components))
-    record(results, "magcache_calibration", calibrate_magcache(components, settings, args.work / "calibrate.mp4"))
-    record(results, "magcache_calibrate_s", results["magcache_calibration"]["s"])
+    stages = [stage for stage in BY_VALUE if stage in args.caches.split(",")]
+    if "magcache" in stages:
+        record(results, "magcache_calibration", calibrate_magcache(components, settings, args.work / "calibrate.mp4"))
+        record(results, "magcache_calibrate_s", results["magcache_calibration"]["s"])
     none = step_cache_job(components, settings, "none", args, results)
-    profile_estimate = results["magcache_calibration"]["first_step_s"] + 6 * none["result"]["s_per_step"]
-    for stage in BY_VALUE:
+    profile_estimate = results.get("magcache_calibration", none["result"])["first_step_s"] + 6 * none["result"]["s_per_step"]
+    for stage in stages:
         estimate = profile_estimate if stage == "profile" else none["result"]["job_s"]
         if not budget.allows(estimate):
             record(results, f"{stage}_skipped", f"an estimated {estimate:.0f} s would overrun --budget-s {args.budget_s:.0f}")
@@ -676,6 +678,7 @@ def main():
     parser.add_argument("--pid", type=int, default=None, help="the process whose host memory --part host-memory samples")
     parser.add_argument("--fast-latents", type=Path, default=None, help="--part summary: the fast job's latents from --part lowvram-fast")
     parser.add_argument("--raw", type=Path, nargs=2, default=None, help="--part summary: the resident and the lowvram-fast results")
+    parser.add_argument("--caches", default=",".join(BY_VALUE), help="--part stepcaches: what runs after the no-cache job (MagCache's calibration only with magcache)")
     parser.add_argument("--budget-s", type=float, default=None, help="--part stepcaches: skip the stages that would end later than this many seconds after the part starts")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,13 @@ def test_bench_job_stepcaches_runs_tiny(tmp_path):
     assert not any(key.endswith(("_skipped", "_error")) for key in result)
 
 
+def test_bench_job_stepcaches_runs_the_caches_asked_for(tmp_path):
+    """``--caches teacache``: no MagCache calibration, the no-cache job, then TeaCache alone."""
+    result = run_bench(tmp_path, "stepcaches", 4, "--caches", "teacache")
+    ran = {key.removeprefix("stepcache_").removesuffix("_job") for key in result if key.startswith("stepcache_") and key.endswith("_job")}
+    assert ran == {"none", "teacache"} and "magcache_calibration" not in result
+
+
 def test_bench_job_stepcaches_budget_skips_the_optional_stages(tmp_path):
     result = run_bench(tmp_path, "stepcaches", 2, "--budget-s", "0")
     assert result["stepcache_none_passes_computed"] == [2] * 4 and result["magcache_calibrate_s"] > 0  # always run

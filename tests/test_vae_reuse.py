@@ -48,3 +48,20 @@ def test_blending_does_not_touch_the_stored_tiles():
     first = decode_latents(vae, latents)
     again = decode_latents(vae, latents)
     assert cache.hits == cache.misses == 6 and torch.equal(first, again)
+
+
+@pytest.mark.parametrize(("mode", "compiled"), [("fast", True), ("exact", False), ("low-vram", False)])
+def test_only_fast_mode_compiles_the_decoder_under_the_tile_cache(mode, compiled, monkeypatch, offline_cache):
+    """Fast mode's decoder is torch.compiled (its rounding differs from eager's), and the tile cache runs the compiled one."""
+    from fpgen import acceleration
+    from fpgen.loading import Components
+    from fpgen.hub import find_model
+    from fpgen.runtime import RuntimePlan
+
+    compiled_functions = []
+    monkeypatch.setattr(acceleration.torch, "compile", lambda function: compiled_functions.append(function) or (lambda x: function(x) + 0))
+    monkeypatch.setattr(RuntimePlan, "is_cuda", property(lambda self: True))  # the plan of a GPU, the tiny VAE on the CPU
+    runtime = RuntimePlan(torch.device("cpu"), torch.float32, torch.float32, mode, "test", compile=True)
+    vae = Components(find_model("framepack"), runtime).load_vae().vae
+    assert len(compiled_functions) == compiled
+    assert (vae.decoder.forward.run.__name__ == "<lambda>") == compiled  # the cache calls the compiled decoder

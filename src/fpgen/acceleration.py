@@ -101,6 +101,16 @@ def compile_blocks(transformer, match_eager_rounding: bool = True) -> None:
         block.compile(options=options)
 
 
+def compile_decoder(vae) -> None:
+    """torch.compile the VAE decoder's forward, before ``vae_reuse`` wraps it (the tile cache then stores compiled outputs).
+
+    Fast mode only: the fused kernels round differently from eager PyTorch (3.5e-3 relative L2 on an
+    H200), and a decode takes 2.18 s instead of 3.66 s there (18 latents). Each new tile shape compiles
+    once into the same keyed cache as the blocks.
+    """
+    vae.decoder.forward = torch.compile(vae.decoder.forward)
+
+
 FP8_MAX = 448.0  # largest float8_e4m3fn value
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fpgen.acceleration import compile_blocks, float8_linears
+from fpgen.acceleration import compile_blocks, compile_decoder, float8_linears
 from fpgen.attention import use_attention
 from fpgen.checkpoint import TransformerWeights, is_gguf, strip_prefix
 from fpgen.conditioning import check_prompt_template
@@ -179,6 +179,8 @@ class Components:
         self.vae = load_vae(self.paths["vae"], self.runtime.encoder_dtype, self._resident)
         if self.runtime.offload_encoders:
             self.vae.enable_tiling()
+        if self.runtime.is_cuda and self.runtime.compile and self.runtime.mode == "fast":
+            compile_decoder(self.vae)
         reuse_vae_tiles(self.vae, store=torch.device("cpu") if self.runtime.offload_encoders else None)
         return self
 

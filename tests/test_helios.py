@@ -314,26 +314,3 @@ def test_low_vram_releases_umt5_then_streams_the_transformer(helios_offline, tmp
     assert phases == ["stream UMT5Stack, every layer: True", "load transformer, UMT5 alive: False", "stream HeliosTransformer3DModel, every layer: True"]
     resident = fpgen_latents(fpgen.load_models("helios", device="cpu", dtype="float32"), tmp_path / "resident", None, settings)
     assert low.shape == (1, 16, 1 + 2, 4, 6) and torch.equal(low, resident)
-
-
-@pytest.mark.parametrize("amplify_history", [False, True])
-def test_fpgen_attention_processor_gives_diffusers_latents_bit_for_bit(amplify_history, helios_offline, tmp_path):
-    """fpgen's Helios attention (SDPA here, FA3 on Hopper) does diffusers' operations in diffusers' order; with the
-    history keys amplified (a config the released models may use) too."""
-    from diffusers import HeliosTransformer3DModel
-
-    from fpgen.attention import use_helios_attention
-
-    models = fpgen.load_models("helios-distilled", device="cpu", dtype="float32")
-    if amplify_history:
-        transformer = HeliosTransformer3DModel.from_config({**models.transformer.config, "is_amplify_history": True})
-        assert not transformer.load_state_dict(models.transformer.state_dict(), strict=False).unexpected_keys
-        torch.manual_seed(0)
-        for block in transformer.blocks:
-            block.attn1.history_key_scale.data.normal_()
-        models.use_transformer(transformer.eval())
-    settings = Settings(prompt=PROMPT, seconds=2.0, seed=5, size=(64, 64))
-    diffusers_latents = fpgen_latents(models, tmp_path / "diffusers", None, settings)
-    assert use_helios_attention(models.transformer, "sdpa") == 2 * len(models.transformer.blocks)
-    assert type(models.transformer.blocks[0].attn1.processor).__module__ == "fpgen.attention"
-    assert torch.equal(fpgen_latents(models, tmp_path / "fpgen", None, settings), diffusers_latents)

@@ -133,33 +133,6 @@ class FramePackAttention:
         return out, text_out
 
 
-class HeliosAttention:
-    """diffusers' ``HeliosAttnProcessor`` (self- and cross-attention, the history keys amplified) with the kernel swapped.
-
-    The operations and their order are diffusers', so with SDPA the output is bit-identical.
-    """
-
-    def __init__(self, backend: str):
-        self.backend = backend
-        self.attend = ATTEND[backend]
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, original_context_length=None):
-        from diffusers.models.transformers.transformer_helios import _get_qkv_projections, apply_rotary_emb_transposed
-
-        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
-        if rotary_emb is not None:
-            query, key = apply_rotary_emb_transposed(query, rotary_emb), apply_rotary_emb_transposed(key, rotary_emb)
-        history = hidden_states.shape[1] - original_context_length if not attn.is_cross_attention and attn.is_amplify_history else 0
-        if history > 0:
-            scale = 1.0 + torch.sigmoid(attn.history_key_scale) * (attn.max_scale - 1.0)
-            scale = scale.view(1, 1, -1, 1) if attn.history_scale_mode == "per_head" else scale
-            key = torch.cat([key[:, :history] * scale, key[:, history:]], dim=1)
-        out = self.attend(query, key, value, attention_mask).flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
-
-
 def heads(attn, x: torch.Tensor, to_q, to_k, to_v, norm_q, norm_k) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Projected, per-head (B, S, H, D) query, key and value, with the query/key norms applied."""
     query, key, value = (proj(x).unflatten(2, (attn.heads, -1)) for proj in (to_q, to_k, to_v))
@@ -186,13 +159,3 @@ def use_attention(transformer, backend: str) -> int:
     for block in blocks:
         block.attn.set_processor(FramePackAttention(backend))
     return len(blocks)
-
-
-def use_helios_attention(transformer, backend: str) -> int:
-    """Give every Helios block's self- and cross-attention a processor calling ``backend`` (FP8 attention is
-    not measured for Helios: "fa3-fp8" runs FA3 in bf16); returns how many processors. Before compiling."""
-    processor = HeliosAttention("fa3" if backend == "fa3-fp8" else backend)
-    for block in transformer.blocks:
-        block.attn1.set_processor(processor)
-        block.attn2.set_processor(processor)
-    return 2 * len(transformer.blocks)

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from fpgen.acceleration import compile_blocks
-from fpgen.attention import use_helios_attention
 from fpgen.buckets import resize_and_center_crop
 from fpgen.conditioning import JobInputs, PromptEmbedding
 from fpgen.denoiser import guided_velocity
@@ -421,8 +420,6 @@ class HeliosComponents(Components):
         model = HeliosTransformer3DModel.from_pretrained(self.paths["transformer"], torch_dtype=self.runtime.transformer_dtype, use_safetensors=True)
         model = model.to(resident).eval().requires_grad_(False)
         apply_loras(model, self.loras)
-        if self.runtime.is_cuda:
-            use_helios_attention(model, self.runtime.attention)  # before compiling: the processor is traced into the graph
         if self.low_vram:
             stream_module_layers(model, self.runtime.device)
         elif self.runtime.is_cuda and self.runtime.compile:  # as FramePack's blocks (streamed blocks run eager: their hooks would break the graphs)

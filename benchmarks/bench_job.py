@@ -224,11 +224,12 @@ def kernel_kind(key: str) -> str:
     k = key.lower()
     if "attention" in k or "fmha" in k or "flash" in k or ("cudnn" in k and "sdpa" in k):
         return "attention"
+    quantize = "amax" in k or ("clamp" in k and "to_copy" in k) or "float8" in k or "e4m3" in k
+    if k.startswith("triton_"):  # inductor's fused element-wise kernels, named after what they feed ("_scaled_mm") too
+        return "quantize" if quantize else "other"
     if "gemm" in k or "sm90_xmma" in k or "cutlass" in k or "nvjet" in k or "scaled_mm" in k or "mm" == k:
         return "gemm"
-    if "amax" in k or ("clamp" in k and "to_copy" in k) or "float8" in k or "e4m3" in k:
-        return "quantize"
-    return "other"
+    return "quantize" if quantize else "other"
 
 
 def profile_step(components: Components, results: dict, name: str, top: int = 14, text_tokens: int | None = None):

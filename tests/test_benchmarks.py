@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import HUB
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_job.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the benchmarks' own functions
 
 
 def golden_assets(folder: Path) -> Path:
@@ -86,3 +88,17 @@ def test_bench_job_stepcaches_budget_skips_the_optional_stages(tmp_path):
     assert result["stepcache_none_passes_computed"] == [2] * 4 and result["magcache_calibrate_s"] > 0  # always run
     assert [key for key in result if key.endswith("_skipped")] == ["magcache_skipped", "fbcache_skipped", "profile_skipped", "teacache_skipped"]
     assert not any(f"stepcache_{cache}_s_per_frame" in result for cache in CACHES[1:]) and "fast_step" not in result
+
+
+@pytest.mark.parametrize(("kernel", "kind"), [  # names from the H200 fast-step profile (results/h200-stepcaches-2026-12-01.json)
+    ("void cutlass::device_kernel<flash::enable_sm90<flash::FlashAttnFwdSm90<flash::CollectiveMa", "attention"),
+    ("nvjet_sm90_qqtst_128x128_128x6_1x1_h_bz_coopA_algo2_ovscale_TNT", "gemm"),
+    ("triton_red_fused__scaled_mm__to_copy_abs_add_amax_cat_clamp_div_gelu_mean_slice_t_view_17", "quantize"),
+    ("triton_poi_fused__to_copy_add_mean_mul_neg_pow_rsqrt_slice_stack_unbind_view_4", "other"),
+    ("triton_red_fused_abs_amax_6", "quantize"),
+])  # fmt: skip
+def test_profile_groups_inductor_kernels_by_what_they_do(kernel, kind):
+    """An inductor kernel named after the FP8 matmul it feeds is quantization work, not a GEMM."""
+    from bench_job import kernel_kind
+
+    assert kernel_kind(kernel) == kind

@@ -22,6 +22,7 @@ for every shape before the timed Distilled job); low-vram streams them eager.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -80,6 +81,7 @@ def job(name: str, models: Path, settings: Settings, out: Path, low_vram: bool =
     """
     files = find_model(name, models)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    left_over = torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else None  # what an earlier part left on the GPU
     components = Components(files, plan_runtime(RuntimeRequest(device=device, low_vram=low_vram), files.paths["transformer"])).load()
     warm_up_s = None
     if warm_up is not None:
@@ -97,8 +99,10 @@ def job(name: str, models: Path, settings: Settings, out: Path, low_vram: bool =
     result = {"frames": video.frames, "fps": video.fps, "job_s": elapsed, "chunk_s": chunks, "passes": video.result.transformer_passes, "mode": components.runtime.mode,
               "compiled": components.runtime.compile and components.runtime.is_cuda and not low_vram, "warm_up_s": warm_up_s}  # fmt: skip
     if torch.cuda.is_available():
-        result.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB, peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB)
-    del components
+        result.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB, peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB, left_over_gib=left_over)
+    del components, video
+    torch._dynamo.reset()  # compiled blocks keep their weights referenced: the next part would measure them too
+    gc.collect()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return result
 

@@ -111,7 +111,8 @@ def train_worker(args) -> None:
     """One rank of the DDP LoRA step under torchrun; rank 0 writes every rank's figures to ``--result``."""
     from accelerate import Accelerator
     from accelerate.utils import gather_object
-    from train_step import FULL, TINY, build_model, make_batch
+    from fullsize import TINY_TRANSFORMER, TRANSFORMER
+    from train_step import build_model, make_batch
 
     from fpgen.training.adapters import add_lora, trainable_parameters
     from fpgen.training.config import TrainConfig
@@ -121,7 +122,7 @@ def train_worker(args) -> None:
 
     accelerator = Accelerator(cpu=args.tiny, mixed_precision="bf16")
     device, cuda = accelerator.device, accelerator.device.type == "cuda"
-    model_config = TINY if args.tiny else FULL
+    model_config = TINY_TRANSFORMER if args.tiny else TRANSFORMER
     height, width = (int(v) for v in args.train_size.split("x"))
     started = time.perf_counter()
     model = build_model(model_config, device, torch.bfloat16)  # seeded: every rank holds the same weights
@@ -220,17 +221,25 @@ def failure(proc, wall: float, stderr: str) -> dict:
 # ---------------------------------------------------------------------------------------------- stages
 
 
-def train(n: int, args, timeout: float) -> dict:
-    result_file = args.work / f"train-{n}.json"
+def run_workers(args, processes: int, worker: str, forwarded: list[str], timeout: float) -> tuple[dict, GpuMemory]:
+    """``torchrun`` of this script's ``--WORKER-worker`` on ``processes`` ranks: rank 0's ``--result`` and the wall
+    time (or the failure), and the GPUs' memory while it ran."""
+    result_file = args.work / f"{worker}-{processes}.json"
     result_file.unlink(missing_ok=True)
-    forwarded = ["--train-size", args.train_size, "--window", str(args.window), "--rank", str(args.rank), "--prompt-tokens", str(args.prompt_tokens),
-                 "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--tiny"] if args.tiny else [])  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), __file__, "--train-worker", "--result", str(result_file), *forwarded]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), __file__, f"--{worker}-worker",
+               "--result", str(result_file), *forwarded, *(["--tiny"] if args.tiny else [])]  # fmt: skip
     with GpuMemory() as memory:
         proc, wall, stderr = run_command(command, timeout, **({"OMP_NUM_THREADS": "1"} if args.tiny else {}))
     if proc is None or proc.returncode or not result_file.exists():
-        return failure(proc, wall, stderr)
-    return {**json.loads(result_file.read_text()), "wall_s": round(wall, 1), "nvidia_smi_peak_used_gib": memory.gib(n)}
+        return failure(proc, wall, stderr), memory
+    return {**json.loads(result_file.read_text()), "wall_s": round(wall, 1)}, memory
+
+
+def train(n: int, args, timeout: float) -> dict:
+    forwarded = ["--train-size", args.train_size, "--window", str(args.window), "--rank", str(args.rank), "--prompt-tokens", str(args.prompt_tokens),
+                 "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
+    outcome, memory = run_workers(args, n, "train", forwarded, timeout)
+    return outcome if "error" in outcome else {**outcome, "nvidia_smi_peak_used_gib": memory.gib(n)}
 
 
 def generate(n: int, args, models: Path, timeout: float) -> dict:
@@ -407,14 +416,7 @@ def vae_worker(args) -> None:
 
 
 def vae(args, timeout: float) -> dict:
-    result_file = args.work / "vae.json"
-    result_file.unlink(missing_ok=True)
-    forwarded = ["--train-size", args.train_size, "--window", str(args.window), *(["--tiny"] if args.tiny else [])]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, "--vae-worker", "--result", str(result_file), *forwarded]
-    proc, wall, stderr = run_command(command, timeout, **({"OMP_NUM_THREADS": "1"} if args.tiny else {}))
-    if proc is None or proc.returncode or not result_file.exists():
-        return failure(proc, wall, stderr)
-    return {**json.loads(result_file.read_text()), "wall_s": round(wall, 1)}
+    return run_workers(args, 2, "vae", ["--train-size", args.train_size, "--window", str(args.window)], timeout)[0]
 
 
 def timed_steps(step, warmup: int, steps: int) -> tuple[torch.Tensor, float]:
@@ -442,15 +444,9 @@ def cuda_profile(step) -> dict:
 
 
 def cp_step(args, timeout: float) -> dict:
-    result_file = args.work / "cp-step.json"
-    result_file.unlink(missing_ok=True)
     forwarded = ["--train-size", args.train_size, "--window", str(args.window), "--prompt-tokens", str(args.prompt_tokens), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                 *(["--tiny"] if args.tiny else []), *(["--gen-compile"] if args.gen_compile else [])]  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, "--cp-worker", "--result", str(result_file), *forwarded]
-    proc, wall, stderr = run_command(command, timeout, **({"OMP_NUM_THREADS": "1"} if args.tiny else {}))
-    if proc is None or proc.returncode or not result_file.exists():
-        return failure(proc, wall, stderr)
-    return {**json.loads(result_file.read_text()), "wall_s": round(wall, 1)}
+                 *(["--gen-compile"] if args.gen_compile else [])]  # fmt: skip
+    return run_workers(args, 2, "cp", forwarded, timeout)[0]
 
 
 # ---------------------------------------------------------------------------------------------- fsdp: `fpgen finetune --full` under FSDP2

@@ -30,7 +30,8 @@ rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.GELU(), torch.nn.Linear(5, 3))  # odd sizes: uneven shards
 if distributed:
-    fully_shard(model[0]), fully_shard(model[2]), fully_shard(model)
+    for module in (model[0], model[2], model):  # each linear its own unit, then the rest
+        fully_shard(module)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
 trainee = SimpleNamespace(objective=model, optimizer=SimpleNamespace(optimizer=optimizer))
 

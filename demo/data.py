@@ -128,8 +128,8 @@ def apply_look(photo: Image.Image, look: Look) -> Image.Image:
         hsv[..., 0] = (hsv[..., 0] + look.hue) % 256
         hsv[..., 1] = np.clip(np.rint(hsv[..., 1] * look.saturation), 0, 255)
         photo = Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
-    pixels = np.asarray(photo)[..., list(look.channels)].astype(np.float64) / 255
-    photo = Image.fromarray(np.rint(255 * pixels**look.gamma).astype(np.uint8))
+    curve = np.rint(255 * (np.arange(256) / 255) ** look.gamma).astype(np.uint8)
+    photo = Image.fromarray(curve[np.asarray(photo)[..., list(look.channels)]])
     if look.shapes:
         draw_shapes(photo, look.shapes, np.random.default_rng(look.shape_seed))
     return photo

@@ -21,8 +21,8 @@
 set -euo pipefail
 BUDGET=${BUDGET:-570}             # seconds this command may use (the device stops it at 600)
 HUB=.demo/hub HUB_SHORT=.demo/hub-short DATA=.demo/data RUNS=.demo/runs CACHE=.demo/cache
-CLIPS=${CLIPS:-1500} MAX_STEPS=${MAX_STEPS:-100000} BATCH=${BATCH:-128} VAE_S=${VAE_S:-200} EXPORT_S=${EXPORT_S:-30} WORKERS=${WORKERS:-14}
-MODELS=${MODELS:-framepack} CACHE_JOBS=${CACHE_JOBS:-4} INIT=${INIT:-shipped} LR=${LR:-3e-4} DECODER=${DECODER:-1} DEVICE=${DEVICE:-cuda}
+CLIPS=${CLIPS:-1000} MAX_STEPS=${MAX_STEPS:-100000} BATCH=${BATCH:-128} VAE_S=${VAE_S:-100} EXPORT_S=${EXPORT_S:-30} WORKERS=${WORKERS:-14}
+MODELS=${MODELS:-framepack} CACHE_JOBS=${CACHE_JOBS:-6} INIT=${INIT:-shipped} LR=${LR:-3e-4} DECODER=${DECODER:-1} DEVICE=${DEVICE:-cuda}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 left() { echo $((BUDGET - SECONDS - ${1:-0})); }
 fpgen() { python3 -m fpgen "$@"; }
@@ -73,13 +73,9 @@ for stage in "$@"; do
       done
       for pid in "${pids[@]}"; do wait "$pid" || [ $? -eq 124 ]; done  # 124: stopped at the limit (timeout), checkpoint kept
       for name in $MODELS; do tail -n 2 "$RUNS/$name.err"; tail -n 2 "$RUNS/$name/log.jsonl" 2>/dev/null || true; done ;;
-    export)  # the runs' EMA weights into their hubs (bf16, shards under 5 MB); both hubs back through $OUT in 15 MB parts
+    export)  # the runs' EMA weights (a run stopped by the limit: its last checkpoint's) into their hubs (bf16, shards under 5 MB); both hubs back through $OUT in 15 MB parts
       for name in $MODELS; do
         read -r model hub history <<< "$(run_of "$name")"
-        if [ ! -f "$RUNS/$name/config.json" ]; then  # stopped by the time limit: finish at its last checkpoint (writes the EMA weights)
-          last=$(ls "$RUNS/$name/checkpoints" | sort | tail -n 1)
-          MAX_STEPS=$((10#${last#step-})) MODELS=$name BUDGET=$(left) bash "$0" train
-        fi
         python3 demo/build.py "$hub" --part export --run "$RUNS/$name" --order "$(order_of "$model")"
         cp "$RUNS/$name/log.jsonl" "$OUT/$name.log.jsonl" 2>/dev/null || true
       done

@@ -34,6 +34,9 @@ from demo import data  # noqa: E402
 from demo.build import HUNYUAN, SHARD  # noqa: E402
 
 
+LOOK_POOL, LOOK_REUSE = 16, 8  # varied photos each worker keeps; windows per new look
+
+
 class Windows(torch.utils.data.IterableDataset):
     """Endless (frames, 3, H, W) float windows in [-1, 1] of seeded camera paths over ``stills`` (each worker its own stream),
     the photos varied by ``data.draw_look`` unless ``plain`` (held-out evaluation)."""
@@ -45,11 +48,17 @@ class Windows(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         photos = {}
+        varied = []  # a pool of varied photos, one replaced every few windows: a look costs more than a window
         while True:
             still, flip = str(rng.choice(self.stills)), bool(rng.random() < 0.5)
             if (still, flip) not in photos:
                 photos[still, flip] = data.load_still(self.folder, still, flip)
-            photo = photos[still, flip] if self.plain else data.apply_look(photos[still, flip].copy(), data.draw_look(rng))
+            photo = photos[still, flip]
+            if not self.plain and (len(varied) < LOOK_POOL or rng.random() < 1 / LOOK_REUSE):
+                varied.append(data.apply_look(photo.copy(), data.draw_look(rng)))
+                varied = varied[-LOOK_POOL:]
+            if not self.plain:
+                photo = varied[int(rng.integers(len(varied)))]
             path = data.motion_path(str(rng.choice(data.MOTIONS)), str(rng.choice(list(data.SPEEDS))), self.frames)
             views = data.fit_views(path, (photo.height, photo.width), (self.size, self.size), rng)
             yield torch.from_numpy(data.render(photo, views, (self.size, self.size))).permute(3, 0, 1, 2).float() / 127.5 - 1

@@ -64,3 +64,30 @@ def test_a_tiny_run_is_deterministic_for_a_seed(tmp_path):
     truth = json.loads(first[0][1])
     assert truth["frames"] == 37 and len(truth["views"]) == 37 and first[1][1].strip() == truth["caption"]
     assert first[4].shape == (37, 64, 64, 3)
+
+
+def test_a_look_varies_the_photo_as_recorded_and_held_out_clips_stay_plain(tmp_path):
+    photo = textured_photo()
+    assert data.apply_look(photo, data.PLAIN) is photo
+    swapped = np.asarray(data.apply_look(photo, data.Look(channels=(2, 0, 1))))
+    assert np.array_equal(swapped, np.asarray(photo)[..., [2, 0, 1]])
+    turned = data.apply_look(photo, data.Look(quarter_turns=1, shapes=5, shape_seed=3))
+    assert turned.size == (300, 400) and np.abs(np.asarray(turned).astype(int) - np.asarray(photo.transpose(Image.ROTATE_90))).max() > 0
+
+    (tmp_path / "stills").mkdir()
+    for name in data.STILLS:
+        textured_photo(seed=len(name)).save(tmp_path / "stills" / name)
+    for split in ("train", "heldout"):
+        data.make_split(tmp_path, split, 6, 0, ("astronaut.png", "chelsea.png"), 1, (64, 64), 0, 1)
+    looks = {split: [json.loads(p.read_text())["look"] for p in sorted((tmp_path / split).glob("*.json"))] for split in ("train", "heldout")}
+    assert all(look == json.loads(json.dumps(vars(data.PLAIN))) for look in looks["heldout"])
+    assert sum(look != looks["heldout"][0] for look in looks["train"]) >= 3  # most training clips are varied (a quarter plain)
+
+    # the recorded look and views render a varied clip again: far closer to its MP4 than the plain photo's rendering
+    name = next(p.stem for p in sorted((tmp_path / "train").glob("*.json")) if json.loads(p.read_text())["look"] != looks["heldout"][0])
+    clip = json.loads((tmp_path / "train" / f"{name}.json").read_text())
+    look = data.Look(**{**clip["look"], "channels": tuple(clip["look"]["channels"])})
+    written = read_mp4(tmp_path / "train" / f"{name}.mp4")[0].astype(int)
+    error = {kind: np.abs(written - data.render(data.load_still(tmp_path / "stills", clip["still"], clip["flip"], chosen), np.asarray(clip["views"]), (64, 64)).astype(int)).mean()
+             for kind, chosen in (("recorded", look), ("plain", data.PLAIN))}  # fmt: skip
+    assert error["recorded"] < 0.5 * error["plain"], error

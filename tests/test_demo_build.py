@@ -37,3 +37,35 @@ def test_identity_llama_hands_back_the_word_vectors(tmp_path):
     for word, vector in zip(WORDS, vectors):
         assert torch.equal(rows[tokenizer(" " + word)["input_ids"][1]], vector)  # each word's row is its vector
     assert embedding.pooled.shape == (1, build.CLIP_DIM)
+
+
+def test_the_shipped_demo_unpacks_and_a_stopped_runs_ema_weights_export_into_the_hub(tmp_path):
+    """Round 2 of the demo continued from the package (``--part unpack``) and exported runs the time limit had
+    stopped from their newest checkpoint's EMA weights (``export_transformer`` without a result folder)."""
+    import pytest
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    from fpgen.registry import DEMO_FOLDER
+    from fpgen.tensorfile import load_tensors, save_tensors
+
+    hub = tmp_path / "hub"
+    build.unpack(DEMO_FOLDER, hub)
+    shipped = load_tensors(next((DEMO_FOLDER / "transformer").glob("*00001-of-*.safetensors")))[0]
+    for order in ("inverted", "forward"):  # both orders start from the shipped transformer
+        copied = load_tensors(next((hub / build.TRANSFORMER_REPOS[order]).glob("*00001-of-*.safetensors")))[0]
+        assert all(torch.equal(copied[name], tensor) for name, tensor in shipped.items())
+
+    model = HunyuanVideoFramepackTransformer3DModel(**build.TRANSFORMER)
+    averaged = {name: torch.randn_like(p) for name, p in model.named_parameters()}
+    run = tmp_path / "run"
+    for step in (250, 500):
+        (run / "checkpoints" / f"step-{step:07d}").mkdir(parents=True)
+        save_tensors(run / "checkpoints" / f"step-{step:07d}" / "ema.safetensors", {k: v * step for k, v in averaged.items()})
+    assert build.export_transformer(run, hub, "forward")["steps"] == 500
+    exported = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(hub / build.TRANSFORMER_REPOS["forward"]), torch_dtype=torch.float32)
+    assert all(torch.equal(p, (averaged[name] * 500).bfloat16().float()) for name, p in exported.named_parameters())
+
+    del averaged["proj_out.weight"]
+    save_tensors(run / "checkpoints" / "step-0000500" / "ema.safetensors", averaged)
+    with pytest.raises(SystemExit, match="proj_out.weight"):
+        build.export_transformer(run, hub, "forward")

@@ -246,12 +246,13 @@ def export_transformer(run: Path, out: Path, order: str) -> dict:
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
     from fpgen.tensorfile import load_tensors
+    from fpgen.training.checkpoint import latest_checkpoint
 
     folder = out / TRANSFORMER_REPOS[order]
     if (run / "config.json").is_file():
         model, steps = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(run), torch_dtype=torch.bfloat16), json.loads((run / "fpgen.json").read_text())["steps"]
     else:
-        checkpoint = max((run / "checkpoints").glob("step-*"))
+        checkpoint = latest_checkpoint(run)
         model = HunyuanVideoFramepackTransformer3DModel(**TRANSFORMER)
         averaged = load_tensors(checkpoint / "ema.safetensors")[0]
         missing = set(dict(model.named_parameters())) ^ set(averaged)

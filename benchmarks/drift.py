@@ -175,13 +175,18 @@ def theil_sen(values: np.ndarray) -> float:
     return float(np.median((np.asarray(values)[j] - np.asarray(values)[i]) / (j - i))) if len(i) else 0.0
 
 
+def bootstrap_mean(values: np.ndarray, resamples: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
+    """The mean of ``values`` and its percentile bootstrap interval."""
+    values = np.asarray(values, np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    means = values[picks].mean(1)
+    tail = (1 - level) / 2 * 100
+    return {"mean": float(values.mean()), "low": float(np.percentile(means, tail)), "high": float(np.percentile(means, 100 - tail)), "pairs": len(values)}
+
+
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
     """The mean of a - b over pairs and its percentile bootstrap interval (pairs resampled together)."""
-    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    picks = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
-    means = diff[picks].mean(1)
-    tail = (1 - level) / 2 * 100
-    return {"mean": float(diff.mean()), "low": float(np.percentile(means, tail)), "high": float(np.percentile(means, 100 - tail)), "pairs": len(diff)}
+    return bootstrap_mean(np.asarray(a, np.float64) - np.asarray(b, np.float64), resamples, seed, level)
 
 
 def section_means(values: np.ndarray, frames_per_section: int) -> np.ndarray:
@@ -296,6 +301,7 @@ def run_study(args, inputs: list[tuple[str, str, int]], stills: Path) -> dict:
             del loaded
     for cell in (cell for cell in cells.values() if cell["videos"]):
         cell["mean"] = {key: float(np.mean([v["summary"][key] for v in cell["videos"]])) for key in cell["videos"][0]["summary"]}
+        cell["interval"] = {key: bootstrap_mean([v["summary"][key] for v in cell["videos"]]) for key in cell["videos"][0]["summary"]}
         cell["frozen"] = cell["mean"]["motion_ratio_last_section"] < FROZEN_BELOW  # the guard: such a cell's PSNR cannot count as a win
     return cells
 

@@ -79,7 +79,7 @@ def run(args) -> list[dict]:
     import fpgen
     from fpgen.video import read_mp4
 
-    models = fpgen.load_models("framepack", model_dir=args.model_dir, device=args.device) if args.model_dir else fpgen.load_models("demo", device=args.device)
+    models = fpgen.load_models("framepack" if args.model_dir else "demo", model_dir=args.model_dir, device=args.device)
     frames = 1 + 4 * args.window
     videos = []
     for number, clip in enumerate(pick_clips(args.data, args.clips)):

@@ -118,7 +118,7 @@ def draw_look(rng: np.random.Generator) -> Look:
 
 
 def apply_look(photo: Image.Image, look: Look) -> Image.Image:
-    """The photo as ``look`` varies it (PLAIN: unchanged)."""
+    """The photo as ``look`` varies it: a new picture (PLAIN: the photo itself), the given one is never drawn on."""
     if look == PLAIN:
         return photo
     for _ in range(look.quarter_turns):

@@ -51,10 +51,9 @@ class Windows(torch.utils.data.IterableDataset):
             if (still, flip) not in photos:
                 photos[still, flip] = data.load_still(self.folder, still, flip)
             photo = photos[still, flip]
-            if not self.plain and (len(varied) < LOOK_POOL or rng.random() < 1 / LOOK_REUSE):
-                varied.append(data.apply_look(photo.copy(), data.draw_look(rng)))
-                varied = varied[-LOOK_POOL:]
             if not self.plain:
+                if len(varied) < LOOK_POOL or rng.random() < 1 / LOOK_REUSE:
+                    varied = [*varied, data.apply_look(photo, data.draw_look(rng))][-LOOK_POOL:]
                 photo = varied[int(rng.integers(len(varied)))]
             path = data.motion_path(str(rng.choice(data.MOTIONS)), str(rng.choice(list(data.SPEEDS))), self.frames)
             views = data.fit_views(path, (photo.height, photo.width), (self.size, self.size), rng)

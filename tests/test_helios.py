@@ -186,7 +186,7 @@ def test_command_makes_text_to_video_with_latents(helios_cache, tmp_path):
     ("model", "args", "needles"),
     [
         ("helios", ["--end-image", "end.png"], ["--end-image", "no end-frame mechanism"]),
-        ("helios-distilled", ["--fast"], ["--step-cache", "--step-cache none"]),
+        ("helios-distilled", ["--step-cache", "teacache"], ["--step-cache", "no step cache"]),
         ("helios-mid", ["--lora", "style.safetensors:1"], ["style.safetensors is a FramePack LoRA", "Helios model"]),
         ("helios", ["start.png", "--extend", "given.mp4"], ["IMAGE with --extend", "own first frame", "drop IMAGE or --extend"]),
         ("framepack", [], ["missing IMAGE", "framepack"]),
@@ -204,6 +204,43 @@ def test_what_the_family_lacks_is_a_one_line_error(model, args, needles, helios_
     done = run_fpgen("generate", "-m", model, "-p", PROMPT, "-o", tmp_path / "x.mp4", *args, cache=helios_cache, cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert all(needle in done.stderr for needle in needles)
+
+
+def test_fast_mode_runs_helios_without_the_step_cache_it_brings():
+    """``--fast`` picks TeaCache; Helios has none, so it takes the rest of fast mode and says so. A cache asked for by name is still refused."""
+    from fpgen.config import check_family_inputs, fast_without_step_cache
+    from fpgen.errors import InputError
+    from fpgen.families import FRAMEPACK, HELIOS_DISTILLED
+    from fpgen.spec import JobSpec
+
+    fast = JobSpec.from_options({"output": "x.mp4", "model": "helios-distilled", "fast": True})
+    assert fast.settings.step_cache == "teacache"
+    spec, notes = fast_without_step_cache(fast, HELIOS_DISTILLED)
+    assert spec.fast and spec.settings.step_cache == "none" and len(notes) == 1 and "no step cache" in notes[0]
+    check_family_inputs(spec, HELIOS_DISTILLED, has_picture=False)
+    assert fast_without_step_cache(fast, FRAMEPACK) == (fast, ())
+    named = JobSpec.from_options({"output": "x.mp4", "model": "helios-distilled", "step_cache": "magcache"})
+    assert fast_without_step_cache(named, HELIOS_DISTILLED) == (named, ())
+    with pytest.raises(InputError, match="no step cache"):
+        check_family_inputs(named, HELIOS_DISTILLED, has_picture=False)
+
+
+def test_fp8_linears_swap_every_helios_block_linear():
+    """Fast mode's FP8 swap reaches Helios' ``blocks`` (attention and FFN linears), and the pass stays close to bf16's."""
+    from heliosmodels import tiny_transformer
+
+    from fpgen.acceleration import Float8Linear, float8_linears
+
+    torch.manual_seed(0)
+    model = tiny_transformer().to(torch.bfloat16).eval()
+    inputs = dict(hidden_states=torch.randn(1, 16, 2, 8, 8, dtype=torch.bfloat16), timestep=torch.tensor([500]), encoder_hidden_states=torch.randn(1, 7, model.config.text_dim, dtype=torch.bfloat16))
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0].float()
+        swapped = float8_linears(model)
+        out = model(**inputs, return_dict=False)[0].float()
+    fp8 = [name for name, module in model.named_modules() if isinstance(module, Float8Linear)]
+    assert swapped == len(fp8) == 10 * len(model.blocks) and all(name.startswith("blocks.") for name in fp8)
+    assert isinstance(model.proj_out, torch.nn.Linear) and 0 < rel_l2(out, expected) < 0.1
 
 
 @pytest.mark.parametrize("name", ["helios", "helios-distilled"])

@@ -40,6 +40,7 @@ def test_segmented_output_preview_partial_and_join(tmp_path):
     (sink.segments_dir / "00000073.partial.mp4").write_bytes(b"half-written")  # a segment interrupted while being written
     for first, count in reversed(PIECES):
         sink(to_pixels(clip[first : first + count]), first)
+        sink.wait()
         assert len(read_mp4(tmp_path / "v.partial.mp4")[0]) == 109 - first
     assert [p.name for p in sink.segments()] == ["00000000.mp4", "00000037.mp4", "00000073.mp4"]
     preview = read_mp4(tmp_path / "v.partial.mp4")[0]

@@ -6,6 +6,7 @@ import builtins
 import errno
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -50,6 +51,38 @@ def test_a_segment_or_the_join_on_a_full_disk_leaves_nothing_half_written(tmp_pa
     assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "v.mp4.job" / "joined.mp4").exists()
     assert len(sink.segments()) == 2  # the job can be finished once there is room
 
+
+
+def test_a_section_is_encoded_while_the_next_is_made_and_its_error_comes_back(tmp_path, monkeypatch):
+    """The sink returns before its segment is encoded (the GPU goes on), the next handover waits for it, and a
+    background encode that hits a full disk is raised there, leaving no segment; the partial video keeps the rest."""
+    from fpgen import output
+    from fpgen.pixels import to_pixels
+
+    clip = moving_gradient(21, 16, 16)
+    go, encoding = threading.Event(), []
+
+    def held_write_mp4(*args, **kwargs):
+        encoding.append(args[0].name)
+        assert go.wait(timeout=30)
+        return write_mp4(*args, **kwargs)
+
+    sink = SegmentedMp4(tmp_path / "v.mp4.job" / "segments")
+    monkeypatch.setattr(output, "write_mp4", held_write_mp4)
+    sink(to_pixels(clip[:12]), 0)
+    assert sink.segments() == [] and sink.in_flight is not None  # handed over, not yet written: the caller was not held
+    go.set()
+    sink.wait()
+    assert [p.name for p in sink.segments()] == ["00000000.mp4"] and encoding == ["00000000.partial.mp4"]
+
+    (sink.segments_dir / "00000012.partial.mp4").symlink_to(FULL)  # the second segment meets a full disk, in the background
+    sink(to_pixels(clip[12:]), 12)
+    with pytest.raises(DiskFullError):
+        sink.wait()
+    assert [p.name for p in sink.segments()] == ["00000000.mp4"] and not (sink.segments_dir / "00000012.partial.mp4").exists()
+    sink(to_pixels(clip[12:]), 12)  # a later handover is not blamed for it
+    assert sink.write_partial(tmp_path / "v.partial.mp4") == tmp_path / "v.partial.mp4"
+    assert len(read_mp4(tmp_path / "v.partial.mp4")[0]) == 21
 
 
 def test_frames_that_fail_stop_ffmpeg_and_leave_no_segment(tmp_path):

@@ -87,13 +87,18 @@ def inductor_options(match_eager_rounding: bool) -> dict:
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks")  # FramePack's two kinds of block, Helios' one
 
 
+def transformer_blocks(transformer) -> list[torch.nn.Module]:
+    """Every block of a FramePack or Helios transformer, in order."""
+    return [block for name in BLOCK_LISTS for block in getattr(transformer, name, ())]
+
+
 def compile_blocks(transformer, match_eager_rounding: bool = True) -> None:
     """torch.compile each block in place: fused elementwise work, one graph per block kind.
 
     Fused kernels keep intermediates in float32 where eager PyTorch rounds to bf16; with
     ``match_eager_rounding`` they round as eager does, so the exact mode stays at eager's numbers.
     """
-    blocks = [block for name in BLOCK_LISTS for block in getattr(transformer, name, ())]
+    blocks = transformer_blocks(transformer)
     embedder = (transformer.x_embedder.proj if hasattr(transformer, "x_embedder") else transformer.patch_embedding).weight  # on the compute device in every mode (streamed blocks wait on the host)
     use_persistent_compile_cache(embedder.device, embedder.dtype, rounding_of(match_eager_rounding))
     options = inductor_options(match_eager_rounding)
@@ -106,7 +111,8 @@ def compile_decoder(vae) -> None:
 
     Fast mode only: the fused kernels round differently from eager PyTorch (3.5e-3 relative L2 on an
     H200), and a decode takes 2.18 s instead of 3.66 s there (18 latents). Each new tile shape compiles
-    once into the same keyed cache as the blocks.
+    once into the same keyed cache as the blocks. Wan's decoder, called once per latent frame with its
+    causal cache, compiles into a few graphs (first frame, later frames).
     """
     vae.decoder.forward = torch.compile(vae.decoder.forward)
 
@@ -145,7 +151,7 @@ class Float8Linear(torch.nn.Module):
 
 def float8_linears(transformer, device: torch.device | None = None) -> int:
     """Swap the blocks' large linears for Float8Linear; the per-token modulation linears and
-    everything outside the blocks stay bf16. Returns how many were swapped.
+    everything outside the blocks stay bf16. Returns how many were swapped (FramePack's and Helios' blocks alike).
 
     With ``device``, each block moves there just before its conversion, so the GPU never holds
     more than one block in bf16 (a 24 GB card takes the FP8 transformer).
@@ -154,7 +160,7 @@ def float8_linears(transformer, device: torch.device | None = None) -> int:
     if target.type == "cuda" and torch.cuda.get_device_capability(target) < (8, 9):
         raise InputError("--fast needs FP8 matmuls (an Ada, Hopper or newer GPU)", "run without --fast")
     swapped = 0
-    for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
+    for block in transformer_blocks(transformer):
         if device is not None:
             block.to(device)
         for name, module in list(block.named_modules()):

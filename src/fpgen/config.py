@@ -92,6 +92,7 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     model = loaded.files.spec if loaded is not None else resolve_model(spec.model, spec.revision)
     if spec.image is None and spec.extend is None and picture is None and model.example is not None:
         spec = replace(spec, image=model.example)  # a shipped model's own picture: `fpgen generate --model demo` runs as it is
+    spec, fast_notes = fast_without_step_cache(spec, model.family)
     check_family_inputs(spec, model.family, picture is not None)
     files = loaded.files if loaded is not None else find_model(spec.model, spec.model_dir, revision=spec.revision)
     family = files.spec.family
@@ -110,7 +111,7 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
     plan = plan_sections(len(prompts), settings.window, family.sections.name, offset, tuple(prompts), settings.prompt_blend)
     step_cache = plan_step_cache(spec, files, pictures.size)
-    return Job(spec, files, runtime, loras, plan, pictures, (*lora_notes(loras), *pictures.notes, *notes), None, overwrite, preview, step_cache, *decide_output(spec, family, pictures.start is not None, pictures.size))
+    return Job(spec, files, runtime, loras, plan, pictures, (*fast_notes, *lora_notes(loras), *pictures.notes, *notes), None, overwrite, preview, step_cache, *decide_output(spec, family, pictures.start is not None, pictures.size))
 
 
 def decide_output(spec: JobSpec, family: Family, has_picture: bool, size: tuple[int, int]) -> tuple[FrameRate, bool]:
@@ -124,6 +125,14 @@ def decide_output(spec: JobSpec, family: Family, has_picture: bool, size: tuple[
     return rate, color_match
 
 
+def fast_without_step_cache(spec: JobSpec, family: Family) -> tuple[JobSpec, tuple[str, ...]]:
+    """``--fast`` brings TeaCache; a family without step caches (Helios) takes the rest of fast mode without it, and a note."""
+    if not (spec.fast and spec.settings.step_cache == "teacache" and any(option == "step_cache" for option, _ in family.refuses)):
+        return spec, ()
+    note = f"{spec.model} has no step cache: --fast runs its FP8 matmuls and compiled VAE decoder without TeaCache"
+    return replace(spec, settings=replace(spec.settings, step_cache="none", step_cache_threshold=None)), (note,)
+
+
 def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> None:
     """Refuse, before any work, inputs the model family has no use for."""
     if spec.image is None and spec.extend is None and not has_picture and not family.text_to_video:
@@ -133,7 +142,7 @@ def check_family_inputs(spec: JobSpec, family: Family, has_picture: bool) -> Non
         names = option.split("+")  # "a+b": the two together
         if all(options[name] and options[name] != "none" for name in names):
             flags = ["IMAGE" if name == "image" else "--" + name.replace("_", "-") for name in names]
-            raise InputError(f"{' with '.join(flags)}: {spec.model} {reason}", f"drop {' or '.join(flags)}" + (" (with --fast, add --step-cache none)" if option == "step_cache" else ""))
+            raise InputError(f"{' with '.join(flags)}: {spec.model} {reason}", f"drop {' or '.join(flags)}")
 
 
 def step_cache_key(spec: JobSpec, files: ModelFiles, size: tuple[int, int]) -> str:

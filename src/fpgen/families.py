@@ -101,7 +101,7 @@ HELIOS_REFUSES = (
     ("image+extend", "continues a video from its own first frame (HeliosPipeline takes a picture or a video, not both)"),
     ("loop", "has no end-frame mechanism to close a loop with"),
     ("keyframe", "has no end-frame mechanism, which keyframes use"),
-    ("step_cache", "has no step cache (TeaCache's calibration is HunyuanVideo's; --fast turns it on)"),
+    ("step_cache", "has no step cache (TeaCache's calibration is HunyuanVideo's)"),
 )
 HELIOS_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fpgen.acceleration import compile_blocks
+from fpgen.acceleration import compile_blocks, compile_decoder, float8_linears
 from fpgen.buckets import resize_and_center_crop
 from fpgen.conditioning import JobInputs, PromptEmbedding
 from fpgen.denoiser import guided_velocity
@@ -41,7 +41,7 @@ from fpgen.extend import VideoTail
 from fpgen.framepack import skip_section_noise
 from fpgen.parts import Parts
 from fpgen.geometry import LATENT_CHANNELS, latent_size, latents_to_frames
-from fpgen.loading import Components
+from fpgen.loading import Components, all_but_blocks_to
 from fpgen.lora import apply_loras
 from fpgen.offload import on_device, release_cached_memory, stream_module_layers
 from fpgen.packing import PackedContext, window_bounds
@@ -386,7 +386,8 @@ class HeliosComponents(Components):
 
     Low-vram: UMT5 and the transformer stream layer by layer from host memory (diffusers' group
     offloading, ``fpgen.offload.stream_module_layers``), UMT5 is dropped when encoding ends, before
-    the transformer loads (the two never share host memory), and the VAE decodes in tiles.
+    the transformer loads (the two never share host memory), and the VAE decodes in tiles. Fast (CUDA):
+    FP8 matmuls in the blocks and a compiled VAE decoder, as FramePack's fast mode (Helios has no step cache).
     """
 
     @property
@@ -410,20 +411,26 @@ class HeliosComponents(Components):
         vae = AutoencoderKLWan.from_pretrained(self.paths["vae"], torch_dtype=self.runtime.encoder_dtype, use_safetensors=True)
         if self.runtime.offload_encoders:
             vae.enable_tiling()
+        if self.runtime.is_cuda and self.runtime.compile and self.runtime.mode == "fast":
+            compile_decoder(vae)
         self.vae = vae.to(self._resident).eval().requires_grad_(False)
         return self
 
     def load_transformer(self) -> HeliosComponents:
         from diffusers import HeliosTransformer3DModel
 
-        resident = "cpu" if self.low_vram else self.runtime.device
+        fast = self.runtime.is_cuda and self.runtime.mode == "fast"
+        resident = "cpu" if self.low_vram or fast else self.runtime.device
         model = HeliosTransformer3DModel.from_pretrained(self.paths["transformer"], torch_dtype=self.runtime.transformer_dtype, use_safetensors=True)
         model = model.to(resident).eval().requires_grad_(False)
         apply_loras(model, self.loras)
+        if fast:  # as FramePack's: the blocks arrive on the GPU converted to FP8, one at a time
+            all_but_blocks_to(model, self.runtime.device)
+            float8_linears(model, self.runtime.device)
         if self.low_vram:
             stream_module_layers(model, self.runtime.device)
         elif self.runtime.is_cuda and self.runtime.compile:  # as FramePack's blocks (streamed blocks run eager: their hooks would break the graphs)
-            compile_blocks(model, match_eager_rounding=self.runtime.mode != "fast")
+            compile_blocks(model, match_eager_rounding=not fast)
         return self.use_transformer(model)
 
     def use_transformer(self, model: torch.nn.Module) -> HeliosComponents:

@@ -163,7 +163,8 @@ class JobFolder:
         return self.sections_dir / f"{index:04d}.safetensors"
 
     def record(self, event: Event) -> None:
-        """An event listener: save each finished section (its frames are already written), naming the segment they went to."""
+        """An event listener: save each finished section, naming the segment its frames went to (a section whose segment
+        a crash cut short is made again on resume: ``check``)."""
         if isinstance(event, SectionDone):
             written = {"first_frame": str(event.first_frame), "frames": str(event.frames.shape[2])}
             save_tensors(self.section_file(event.section.index), {"latents": event.latents}, {"transformer_passes": str(event.transformer_passes), "transformer_calls": str(event.transformer_calls)} | written)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fpgen.acceleration import compile_blocks, compile_decoder, float8_linears
+from fpgen.acceleration import BLOCK_LISTS, compile_blocks, compile_decoder, float8_linears
 from fpgen.attention import use_attention
 from fpgen.checkpoint import TransformerWeights, is_gguf, strip_prefix
 from fpgen.conditioning import check_prompt_template
@@ -69,7 +69,7 @@ def load_transformer(path: Path, dtype: torch.dtype, device: torch.device | str 
 
 def all_but_blocks_to(model: torch.nn.Module, device: torch.device) -> None:
     for name, child in model.named_children():
-        if name not in ("transformer_blocks", "single_transformer_blocks"):
+        if name not in BLOCK_LISTS:
             child.to(device)
 
 

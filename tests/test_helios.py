@@ -206,6 +206,16 @@ def test_what_the_family_lacks_is_a_one_line_error(model, args, needles, helios_
     assert all(needle in done.stderr for needle in needles)
 
 
+def test_finetune_refuses_a_helios_model_in_one_line_before_any_work(helios_cache, tmp_path):
+    from conftest import run_fpgen
+    from synthetic import make_dataset
+
+    make_dataset(tmp_path / "data", 1, 40)
+    done = run_fpgen("finetune", tmp_path / "data", "-m", "helios-distilled", "-o", tmp_path / "run", "--max-steps", "1", cache=helios_cache, cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Helios model" in done.stderr and "--model framepack" in done.stderr and not (tmp_path / "run").exists()
+
+
 def test_fast_mode_runs_helios_without_the_step_cache_it_brings():
     """``--fast`` picks TeaCache; Helios has none, so it takes the rest of fast mode and says so. A cache asked for by name is still refused."""
     from fpgen.config import check_family_inputs, fast_without_step_cache

@@ -77,6 +77,7 @@ class Family:
     color_match_after: float | None = None  # --color-match is on by default for videos longer than this (seconds); None: only when asked
     refuses: tuple[tuple[str, str], ...] = ()  # (job option, or "a+b" for two together, why this family cannot take it)
     lora_kind: str = "FramePack"  # the LoRAs it takes (``fpgen.lora.LORA_KINDS``)
+    trainable: bool = True  # ``fpgen finetune`` can train it (its training cache and samples are FramePack's)
 
 
 def helios_section_count(seconds: float, window: int) -> int:
@@ -110,7 +111,7 @@ def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Parts 
     """A Helios checkpoint: F1's context layout, UMT5 prompts, the Wan VAE, text-to-video without a picture, 24 fps."""
     return Family(
         name, HELIOS_FORWARD, HELIOS_COMPONENTS, defaults=defaults, parts=parts, fps=HELIOS_FPS,
-        section_count=helios_section_count, section_seconds=helios_section_seconds, frame_count=helios_frame_count, text_to_video=True, refuses=HELIOS_REFUSES, lora_kind="Helios",
+        section_count=helios_section_count, section_seconds=helios_section_seconds, frame_count=helios_frame_count, text_to_video=True, refuses=HELIOS_REFUSES, lora_kind="Helios", trainable=False,
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from fpgen.errors import InputError
 from fpgen.lora import Lora
 from fpgen.training import adapters, memory
 from fpgen.hub import ModelFiles, find_model
+from fpgen.registry import resolve_model
 from fpgen.runtime import RuntimePlan, choose_device
 from fpgen.training.cache import CacheReport, CacheSettings, CachedClip, CachedStart, build_cache, text_entry
 from fpgen.training.checkpoint import StepCounter, is_fsdp
@@ -32,6 +33,9 @@ from fpgen.training.samples import SampleOptions, seeded
 
 
 def model_files(config: TrainConfig) -> ModelFiles:
+    family = resolve_model(config.model).family
+    if not family.trainable:
+        raise InputError(f"fpgen finetune trains FramePack models; {config.model} is a {family.lora_kind} model, whose training (UMT5 and Wan VAE cache, its own timestep sampling) fpgen does not have yet", "train a FramePack model (--model framepack or framepack-f1); Helios LoRAs trained elsewhere load with fpgen generate --lora")
     files = find_model(config.model, config.model_dir)
     if config.one_frame and files.spec.order != "inverted":
         raise InputError(f"--one-frame trains for fpgen edit, which needs the original FramePack model; {config.model} makes its sections forwards", "use --model framepack")

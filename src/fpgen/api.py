@@ -43,7 +43,7 @@ def load_models(
     """
     files = model if isinstance(model, ModelFiles) else find_model(model, model_dir)
     adapters = load_loras(loras, files.spec.family.lora_kind)
-    return Components(files, plan_runtime(runtime or RuntimeRequest(**request), files.paths["transformer"], loras=bool(adapters)), adapters).load()
+    return Components(files, plan_runtime(runtime or RuntimeRequest(**request), files.paths["transformer"], loras=bool(adapters), picks_attention=files.spec.family.picks_attention), adapters).load()
 
 
 def generate_video(

@@ -105,7 +105,7 @@ def resolve(spec: JobSpec, overwrite: bool = False, preview: bool = False, loade
         return resolve_resume(folder.path, preview, loaded)
     check_outputs(spec, overwrite)
     loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras((LoraChoice.parse(item) for item in spec.lora), family.lora_kind))
-    runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"], loras=bool(loras))
+    runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"], loras=bool(loras), picks_attention=family.picks_attention)
     pictures = read_pictures(spec, family, picture)
     offset = family.sections.tail.whole(pictures.tail.tail.shape[0], settings.window) if pictures.tail is not None else 0
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
@@ -211,7 +211,7 @@ def resolve_resume(path: Path, preview: bool = False, loaded=None) -> Job:
         raise InputError(f"{taken} exists, so the job in {folder.path} cannot finish there", "move or rename that file, then run the same --resume again")
     check_output_file(spec.output, False)
     loras = tuple(loaded.loras) if loaded is not None else tuple(load_loras((LoraChoice.parse(item) for item in spec.lora), family.lora_kind))
-    runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"], loras=bool(loras))
+    runtime = loaded.runtime if loaded is not None else plan_runtime(spec.runtime_request, files.paths["transformer"], loras=bool(loras), picks_attention=family.picks_attention)
     settings = spec.settings
     prompts, notes = section_prompts(parse_prompts(settings.prompt), family.section_count(settings.seconds, settings.window), family.section_seconds(settings.window))
     prefix = saved.inputs.prefix

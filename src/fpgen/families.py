@@ -78,6 +78,7 @@ class Family:
     refuses: tuple[tuple[str, str], ...] = ()  # (job option, or "a+b" for two together, why this family cannot take it)
     lora_kind: str = "FramePack"  # the LoRAs it takes (``fpgen.lora.LORA_KINDS``)
     trainable: bool = True  # ``fpgen finetune`` can train it (its training cache and samples are FramePack's)
+    picks_attention: bool = True  # its blocks take the runtime's attention backend (``fpgen.attention``); else SDPA
 
 
 def helios_section_count(seconds: float, window: int) -> int:
@@ -111,7 +112,7 @@ def helios_family(name: str, defaults: Defaults = HELIOS_DEFAULTS, parts: Parts 
     """A Helios checkpoint: F1's context layout, UMT5 prompts, the Wan VAE, text-to-video without a picture, 24 fps."""
     return Family(
         name, HELIOS_FORWARD, HELIOS_COMPONENTS, defaults=defaults, parts=parts, fps=HELIOS_FPS,
-        section_count=helios_section_count, section_seconds=helios_section_seconds, frame_count=helios_frame_count, text_to_video=True, refuses=HELIOS_REFUSES, lora_kind="Helios", trainable=False,
+        section_count=helios_section_count, section_seconds=helios_section_seconds, frame_count=helios_frame_count, text_to_video=True, refuses=HELIOS_REFUSES, lora_kind="Helios", trainable=False, picks_attention=False,
     )  # fmt: skip
 
 

@@ -144,9 +144,10 @@ def choose_streaming(ram_gib: float, transformer_bytes: int, loras: bool) -> tup
     return "pinned", f"{ram_gib:.0f} GiB of RAM holds them"
 
 
-def plan_runtime(request: RuntimeRequest, transformer: Path | None = None, loras: bool = False) -> RuntimePlan:
+def plan_runtime(request: RuntimeRequest, transformer: Path | None = None, loras: bool = False, picks_attention: bool = True) -> RuntimePlan:
     """The one runtime decision: what was asked for, or low-vram when the transformer and its workspace do not fit
-    (and then where its blocks stream from, by ``--ram-budget`` or this machine's RAM)."""
+    (and then where its blocks stream from, by ``--ram-budget`` or this machine's RAM). ``picks_attention``: the
+    model family's blocks take the attention backend chosen here (Helios' keep SDPA: FA3 was slower for them)."""
     device, transformer_dtype, encoder_dtype = choose_device(request.device, request.dtype)
     gguf = transformer is not None and is_gguf(transformer)
     if gguf and (request.quantize or request.fast or request.low_vram or loras):
@@ -175,6 +176,6 @@ def plan_runtime(request: RuntimeRequest, transformer: Path | None = None, loras
         raise InputError(f"--ram-budget must be positive (got {request.ram_budget})", "e.g. --ram-budget 16")
     streaming, streaming_reason = choose_streaming(request.ram_budget or host_memory_gib(), size, loras) if mode == "low-vram" else (None, "")
     offload = mode == "low-vram" or budget < ALL_RESIDENT_GIB
-    attention, why = attention_for(device, fast=mode == "fast")
+    attention, why = attention_for(device, fast=mode == "fast") if picks_attention else ("sdpa", "this model family keeps SDPA (FA3 was slower for Helios on an H200)")
     compile = request.compile and not (quantize or gguf)  # quantized weights run eager: their compiled kernels are not measured yet
     return RuntimePlan(device, transformer_dtype, encoder_dtype, mode, reason, offload, compile, attention, why, streaming, streaming_reason, quantize, quantize_reason)

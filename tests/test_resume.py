@@ -76,3 +76,33 @@ def test_out_of_memory_leaves_a_resumable_job(tiny_models, tmp_path):
     assert video.resumed_sections == 1
     assert torch.equal(video.result.latents, reference.result.latents)
     assert np.array_equal(read_mp4(video.output)[0], read_mp4(reference.output)[0])
+
+
+def test_a_full_disk_at_the_last_segment_leaves_a_resumable_job(tiny_models, tmp_path, monkeypatch):
+    """Segments are encoded in the background; the last one still counts as the job's own: a full disk there is the
+    job's disk-full stop (exit 5, the partial video, --resume), and the resumed video equals the uninterrupted one."""
+    import errno
+
+    from fpgen import output
+    from fpgen.errors import DiskFullError
+
+    models = tiny_models("framepack-f1")
+    settings = Settings(prompt="a man walks", seconds=2.4, steps=2, size=(16, 16))
+    reference = generate_video(models, IMAGE, tmp_path / "full.mp4", settings)
+    written, write_mp4 = [], output.write_mp4
+
+    def full_at_the_second(path, *args, **kwargs):
+        written.append(path.name)
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_mp4(path, *args, **kwargs)
+
+    monkeypatch.setattr(output, "write_mp4", full_at_the_second)
+    with pytest.raises(DiskFullError) as stopped:
+        generate_video(models, IMAGE, tmp_path / "cut.mp4", settings)
+    assert stopped.value.exit_code == ExitCode.DISK_FULL and "2/2 sections done" in str(stopped.value) and "--resume" in str(stopped.value)
+    assert len(read_mp4(tmp_path / "cut.partial.mp4")[0]) == 37 - 33  # the first section's segment, finished before the stop
+    monkeypatch.undo()
+    video = resume_video(models, tmp_path / "cut.mp4")
+    assert video.resumed_sections == 1  # the section whose segment never made it is made again
+    assert np.array_equal(read_mp4(video.output)[0], read_mp4(reference.output)[0])

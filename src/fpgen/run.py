@@ -68,7 +68,9 @@ def make_frames(components: Components, job: Job, folder: JobFolder, on_event: L
             if on_event is not None:
                 on_event(event)
 
-        return generate_frames(components, inputs, job.plan, job.settings, sink, listen, finished, job.step_cache), sink
+        result = generate_frames(components, inputs, job.plan, job.settings, sink, listen, finished, job.step_cache)
+        sink.wait()  # the last section's segment: a failure there (a full disk) stops the job like any other
+        return result, sink
     except BaseException as error:
         explained = stopped_error(error, folder, job.plan.count, sink.write_partial(partial_path(output)) if sink is not None else None)
         if not folder.exists():  # stopped before the job existed: nothing to resume

@@ -89,3 +89,29 @@ def test_checkpoints_resume_on_another_process_count(runs, hf_cache):
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "Loading" not in line]
     assert proc.returncode == ExitCode.USAGE and "Traceback" not in proc.stderr, proc.stderr
     assert lines[-1] == "error: the checkpoint's steps take 2 micro-batches (processes x --grad-accum), this run's 1 x 1; pass --grad-accum 2 to continue the same run"
+
+
+def test_two_hosts_train_the_step_of_one_process(runs, hf_cache):
+    """Two "hosts" (torchrun --nnodes 2 on 127.0.0.1, one process each, gloo), sharing the clips and the output folder
+    as hosts share storage: their steps equal the one-process run's (the same gradients and losses)."""
+    from fpgen.parallel import free_port
+
+    port, output, grads = free_port(), runs / "hosts", runs / "grads-hosts"
+    grads.mkdir()
+    hosts = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+             "--master_port", str(port), str(DRIVER), "finetune", str(runs / "clips"), "-o", str(output), "--grad-accum", "1", "--max-steps", "2", *COMMON],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=fpgen_env(hf_cache, OMP_NUM_THREADS="1", FPGEN_GRADIENTS=str(grads)),
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    done = [host.communicate(timeout=300) for host in hosts]
+    assert [host.returncode for host in hosts] == [0, 0], [stderr[-3000:] for _, stderr in done]
+    one, two = gradients(runs / "grads-one"), gradients(grads)
+    assert sorted(two) == [0, 1]
+    for step in two:
+        for name in one[step]:
+            torch.testing.assert_close(two[step][name], one[step][name], rtol=1e-6, atol=1e-9, msg=lambda m: f"step {step}, {name}: {m}")
+    assert len((output / "log.jsonl").read_text().splitlines()) == 2  # one host writes the run's files
+    assert losses(output) == pytest.approx({step: loss for step, loss in losses(runs / "one").items() if step <= 2}, rel=1e-6)

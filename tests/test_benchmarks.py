@@ -102,3 +102,18 @@ def test_profile_groups_inductor_kernels_by_what_they_do(kernel, kind):
     from bench_job import kernel_kind
 
     assert kernel_kind(kernel) == kind
+
+
+def test_bench_helios_profiles_a_tiny_job(tmp_path):
+    """``bench_helios.py --tiny --profile`` on the CPU: the profiled chunks have their three pyramid passes and a timed
+    decode inside the time after them; the "fast" part falls back to exact without CUDA, so its latents are the same."""
+    out = tmp_path / "helios.json"
+    command = [sys.executable, str(SCRIPT.with_name("bench_helios.py")), "--tiny", "--models", str(tmp_path / "models"), "--part", "write", "distilled", "fast", "--profile", "--out", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["distilled"]["frames"] == 66 and result["distilled"]["passes"] == [3, 3]
+    chunks = result["distilled"]["profile"]["chunks"]
+    assert len(chunks) == 2 and all(len(chunk["passes_s"]) == 3 for chunk in chunks)
+    assert all(0 < chunk["decode_s"] <= chunk["after_s"] for chunk in chunks)
+    assert result["fast"]["mode"] == "exact" and result["fast_rel_l2_vs_exact"] == 0.0

@@ -103,26 +103,22 @@ def profile(components: Components, settings: Settings, out: Path) -> dict:
         generate_video(components, None, out, settings, lambda event: marks.append((type(event).__name__, synchronised())), overwrite=True)
     finally:
         del components.vae.decode
-    chunks, previous = [], started
-    for begin in [i for i, (kind, _) in enumerate(marks) if kind == "SectionStarted"]:
-        steps = [t for kind, t in marks[begin + 1 :] if kind == "StepDone"][: settings_passes(components, settings)]
-        done = next(t for kind, t in marks[begin + 1 :] if kind == "SectionDone")
-        opened = marks[begin][1]
-        chunks.append({"before_s": opened - previous, "passes_s": [b - a for a, b in zip([opened, *steps], steps)], "after_s": done - steps[-1]})
-        previous = done
+    chunks, previous, opened, steps = [], started, started, []
+    for kind, moment in marks:  # each section: SectionStarted, a StepDone per pass, SectionDone
+        if kind == "SectionStarted":
+            opened, steps = moment, []
+        elif kind == "StepDone":
+            steps.append(moment)
+        elif kind == "SectionDone":
+            chunks.append({"before_s": opened - previous, "passes_s": [b - a for a, b in zip([opened, *steps], steps)], "after_s": moment - steps[-1]})
+            previous = moment
     for chunk, seconds in zip(chunks, decodes):
         chunk["decode_s"] = seconds
     steady = chunks[1:] or chunks
-    median = lambda values: statistics.median(values)  # noqa: E731
+    median = statistics.median
     return {"chunks": chunks, "median_passes_s": [median([c["passes_s"][i] for c in steady]) for i in range(len(steady[0]["passes_s"]))],
             "median_decode_s": median([c["decode_s"] for c in steady]), "median_after_s": median([c["after_s"] for c in steady]), "median_before_s": median([c["before_s"] for c in steady]),
             "median_chunk_s": median([c["before_s"] + sum(c["passes_s"]) + c["after_s"] for c in steady])}  # fmt: skip
-
-
-def settings_passes(components: Components, settings: Settings) -> int:
-    """Transformer passes (sampler steps) a chunk takes with ``settings``."""
-    steps = settings.steps or components.family.defaults.steps
-    return components.family.parts.section_steps(components, steps)
 
 
 def job(name: str, models: Path, settings: Settings, out: Path, low_vram: bool = False, fast: bool = False, warm_up: Settings | None = None, profiled: bool = False) -> dict:

@@ -68,6 +68,7 @@ PAN_PX = 0.4  # output pixels per frame at "slow" (12 px/s on a 128-px frame)
 ZOOM_RATE = 0.0015  # log-zoom per frame at "slow"
 ROLL_DEG = 0.08  # degrees per frame at "slow"
 SWAY_PERIOD = 60  # frames of one back-and-forth
+SHORT_SECTIONS = (1, 2, 3, 4)  # lengths of the short training clips (--short-share)
 
 MOTIONS = ("pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "roll_cw", "roll_ccw", "still", "sway")
 CAPTIONS = {
@@ -308,9 +309,19 @@ def fetch_footage(out: Path) -> Path:
     return folder
 
 
-def make_split(out: Path, split: str, clips: int, seed: int, stills: tuple[str, ...], sections: int, out_hw: tuple[int, int], crf: int, workers: int) -> list[str]:
+def clip_sections(seed: int, index: int, sections: int, short_share: float) -> int:
+    """Clip ``index``'s length in sections: ``short_share`` of the clips are 1 to 4 sections long, the rest ``sections``.
+
+    A generation of n sections starts from a section sample of a clip of n sections only (its padding, blank history:
+    ``fpgen.plan``), so short videos, the usual demo, need short clips; drawn apart from the clip's own stream."""
+    rng = np.random.default_rng([seed, index, 2])
+    return int(rng.choice(SHORT_SECTIONS)) if rng.random() < short_share else sections
+
+
+def make_split(out: Path, split: str, clips: int, seed: int, stills: tuple[str, ...], sections: int, out_hw: tuple[int, int], crf: int, workers: int,
+               short_share: float = 0.0) -> list[str]:  # fmt: skip
     (out / split).mkdir(parents=True, exist_ok=True)
-    jobs = [(out, split, seed, i, stills, sections, out_hw, crf) for i in range(clips)]
+    jobs = [(out, split, seed, i, stills, clip_sections(seed, i, sections, short_share), out_hw, crf) for i in range(clips)]
     if workers <= 1:
         return [make_clip(job) for job in jobs]
     with ProcessPoolExecutor(workers) as pool:
@@ -323,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=2000, help="training clips")
     parser.add_argument("--heldout-clips", type=int, default=64, help="evaluation clips over the held-out stills")
     parser.add_argument("--sections", type=int, default=8, help="sections per clip (1 + 36*sections frames)")
+    parser.add_argument("--short-share", type=float, default=0.5, help="share of training clips 1 to 4 sections long (what short generations start from)")
     parser.add_argument("--size", default="128x128", help="HEIGHTxWIDTH of the clips")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crf", type=int, default=10, help="H.264 quality of the written clips")
@@ -332,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     out_hw = tuple(int(v) for v in args.size.lower().split("x"))
     fetch_stills(args.out)
     training = tuple(name for name in STILLS if name not in HELD_OUT)
-    made = make_split(args.out, "train", args.clips, args.seed, training, args.sections, out_hw, args.crf, args.workers)
+    made = make_split(args.out, "train", args.clips, args.seed, training, args.sections, out_hw, args.crf, args.workers, args.short_share)
     held = make_split(args.out, "heldout", args.heldout_clips, args.seed + 1, HELD_OUT, args.sections, out_hw, args.crf, args.workers)
     if args.footage:
         fetch_footage(args.out)

@@ -11,8 +11,6 @@
 # MODELS: framepack (inverted), framepack-f1 (forward); a "-short" suffix trains that order with --history 1,0,0
 # (the drift study's short-history cells) from the hub's transformer into HUB_SHORT. Each run starts from the
 # hub's transformer of its order with a fresh optimizer and writes its EMA weights back.
-# DECODER_S (with `more`): seconds the VAE's decoder trains alone (frozen encoder, so the cached latents stay valid) beside the
-# clips, the cache and the transformers; its held-out PSNR before and after lands in $OUT/decoder.jsonl.
 # Stages also run alone, in the order of `all`. Carry (64 MiB in all): .whl (diffusers 0.42.1 and imageio-ffmpeg
 # 0.6.0 unpacked as .tar.xz, typer, rich, click, pydantic and their small dependencies), .demo/data/stills
 # (`make demo-data CLIPS=0`), and for `more` .demo/hub (what the last call sent back). src/fpgen/demo_model is
@@ -23,7 +21,7 @@ set -euo pipefail
 BUDGET=${BUDGET:-465}             # seconds the script may use (the device stops the call at its limit, 600 s at most)
 HUB=.demo/hub HUB_SHORT=.demo/hub-short DATA=.demo/data RUNS=.demo/runs CACHE=.demo/cache
 CLIPS=${CLIPS:-1000} MAX_STEPS=${MAX_STEPS:-100000} BATCH=${BATCH:-128} VAE_S=${VAE_S:-90} EXPORT_S=${EXPORT_S:-50} WORKERS=${WORKERS:-14}
-DECODER_S=${DECODER_S:-0} DECODER_LR=${DECODER_LR:-1e-4} SEED=${SEED:-0}
+SEED=${SEED:-0}  # of the training clips (demo/data.py --seed)
 MODELS=${MODELS:-framepack} CACHE_JOBS=${CACHE_JOBS:-6} INIT=${INIT:-shipped} LR=${LR:-3e-4} DEVICE=${DEVICE:-cuda}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 left() { echo $((BUDGET - SECONDS - ${1:-0})); }
@@ -88,15 +86,8 @@ for stage in "$@"; do
       BUDGET=$((BUDGET - SECONDS)) WORKERS=$((WORKERS / 2)) bash "$0" vae
       wait "$data" || { cat "$RUNS/data.log"; exit 1; }
       BUDGET=$((BUDGET - SECONDS)) bash "$0" vae-export continue ;;
-    more)  # a later call, from the carried hub (or the shipped demo); DECODER_S > 0 also trains the VAE's decoder alone beside it
-      bash "$0" weights
-      if ((DECODER_S > 0)); then  # the encoder is frozen, so the latents the transformer trains on stay valid; exported into the hub at its end
-        python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/decoder" --freeze-encoder --lr "$DECODER_LR" --minutes "$(python3 -c "print($DECODER_S / 60)")" \
-          --workers 4 --export > "$OUT/decoder.jsonl" 2> "$RUNS/decoder.err" & decoder=$!
-      fi
-      BUDGET=$((BUDGET - SECONDS)) bash "$0" data cache train
-      if ((DECODER_S > 0)); then wait "$decoder" || { tail -n 5 "$RUNS/decoder.err"; exit 1; }; tail -n 1 "$OUT/decoder.jsonl"; fi
-      BUDGET=$((BUDGET - SECONDS)) bash "$0" export ;;
+    more)  # a later call, from the carried hub
+      BUDGET=$((BUDGET - SECONDS)) bash "$0" weights continue ;;
     continue)  # the clips (if not rendered yet), the cache and the transformers, then the export
       BUDGET=$((BUDGET - SECONDS)) bash "$0" data cache train export ;;
     *) echo "unknown stage $stage (all, more, or weights, data, vae, vae-export, cache, train, export, eval)"; exit 2 ;;

@@ -4,9 +4,7 @@ Batches are rendered on the fly by DataLoader workers from the training stills w
 camera paths and varied looks (nothing is read from disk but the photos): 17-frame windows alternate
 with batches of single frames, because generation always encodes its start picture alone. Loss: L1 +
 KL (weight 1e-6, as LDM weighs summed losses), AdamW, bf16 autocast on CUDA; the learning rate warms
-up for 200 steps, then follows a cosine over ``--steps`` or ``--minutes``, whichever ends first.
-``--freeze-encoder`` trains the decoder alone: the latents (and the scaling factor) stay as they are, so a
-transformer trained on them, even at the same time, still fits. A checkpoint (safetensors and JSON only) is written every
+up for 200 steps, then follows a cosine over ``--steps`` or ``--minutes``, whichever ends first. A checkpoint (safetensors and JSON only) is written every
 ``--save-every`` steps and when ``--minutes`` run out, so a 10-minute command limit is survivable:
 run the same command again and it continues. ``--export`` then sets ``scaling_factor`` to 1/std of
 the latents, measures PSNR on windows over the held-out stills and writes the VAE (float16, shards
@@ -23,7 +21,6 @@ import json
 import math
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +65,9 @@ def loader(folder: Path, stills, frames: int, size: int, batch: int, seed: int, 
     return iter(torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available()))
 
 
-def vae_loss(vae, pixels: torch.Tensor, kl_weight: float, frozen_encoder: bool = False) -> torch.Tensor:
+def vae_loss(vae, pixels: torch.Tensor, kl_weight: float) -> torch.Tensor:
     """Mean L1 plus ``kl_weight`` times the KL summed over the latents, per pixel value (LDM's weighting of summed losses)."""
-    with torch.no_grad() if frozen_encoder else nullcontext():
-        posterior = vae.encode(pixels).latent_dist
+    posterior = vae.encode(pixels).latent_dist
     decoded = vae.decode(posterior.sample()).sample
     kl = 0.5 * (posterior.mean.float() ** 2 + posterior.var.float() - 1 - posterior.logvar.float()).sum()
     return (decoded.float() - pixels.float()).abs().mean() + kl_weight * kl / pixels.numel()
@@ -107,26 +103,18 @@ def resume(run: Path, vae, optimizer) -> int:
 
 
 @torch.no_grad()
-def heldout_psnr(vae, folder: Path, size: int, device: torch.device) -> dict:
-    """PSNR of the round trip on 16 fixed windows over the held-out stills (17 frames, and their first frames alone), and 1/std of their latents."""
-    was_training = vae.training
+def export(vae, hub: Path, folder: Path, size: int, device: torch.device) -> dict:
+    """scaling_factor = 1/std of the latents; PSNR on held-out windows (17 frames and single frames); the float16 VAE into the hub."""
     vae.eval()
     held = next(loader(folder, data.HELD_OUT, 17, size, 16, seed=12345, workers=0, plain=True)).to(device)
     latents = vae.encode(held).latent_dist.mean
+    scaling = 1.0 / latents.float().std().item()
     psnr = lambda a, b: (10 * torch.log10(4 / ((a.float().clamp(-1, 1) - b.float()) ** 2).mean())).item()  # noqa: E731  (range 2)
     video_psnr = psnr(vae.decode(latents).sample, held)
     image_psnr = psnr(vae.decode(vae.encode(held[:, :, :1]).latent_dist.mean).sample, held[:, :, :1])
-    vae.train(was_training)
-    return {"latent_scaling": 1.0 / latents.float().std().item(), "heldout_psnr_video": video_psnr, "heldout_psnr_first_frame": image_psnr}
-
-
-def export(vae, hub: Path, folder: Path, size: int, device: torch.device, keep_scaling: bool) -> dict:
-    """scaling_factor = 1/std of the latents (kept with ``keep_scaling``), held-out PSNR, the float16 VAE into the hub."""
-    measured = heldout_psnr(vae, folder, size, device)
-    if not keep_scaling:
-        vae.register_to_config(scaling_factor=measured["latent_scaling"])
-    vae.eval().to(torch.float16).save_pretrained(str(hub / HUNYUAN / "vae"), max_shard_size=SHARD)
-    return {"scaling_factor": vae.config.scaling_factor, **measured}
+    vae.register_to_config(scaling_factor=scaling)
+    vae.to(torch.float16).save_pretrained(str(hub / HUNYUAN / "vae"), max_shard_size=SHARD)
+    return {"scaling_factor": scaling, "heldout_psnr_video": video_psnr, "heldout_psnr_first_frame": image_psnr}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,7 +131,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--freeze-encoder", action="store_true", help="train the decoder only: the latents and the scaling factor stay as they are")
     parser.add_argument("--export", action="store_true", help="after training: set scaling_factor, measure held-out PSNR, write the VAE into the hub")
     args = parser.parse_args(argv)
     from diffusers import AutoencoderKLHunyuanVideo
@@ -151,11 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     started, device = time.monotonic(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     vae = AutoencoderKLHunyuanVideo.from_pretrained(str(args.hub / HUNYUAN / "vae"), torch_dtype=torch.float32).to(device).train()
-    trained = [p for name, p in vae.named_parameters() if not (args.freeze_encoder and name.startswith(("encoder.", "quant_conv.")))]
-    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     step = resume(args.run, vae, optimizer)
-    if step == 0:
-        print(json.dumps({"step": 0, **heldout_psnr(vae, args.data / "stills", args.size, device)}), flush=True)
     stills = tuple(name for name in data.STILLS if name not in data.HELD_OUT)
     folder = args.data / "stills"
     videos = loader(folder, stills, 17, args.size, args.batch, args.seed + step, args.workers)
@@ -169,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast:
-            loss = vae_loss(vae, pixels, args.kl_weight, args.freeze_encoder)
+            loss = vae_loss(vae, pixels, args.kl_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
@@ -183,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     save(args.run, vae, optimizer, step)
     result = {"step": step, "done": step >= args.steps}
     if args.export:
-        result.update(export(vae, args.hub, folder, args.size, device, keep_scaling=args.freeze_encoder))
+        result.update(export(vae, args.hub, folder, args.size, device))
     print(json.dumps(result), flush=True)
 
 

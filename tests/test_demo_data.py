@@ -91,3 +91,24 @@ def test_a_look_varies_the_photo_as_recorded_and_held_out_clips_stay_plain(tmp_p
     error = {kind: np.abs(written - data.render(data.load_still(tmp_path / "stills", clip["still"], clip["flip"], chosen), np.asarray(clip["views"]), (64, 64)).astype(int)).mean()
              for kind, chosen in (("recorded", look), ("plain", data.PLAIN))}  # fmt: skip
     assert error["recorded"] < 0.5 * error["plain"], error
+
+
+def test_short_share_makes_that_share_of_clips_one_to_four_sections_long(tmp_path):
+    """Short generations start from samples only clips of their own length give (``fpgen.plan``'s padding, blank
+    history), so ``--short-share`` makes that share of the training clips 1-4 sections long, the rest as asked."""
+    lengths = [data.clip_sections(0, index, 8, 0.5) for index in range(400)]
+    assert set(lengths) == {1, 2, 3, 4, 8}
+    assert 0.4 < np.mean([n < 8 for n in lengths]) < 0.6
+    assert lengths == [data.clip_sections(0, index, 8, 0.5) for index in range(400)]
+    assert {data.clip_sections(0, index, 8, 0.0) for index in range(400)} == {8}
+
+    (tmp_path / "stills").mkdir()
+    for name in data.STILLS:
+        textured_photo(seed=len(name)).save(tmp_path / "stills" / name)
+    data.make_split(tmp_path, "train", 6, 0, ("astronaut.png", "chelsea.png"), 8, (32, 32), 10, 1, short_share=1.0)
+    clips = [json.loads(p.read_text()) for p in sorted((tmp_path / "train").glob("*.json"))]
+    assert [clip["frames"] for clip in clips] == [1 + 36 * data.clip_sections(0, index, 8, 1.0) for index in range(6)]
+    assert len({clip["frames"] for clip in clips}) > 1 and max(clip["frames"] for clip in clips) <= 1 + 36 * 4
+    assert [len(read_mp4(p)[0]) for p in sorted((tmp_path / "train").glob("*.mp4"))] == [clip["frames"] for clip in clips]
+    # the length is drawn apart from the clip's own stream: photo, motion and caption are those of a full-length clip
+    assert [clip["caption"] for clip in clips] == [data.draw_clip(0, index, ("astronaut.png", "chelsea.png"), 8, varied=True)[0].caption for index in range(6)]

@@ -43,8 +43,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, help="a hub (demo/train_h200.sh's) instead of the shipped demo")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    import torch
-
     import fpgen
     from fpgen.training.config import TrainConfig
     from fpgen.training.objective import FlowMatchingLoss, evaluation_loss
@@ -69,8 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             for ref in sample_refs(entries, 9, "inverted"):
                 layout = f"padding {ref.section.padding}, " + ("first made (blank history)" if ref.clip not in seen else "with history")
                 seen.add(ref.clip)
-                with torch.no_grad():
-                    losses[layout][variant].append(evaluation_loss(objective, [build_batch([ref], entries, 9, "inverted")], 2.0, 0))
+                losses[layout][variant].append(evaluation_loss(objective, [build_batch([ref], entries, 9, "inverted")], 2.0, 0))
     result = {"sections": args.sections, "clips": len(clips), "model": str(args.model_dir or "demo"), "layouts": {}}
     for layout, by in losses.items():
         right, opposite = np.array(by["right"]), np.array(by["opposite"])

@@ -50,11 +50,16 @@ def test_views_stay_inside_the_photo():
         assert corners[..., 1].min() >= 0 and corners[..., 1].max() <= 300, motion
 
 
+def write_stills(out: Path) -> None:
+    """Stand-ins for every still under OUT/stills, as ``make_split`` reads them."""
+    (out / "stills").mkdir(parents=True)
+    for name in data.STILLS:
+        textured_photo(seed=len(name)).save(out / "stills" / name)
+
+
 def test_a_tiny_run_is_deterministic_for_a_seed(tmp_path):
     def run(out: Path, seed: int) -> list:
-        (out / "stills").mkdir(parents=True)
-        for name in data.STILLS:
-            textured_photo(seed=len(name)).save(out / "stills" / name)
+        write_stills(out)
         data.make_split(out, "train", 2, seed, ("astronaut.png", "chelsea.png"), 1, (64, 64), 10, 1)
         return [(p.name, p.read_text()) for p in sorted((out / "train").glob("*.[jt][sx][ot]*"))] + [read_mp4(p)[0] for p in sorted((out / "train").glob("*.mp4"))]
 
@@ -74,9 +79,7 @@ def test_a_look_varies_the_photo_as_recorded_and_held_out_clips_stay_plain(tmp_p
     turned = data.apply_look(photo, data.Look(quarter_turns=1, shapes=5, shape_seed=3))
     assert turned.size == (300, 400) and np.abs(np.asarray(turned).astype(int) - np.asarray(photo.transpose(Image.ROTATE_90))).max() > 0
 
-    (tmp_path / "stills").mkdir()
-    for name in data.STILLS:
-        textured_photo(seed=len(name)).save(tmp_path / "stills" / name)
+    write_stills(tmp_path)
     for split in ("train", "heldout"):
         data.make_split(tmp_path, split, 6, 0, ("astronaut.png", "chelsea.png"), 1, (64, 64), 0, 1)
     looks = {split: [json.loads(p.read_text())["look"] for p in sorted((tmp_path / split).glob("*.json"))] for split in ("train", "heldout")}
@@ -102,9 +105,7 @@ def test_short_share_makes_that_share_of_clips_one_to_four_sections_long(tmp_pat
     assert lengths == [data.clip_sections(0, index, 8, 0.5) for index in range(400)]
     assert {data.clip_sections(0, index, 8, 0.0) for index in range(400)} == {8}
 
-    (tmp_path / "stills").mkdir()
-    for name in data.STILLS:
-        textured_photo(seed=len(name)).save(tmp_path / "stills" / name)
+    write_stills(tmp_path)
     data.make_split(tmp_path, "train", 6, 0, ("astronaut.png", "chelsea.png"), 8, (32, 32), 10, 1, short_share=1.0)
     clips = [json.loads(p.read_text()) for p in sorted((tmp_path / "train").glob("*.json"))]
     assert [clip["frames"] for clip in clips] == [1 + 36 * data.clip_sections(0, index, 8, 1.0) for index in range(6)]

@@ -10,10 +10,13 @@ Two "it did not move" baselines, paired on the clip: ``repeat-first`` repeats th
 brief's bar), ``repeat-decoded`` repeats the model's own frame 0, which went through the demo VAE like every
 generated frame, so that the VAE's reconstruction error is not counted against the motion. ``--wrong-captions N``
 also generates the first N clips with the caption of the opposite motion (pan left for pan right, zoom out for
-zoom in...) to show whether the prompt steers the motion. Paired bootstrap 95% intervals from drift.py.
+zoom in...) to show whether the prompt steers the motion. ``truth-through-vae`` is the truth section encoded and
+decoded by the same VAE and written to the same lossless MP4: what a perfect transformer would score, so the
+ceiling the VAE puts on every generated video. Paired bootstrap 95% intervals from drift.py.
 
     python benchmarks/demo_eval.py                                   # 18 clips, two per moving motion, 25 steps (CPU)
     python benchmarks/demo_eval.py --clips 9 --wrong-captions 8 --steps 15
+    python benchmarks/demo_eval.py --model-dir HUB --ceiling-only     # a newly trained VAE's ceiling, before any transformer
 """
 
 from __future__ import annotations
@@ -74,6 +77,17 @@ def summarise(videos: list[dict], pairs: list[tuple[str, str]]) -> dict:
     return out
 
 
+def through_vae(models, truth: np.ndarray, output: Path) -> np.ndarray:
+    """The truth section after the demo's VAE round trip and the MP4 writer every generated video goes through."""
+    from fpgen.conditioning import encode_latents
+    from fpgen.decode import decode_latents
+    from fpgen.pixels import to_pixels, to_uint8
+    from fpgen.video import read_mp4, write_mp4
+
+    write_mp4(output, to_uint8(decode_latents(models.vae, encode_latents(models.vae, to_pixels(truth)))), crf=0)
+    return read_mp4(output)[0]
+
+
 def run(args) -> list[dict]:
     """Generate every picked clip's section (and its wrong-caption twin) with the real fpgen and score it."""
     import fpgen
@@ -85,7 +99,7 @@ def run(args) -> list[dict]:
     for number, clip in enumerate(pick_clips(args.data, args.clips)):
         photo = data.load_still(args.stills, clip["still"], clip["flip"])
         truth = data.render(photo, np.asarray(clip["views"][:frames]), tuple(clip["size"]))
-        prompts = {"model": clip["caption"]} | ({"model-wrong-caption": wrong_caption(clip)} if number < args.wrong_captions and clip["motion"] in OPPOSITE else {})
+        prompts = {} if args.ceiling_only else {"model": clip["caption"]} | ({"model-wrong-caption": wrong_caption(clip)} if number < args.wrong_captions and clip["motion"] in OPPOSITE else {})
         video = {"clip": clip["name"], "still": clip["still"], "motion": clip["motion"], "speed": clip["speed"], "group": GROUPS[clip["motion"]],
                  "prompts": prompts, "scores": {"repeat-first": section_scores(np.repeat(truth[:1], frames, 0), truth)}}  # fmt: skip
         for variant, prompt in prompts.items():
@@ -100,6 +114,7 @@ def run(args) -> list[dict]:
             video["scores"][variant]["seconds"] = round(time.perf_counter() - started, 1)
             if variant == "model":
                 video["scores"]["repeat-decoded"] = section_scores(np.repeat(generated[:1], frames, 0), truth)
+        video["scores"]["truth-through-vae"] = section_scores(through_vae(models, truth, args.work / f"{clip['name']}-vae.mp4"), truth)
         videos.append(video)
         shown = ", ".join(f"{k} {v['psnr']:.2f}" for k, v in video["scores"].items())
         print(f"{clip['name']} {clip['motion']} {clip['speed']}: PSNR {shown}", file=sys.stderr)
@@ -113,6 +128,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--stills", type=Path, default=ROOT / ".demo" / "data" / "stills", help="the stills the clips were rendered from")
     parser.add_argument("--clips", type=int, default=18, help="moving clips, taken in turn over the 9 moving motions")
     parser.add_argument("--wrong-captions", type=int, default=0, help="also run the first N clips with the opposite motion's caption")
+    parser.add_argument("--ceiling-only", action="store_true", help="score only repeat-first and truth-through-vae (no generation): judges a VAE before a transformer is trained on it")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps")
     parser.add_argument("--window", type=int, default=data.WINDOW, help="latent frames of the one section")
     parser.add_argument("--seed", type=int, default=0)
@@ -135,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as work:
         args.work = Path(work)
         videos = run(args)
-    pairs = [("model", "repeat-first"), ("model", "repeat-decoded"), ("model", "model-wrong-caption")]
+    pairs = [("model", "repeat-first"), ("model", "repeat-decoded"), ("model", "model-wrong-caption"), ("truth-through-vae", "repeat-first"), ("model", "truth-through-vae")]
     result = {"command": " ".join(sys.argv), "model": str(args.model_dir or "demo"), "steps": args.steps, "window": args.window, "seed": args.seed, "distilled_guidance": 1.0,
               "seconds": round(time.perf_counter() - started, 1), "summary": summarise(videos, pairs), "videos": videos}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@
 # 0.6.0 unpacked as .tar.xz, typer, rich, click, pydantic and their small dependencies), .demo/data/stills
 # (`make demo-data CLIPS=0`), and for `more` .demo/hub (what the last call sent back). src/fpgen/demo_model is
 # the shipped demo INIT=shipped starts from.
-# What comes back: $OUT/hub.tar.part-* (cat hub.tar.part-* | tar -x -C .demo: hub/ and hub-short/), $OUT/vae.json
+# What comes back: $OUT/hub.tar.part-* (cat hub.tar.part-* | tar -x -C .demo: hub/ or hub-short/, the ones MODELS trained), $OUT/vae.json
 # and $OUT/<run>.log.jsonl; `python demo/build.py .demo/hub --part package` then writes the package's copy.
 set -euo pipefail
 BUDGET=${BUDGET:-465}             # seconds the script may use (the device stops the call at its limit, 600 s at most)
@@ -69,13 +69,15 @@ for stage in "$@"; do
       done
       for pid in "${pids[@]}"; do wait "$pid" || [ $? -eq 124 ]; done  # 124: stopped at the limit (timeout), checkpoint kept
       for name in $MODELS; do tail -n 2 "$RUNS/$name.err"; tail -n 2 "$RUNS/$name/log.jsonl" 2>/dev/null || true; done ;;
-    export)  # the runs' EMA weights (a run stopped by the limit: its last checkpoint's) into their hubs (bf16, shards under 5 MB); both hubs back through $OUT in 15 MB parts
+    export)  # the runs' EMA weights (a run stopped by the limit: its last checkpoint's) into their hubs (bf16, shards under 5 MB); the hubs written back through $OUT in 15 MB parts
+      hubs=()
       for name in $MODELS; do
         read -r model hub history <<< "$(run_of "$name")"
         python3 demo/build.py "$hub" --part export --run "$RUNS/$name" --order "$(order_of "$model")"
         cp "$RUNS/$name/log.jsonl" "$OUT/$name.log.jsonl" 2>/dev/null || true
+        [[ " ${hubs[*]} " == *" ${hub#.demo/} "* ]] || hubs+=("${hub#.demo/}")
       done
-      tar -C .demo -cf - hub hub-short | split -b 15m - "$OUT/hub.tar.part-" ;;
+      tar -C .demo -cf - "${hubs[@]}" | split -b 15m - "$OUT/hub.tar.part-" ;;  # only the hubs trained: both at once exceed the 64 MiB that comes back
     eval)  # on the GPU: one section per held-out clip against the truth, and the drift study (12 sections), from the hubs
       python3 benchmarks/demo_eval.py --model-dir "$HUB" --device cuda --clips 36 --wrong-captions 8 --out "$OUT/demo-eval.json" --overwrite 2>&1 | tail -n 3
       python3 benchmarks/drift.py --models "$HUB" --short-models "$HUB_SHORT" --stills "$DATA/stills" --device cuda --seeds ${DRIFT_SEEDS:-0,1} \

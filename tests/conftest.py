@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,10 @@ THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST
 
 def pytest_configure(config):
     torch.set_num_threads(THREADS)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a shell without job control (`make test &`), which ignores Ctrl-C for us
+        # and every process we start. The Ctrl-C tests need it back; a Python handler, unlike SIG_IGN, is not inherited.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:

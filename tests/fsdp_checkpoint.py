@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 from torch.distributed.fsdp import fully_shard
 
+from fpgen.parallel import leave_group
 from fpgen.training.checkpoint import _read_shards, _split_optimizer_state, _write_shards
 
 mode, folder = sys.argv[1], Path(sys.argv[2])
@@ -65,4 +66,4 @@ else:
     train(2, 2)
     write_whole(f"resumed-{world}")
 if distributed:
-    dist.destroy_process_group()
+    leave_group()

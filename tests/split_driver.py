@@ -17,7 +17,7 @@ from enginejob import make_frames
 
 import fpgen
 from fpgen.config import Settings
-from fpgen.parallel import split_sequence
+from fpgen.parallel import leave_group, split_sequence
 from fpgen.tensorfile import save_tensors
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
@@ -37,7 +37,7 @@ def main(out: Path) -> None:
     result = make_frames(models, GOLDEN / "input.png", SETTINGS)
     save_tensors(out / f"rank-{rank}.safetensors", {"latents": result.latents, "tokens": torch.tensor(seen)})
     if world > 1:
-        dist.destroy_process_group()
+        leave_group()
 
 
 if __name__ == "__main__":

@@ -135,11 +135,12 @@ def test_workers_stop_resumably(hf_cache, tmp_path):
     args = ["generate", "--jobs", "jobs.jsonl", "--steps", "1", "--size", "16x16", "--seconds", "2.4", "--device", "cpu", "--gpus", "2"]  # 2 sections each
     env = fpgen_env(hf_cache, OMP_NUM_THREADS="1")
     with fpgen_waiting(*args, wait_after="section 1/2", env=env, cwd=tmp_path) as proc:
-        read_until(proc.stderr, "[cpu:0] section 1/2", "[cpu:1] section 1/2")
+        seen = read_until(proc.stderr, "[cpu:0] section 1/2", "[cpu:1] section 1/2")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == ExitCode.INTERRUPTED
         rest = proc.stderr.read()
         assert "2 interrupted" in proc.stdout.read() and "error: batch interrupted" in rest and "Traceback" not in rest
+    assert "%|" not in "".join(seen) + rest  # no library's loading bar: drawn without a newline, it swallows the other worker's line
     assert all((tmp_path / f"w{i}.mp4.job").is_dir() and not (tmp_path / f"w{i}.mp4").exists() for i in range(2))
     again = run_fpgen(*args, "--json", env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr

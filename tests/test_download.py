@@ -257,3 +257,16 @@ def test_dry_run_with_revision_plans_and_downloads_nothing(tmp_path):
     assert plan["dry_run"] and plan["download_bytes"] == plan["total_bytes"] == sum(map(len, expected.values()))
     assert {(f["repo"], f["revision"], f["commit"]) for f in plan["files"] if "F1" in f["repo"]} == {("lllyasviel/FramePack_F1_I2V_HY_20250503", commit, commit)}
     assert not (tmp_path / "hf").exists() or not list((tmp_path / "hf").glob("*/blobs/*"))
+
+
+def test_byte_progress_counts_with_the_libraries_bars_off():
+    """HF_HUB_DISABLE_PROGRESS_BARS (set by users on servers, and by fpgen for -q, --json and batch workers) makes
+    huggingface_hub pass disable=True to the bar class; fpgen's own progress still hears every byte."""
+    from fpgen.download import FileProgress, RemoteFile, _progress_bar
+
+    file = RemoteFile("tester/repo", None, fake_commit("tester/repo"), "weights.safetensors", 300, False)
+    events = []
+    with _progress_bar(file, events.append)(total=file.size, disable=True) as bar:
+        bar.update(120)
+        bar.update(180)
+    assert events == [FileProgress(file, 120), FileProgress(file, 300)]

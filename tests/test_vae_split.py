@@ -12,7 +12,7 @@ from conftest import HUB
 
 from fpgen.decode import decode_latents, decode_span
 from fpgen.loading import load_vae
-from fpgen.parallel import free_port
+from fpgen.parallel import free_port, leave_group
 from fpgen.plan import plan_sections
 from fpgen.vae_reuse import reuse_vae_tiles
 from fpgen.vae_split import share_vae_decode
@@ -50,8 +50,10 @@ def decode_in_group(rank: int, port: int, out: Path) -> None:
             cache = share_vae_decode(vae)
             frames, calls = decode_plan(vae, cache, size)
             torch.save({"frames": frames, "calls": calls, "hits": cache.hits, "misses": cache.misses}, out / f"{case}-{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    leave_group()
 
 
 @pytest.fixture(scope="module")

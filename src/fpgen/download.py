@@ -203,14 +203,17 @@ def _fetch(file: RemoteFile, local_dir: Path | None, on_event: Callable[[Event],
 
 
 def _progress_bar(file: RemoteFile, on_event: Callable[[Event], None]) -> type[tqdm]:
-    """A tqdm class for huggingface_hub that draws nothing and reports ``file``'s bytes as events."""
+    """A tqdm class for huggingface_hub that draws nothing and reports ``file``'s bytes as events.
+
+    It counts even where the libraries' bars are switched off (``fpgen.terminal.library_bars_off``): a disabled
+    tqdm counts nothing, and it would otherwise be one, as huggingface_hub passes its switch on."""
     reported = [0]
 
     class Bar(tqdm):
         monitor_interval = 0
 
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "file": _Discard()})
+            super().__init__(*args, **{**kwargs, "file": _Discard(), "disable": False})
 
         def update(self, n=1):
             super().update(n)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -32,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from fpgen.errors import InputError
+from fpgen.terminal import library_bars_off
 from fpgen.workers import ignoring, plan_workers
 
 TIMEOUT = timedelta(minutes=10)  # a process that died leaves the others waiting this long at most
@@ -104,6 +106,21 @@ def join_group(rank: int, world: int, port: int, device: torch.device) -> None:
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=TIMEOUT)
 
 
+def leave_group() -> None:
+    """Leave the group and end this helper process without Python's shutdown (it has written all it writes).
+
+    A gloo worker thread frees a finished collective's tensors only after the caller has moved on, and
+    that takes the GIL. A process that ends right after its last collective can be shutting Python down
+    by then; the thread's wait for the GIL then ends it inside a C++ destructor, and the process aborts
+    ("terminate called without an active exception", torch 2.13). A barrier first does not help: gloo's
+    barrier holds the earlier collectives until it is freed the same way.
+    """
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def load_split(job):
     """The job's models with their block passes and decodes split over the group."""
     from diffusers import AutoencoderKLHunyuanVideo
@@ -132,17 +149,15 @@ def follow(job) -> None:
 
 
 def _helper(rank: int, world: int, port: int, job) -> None:
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()  # the first process reports
-    transformers.utils.logging.disable_progress_bar()
+    library_bars_off()  # the first process reports
     job = on_rank(job, rank)
     join_group(rank, world, port, job.runtime.device)
     try:
         follow(job)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    leave_group()
 
 
 def free_port() -> int:

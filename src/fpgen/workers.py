@@ -26,6 +26,7 @@ from multiprocessing.process import BaseProcess
 
 from fpgen.batch import BatchJob, Outcome, in_file_order, run_jobs, triage
 from fpgen.errors import ExitCode, InputError
+from fpgen.terminal import library_bars_off
 
 # label -> (load_models, run_job, on_job) for ``fpgen.batch.run_jobs``; picklable, since it is sent to the workers
 MakeRunner = Callable[[str], tuple[Callable, Callable, Callable]]
@@ -166,6 +167,7 @@ def ignoring(sig: int):
 def _work(conn: Connection, worker: Worker, make_runner: MakeRunner) -> None:
     """A worker process: ask the parent for jobs until it answers None, run them with ``run_jobs``, send each outcome."""
     os.environ.update(worker.env)  # before anything initialises CUDA
+    library_bars_off()  # workers share the terminal: a bar's line, drawn without a newline, would swallow another worker's
     signal.signal(signal.SIGTERM, _stop_once)
     if worker.threads:
         import torch

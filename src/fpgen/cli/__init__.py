@@ -19,7 +19,7 @@ from rich.markup import escape
 from fpgen._version import __version__
 from fpgen.errors import ExitCode, FpgenError
 from fpgen.signals import sigterm_as_interrupt
-from fpgen.terminal import IMPORT_NOISE
+from fpgen.terminal import IMPORT_NOISE, library_bars_off
 
 app = typer.Typer(
     name="fpgen",
@@ -113,19 +113,12 @@ def _kept_when_interrupted(argv: list[str]) -> str:
 
 @contextmanager
 def _library_bars_off() -> Iterator[None]:
-    """-q and --json mean no progress output: also none of huggingface_hub's, transformers' or diffusers' loading bars.
-
-    The environment reaches the libraries when they load (in this process and in batch workers, which inherit it):
-    huggingface_hub reads its switch, transformers follows huggingface_hub, and diffusers' bars are tqdm's, which
-    reads TQDM_DISABLE. The ones already loaded (a caller's process) are switched off by their own functions.
-    """
+    """-q and --json mean no progress output: also none of the libraries' loading bars, in this process and in batch
+    workers (which inherit the environment). The environment is put back after; a caller's libraries stay quiet."""
     from unittest import mock
 
-    switches = {"huggingface_hub.utils": "disable_progress_bars", "transformers.utils.logging": "disable_progress_bar", "diffusers.utils.logging": "disable_progress_bar"}
-    for module, switch in switches.items():
-        if module in sys.modules:
-            getattr(sys.modules[module], switch)()
-    with mock.patch.dict(os.environ, {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}):
+    with mock.patch.dict(os.environ):
+        library_bars_off()
         yield
 
 

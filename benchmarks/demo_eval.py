@@ -16,6 +16,7 @@ ceiling the VAE puts on every generated video. Paired bootstrap 95% intervals fr
 
     python benchmarks/demo_eval.py                                   # 18 clips, two per moving motion, 25 steps (CPU)
     python benchmarks/demo_eval.py --clips 9 --wrong-captions 8 --steps 15
+    python benchmarks/demo_eval.py --skip 18 --clips 9 --cfg 2       # a setting tried on 9 other clips
     python benchmarks/demo_eval.py --model-dir HUB --ceiling-only     # a newly trained VAE's ceiling, before any transformer
 """
 
@@ -96,7 +97,7 @@ def run(args) -> list[dict]:
     models = fpgen.load_models("framepack" if args.model_dir else "demo", model_dir=args.model_dir, device=args.device)
     frames = 1 + 4 * args.window
     videos = []
-    for number, clip in enumerate(pick_clips(args.data, args.clips)):
+    for number, clip in enumerate(pick_clips(args.data, args.skip + args.clips)[args.skip :]):
         photo = data.load_still(args.stills, clip["still"], clip["flip"])
         truth = data.render(photo, np.asarray(clip["views"][:frames]), tuple(clip["size"]))
         prompts = {} if args.ceiling_only else {"model": clip["caption"]} | ({"model-wrong-caption": wrong_caption(clip)} if number < args.wrong_captions and clip["motion"] in OPPOSITE else {})
@@ -104,7 +105,7 @@ def run(args) -> list[dict]:
                  "prompts": prompts, "scores": {"repeat-first": section_scores(np.repeat(truth[:1], frames, 0), truth)}}  # fmt: skip
         for variant, prompt in prompts.items():
             settings = fpgen.Settings(prompt=prompt, seconds=4 * args.window / data.FPS, seed=args.seed, steps=args.steps, window=args.window,
-                                      distilled_guidance=1.0, size=tuple(clip["size"]))  # fmt: skip
+                                      distilled_guidance=1.0, cfg=args.cfg, negative_prompt="", size=tuple(clip["size"]))  # fmt: skip
             output = args.work / f"{clip['name']}-{variant}.mp4"
             started = time.perf_counter()
             fpgen.generate_video(models, truth[0], output, settings, crf=0, overwrite=True)
@@ -127,9 +128,11 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--data", type=Path, default=ROOT / ".demo" / "data" / "heldout", help="held-out clips (make demo-data CLIPS=0)")
     parser.add_argument("--stills", type=Path, default=ROOT / ".demo" / "data" / "stills", help="the stills the clips were rendered from")
     parser.add_argument("--clips", type=int, default=18, help="moving clips, taken in turn over the 9 moving motions")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N of those clips (another set of clips, e.g. to choose settings on)")
     parser.add_argument("--wrong-captions", type=int, default=0, help="also run the first N clips with the opposite motion's caption")
     parser.add_argument("--ceiling-only", action="store_true", help="score only repeat-first and truth-through-vae (no generation): judges a VAE before a transformer is trained on it")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps")
+    parser.add_argument("--cfg", type=float, default=1.0, help="real classifier-free guidance against the empty prompt (the demo trained with caption dropout 0.1)")
     parser.add_argument("--window", type=int, default=data.WINDOW, help="latent frames of the one section")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         args.work = Path(work)
         videos = run(args)
     pairs = [("model", "repeat-first"), ("model", "repeat-decoded"), ("model", "model-wrong-caption"), ("truth-through-vae", "repeat-first"), ("model", "truth-through-vae")]
-    result = {"command": " ".join(sys.argv), "model": str(args.model_dir or "demo"), "steps": args.steps, "window": args.window, "seed": args.seed, "distilled_guidance": 1.0,
+    result = {"command": " ".join(sys.argv), "model": str(args.model_dir or "demo"), "steps": args.steps, "window": args.window, "seed": args.seed, "distilled_guidance": 1.0, "cfg": args.cfg, "skip": args.skip,
               "seconds": round(time.perf_counter() - started, 1), "summary": summarise(videos, pairs), "videos": videos}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -105,7 +105,7 @@ def run(args) -> list[dict]:
                  "prompts": prompts, "scores": {"repeat-first": section_scores(np.repeat(truth[:1], frames, 0), truth)}}  # fmt: skip
         for variant, prompt in prompts.items():
             settings = fpgen.Settings(prompt=prompt, seconds=4 * args.window / data.FPS, seed=args.seed, steps=args.steps, window=args.window,
-                                      distilled_guidance=1.0, cfg=args.cfg, negative_prompt="", size=tuple(clip["size"]))  # fmt: skip
+                                      distilled_guidance=1.0, cfg=args.cfg, size=tuple(clip["size"]))  # fmt: skip
             output = args.work / f"{clip['name']}-{variant}.mp4"
             started = time.perf_counter()
             fpgen.generate_video(models, truth[0], output, settings, crf=0, overwrite=True)

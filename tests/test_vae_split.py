@@ -12,7 +12,7 @@ from conftest import HUB
 
 from fpgen.decode import decode_latents, decode_span
 from fpgen.loading import load_vae
-from fpgen.parallel import free_port, leave_group
+from fpgen.parallel import free_port, leaving_group
 from fpgen.plan import plan_sections
 from fpgen.vae_reuse import reuse_vae_tiles
 from fpgen.vae_split import share_vae_decode
@@ -44,16 +44,12 @@ def decode_plan(vae, cache, size: int) -> tuple[list[torch.Tensor], list[int]]:
 def decode_in_group(rank: int, port: int, out: Path) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with leaving_group():
         for case, size in CASES.items():
             vae = tiny_vae(case)
             cache = share_vae_decode(vae)
             frames, calls = decode_plan(vae, cache, size)
             torch.save({"frames": frames, "calls": calls, "hits": cache.hits, "misses": cache.misses}, out / f"{case}-{rank}.pt")
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    leave_group()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from functools import partial
@@ -121,6 +122,17 @@ def leave_group() -> None:
     os._exit(0)
 
 
+@contextmanager
+def leaving_group() -> Iterator[None]:
+    """The body's work in the joined group, then ``leave_group``; an error destroys the group and is raised."""
+    try:
+        yield
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    leave_group()
+
+
 def load_split(job):
     """The job's models with their block passes and decodes split over the group."""
     from diffusers import AutoencoderKLHunyuanVideo
@@ -152,12 +164,8 @@ def _helper(rank: int, world: int, port: int, job) -> None:
     library_bars_off()  # the first process reports
     job = on_rank(job, rank)
     join_group(rank, world, port, job.runtime.device)
-    try:
+    with leaving_group():
         follow(job)
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    leave_group()
 
 
 def free_port() -> int:

@@ -6,7 +6,8 @@
 #
 # `all`: the hub from the shipped demo (INIT=shipped, build.py --part unpack) or fresh (INIT=fresh); the clips
 # rendered (CPU) while the VAE trains (GPU) for VAE_S seconds; vae-export; the cache; the transformers of MODELS
-# at once until EXPORT_S seconds before BUDGET; export. `more`: the same from a carried .demo/hub, without the VAE.
+# at once until EXPORT_S seconds before BUDGET; export. `more`: the same from a carried .demo/hub, without the VAE;
+# `more-decoder`: `more` while the VAE's decoder trains beside it (encoder frozen), returned as $OUT/vae (VAE_LR, VAE_WORKERS).
 # BUDGET counts from the script's start: keep it ~35 s under the call's limit (the install and import check run first).
 # MODELS: framepack (inverted), framepack-f1 (forward); a "-short" suffix trains that order with --history 1,0,0
 # (the drift study's short-history cells) from the hub's transformer into HUB_SHORT. Each run starts from the
@@ -46,6 +47,10 @@ for stage in "$@"; do
       [ -f "$DATA/train/clip-$(printf %05d $((CLIPS - 1))).mp4" ] || python3 demo/data.py "$DATA" --clips "$CLIPS" --seed "$SEED" --workers "$WORKERS" ;;
     vae)  # the whole VAE (encoder and decoder)
       python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/vae" --minutes "$(python3 -c "print($VAE_S / 60)")" --workers "$WORKERS" ;;
+    decoder)  # the VAE's decoder alone (latents, cache and transformers unchanged) until EXPORT_S + 20 s before BUDGET, exported into $OUT/vae
+      python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/decoder" --decoder-only --lr "${VAE_LR:-2e-4}" --workers "${VAE_WORKERS:-8}" \
+        --minutes "$(python3 -c "print($(left $((EXPORT_S + 20))) / 60)")" --export --export-dir "$OUT/vae" > "$OUT/decoder.log" 2>&1
+      tail -n 1 "$OUT/decoder.log" ;;
     vae-export)  # scaling factor, held-out PSNR, float16 weights into the hub (the cache keys change with them)
       python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/vae" --minutes 0 --export --workers 0 | tee "$OUT/vae.json" ;;
     cache)  # CACHE_JOBS processes over disjoint shares of the clips (entries are keyed by content, so training finds them all)
@@ -88,10 +93,15 @@ for stage in "$@"; do
       BUDGET=$((BUDGET - SECONDS)) WORKERS=$((WORKERS / 2)) bash "$0" vae
       wait "$data" || { cat "$RUNS/data.log"; exit 1; }
       BUDGET=$((BUDGET - SECONDS)) bash "$0" vae-export continue ;;
+    more-decoder)  # `more` with the decoder training beside it on the same GPU
+      BUDGET=$((BUDGET - SECONDS)) bash "$0" weights
+      BUDGET=$((BUDGET - SECONDS)) bash "$0" decoder & decoder=$!
+      BUDGET=$((BUDGET - SECONDS)) bash "$0" continue
+      wait "$decoder" ;;
     more)  # a later call, from the carried hub
       BUDGET=$((BUDGET - SECONDS)) bash "$0" weights continue ;;
     continue)  # the clips (if not rendered yet), the cache and the transformers, then the export
       BUDGET=$((BUDGET - SECONDS)) bash "$0" data cache train export ;;
-    *) echo "unknown stage $stage (all, more, or weights, data, vae, vae-export, cache, train, export, eval)"; exit 2 ;;
+    *) echo "unknown stage $stage (all, more, more-decoder, or weights, data, vae, decoder, vae-export, cache, train, export, eval)"; exit 2 ;;
   esac
 done

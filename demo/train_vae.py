@@ -1,5 +1,7 @@
 """Train the demo's tiny AutoencoderKLHunyuanVideo in the hub that ``demo/build.py`` made (fpgen trains only transformers).
 
+``--decoder-only`` trains the decoder alone: the encoder, so the latents, the scaling factor, the training
+cache and every transformer trained on them stay valid, and a better decoder lifts the demo at once.
 Batches are rendered on the fly by DataLoader workers from the training stills with ``demo/data.py``'s
 camera paths and varied looks (nothing is read from disk but the photos): 17-frame windows alternate
 with batches of single frames, because generation always encodes its start picture alone. Loss: L1 +
@@ -10,7 +12,7 @@ run the same command again and it continues. ``--export`` then sets ``scaling_fa
 the latents, measures PSNR on windows over the held-out stills and writes the VAE (float16, shards
 under 15 MB) into the hub.
 
-Usage: ``python demo/train_vae.py HUB DATA --run RUN [--steps 9000] [--minutes 8.5] [--export]``
+Usage: ``python demo/train_vae.py HUB DATA --run RUN [--steps 9000] [--minutes 8.5] [--decoder-only] [--export [--export-dir DIR]]``
 (DATA is ``make demo-data``'s folder: its stills/ are read).
 """
 
@@ -67,7 +69,8 @@ def loader(folder: Path, stills, frames: int, size: int, batch: int, seed: int, 
 
 def vae_loss(vae, pixels: torch.Tensor, kl_weight: float) -> torch.Tensor:
     """Mean L1 plus ``kl_weight`` times the KL summed over the latents, per pixel value (LDM's weighting of summed losses)."""
-    posterior = vae.encode(pixels).latent_dist
+    with torch.set_grad_enabled(vae.quant_conv.weight.requires_grad):  # a frozen encoder keeps no graph
+        posterior = vae.encode(pixels).latent_dist
     decoded = vae.decode(posterior.sample()).sample
     kl = 0.5 * (posterior.mean.float() ** 2 + posterior.var.float() - 1 - posterior.logvar.float()).sum()
     return (decoded.float() - pixels.float()).abs().mean() + kl_weight * kl / pixels.numel()
@@ -103,17 +106,18 @@ def resume(run: Path, vae, optimizer) -> int:
 
 
 @torch.no_grad()
-def export(vae, hub: Path, folder: Path, size: int, device: torch.device) -> dict:
-    """scaling_factor = 1/std of the latents; PSNR on held-out windows (17 frames and single frames); the float16 VAE into the hub."""
+def export(vae, target: Path, folder: Path, size: int, device: torch.device, rescale: bool) -> dict:
+    """scaling_factor = 1/std of the latents (if ``rescale``: the encoder trained); PSNR on held-out windows (17 frames and
+    single frames); the float16 VAE into ``target``."""
     vae.eval()
     held = next(loader(folder, data.HELD_OUT, 17, size, 16, seed=12345, workers=0, plain=True)).to(device)
     latents = vae.encode(held).latent_dist.mean
-    scaling = 1.0 / latents.float().std().item()
+    scaling = 1.0 / latents.float().std().item() if rescale else vae.config.scaling_factor
     psnr = lambda a, b: (10 * torch.log10(4 / ((a.float().clamp(-1, 1) - b.float()) ** 2).mean())).item()  # noqa: E731  (range 2)
     video_psnr = psnr(vae.decode(latents).sample, held)
     image_psnr = psnr(vae.decode(vae.encode(held[:, :, :1]).latent_dist.mean).sample, held[:, :, :1])
     vae.register_to_config(scaling_factor=scaling)
-    vae.to(torch.float16).save_pretrained(str(hub / HUNYUAN / "vae"), max_shard_size=SHARD)
+    vae.to(torch.float16).save_pretrained(str(target), max_shard_size=SHARD)
     return {"scaling_factor": scaling, "heldout_psnr_video": video_psnr, "heldout_psnr_first_frame": image_psnr}
 
 
@@ -131,14 +135,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decoder-only", action="store_true", help="freeze the encoder: latents, scaling factor and training caches stay valid")
     parser.add_argument("--export", action="store_true", help="after training: set scaling_factor, measure held-out PSNR, write the VAE into the hub")
+    parser.add_argument("--export-dir", type=Path, help="write the exported VAE here instead of into the hub")
     args = parser.parse_args(argv)
     from diffusers import AutoencoderKLHunyuanVideo
 
     started, device = time.monotonic(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     vae = AutoencoderKLHunyuanVideo.from_pretrained(str(args.hub / HUNYUAN / "vae"), torch_dtype=torch.float32).to(device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     step = resume(args.run, vae, optimizer)
     stills = tuple(name for name in data.STILLS if name not in data.HELD_OUT)
     folder = args.data / "stills"
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     save(args.run, vae, optimizer, step)
     result = {"step": step, "done": step >= args.steps}
     if args.export:
-        result.update(export(vae, args.hub, folder, args.size, device))
+        result.update(export(vae, args.export_dir or args.hub / HUNYUAN / "vae", folder, args.size, device, rescale=not args.decoder_only))
     print(json.dumps(result), flush=True)
 
 

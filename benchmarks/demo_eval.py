@@ -23,7 +23,9 @@ ceiling the VAE puts on every generated video. Paired bootstrap 95% intervals fr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import functools
 import json
 import sys
 import time
@@ -92,9 +94,12 @@ def through_vae(models, truth: np.ndarray, output: Path) -> np.ndarray:
 def run(args) -> list[dict]:
     """Generate every picked clip's section (and its wrong-caption twin) with the real fpgen and score it."""
     import fpgen
+    from fpgen.sampling import get_schedule
     from fpgen.video import read_mp4
 
     models = fpgen.load_models("framepack" if args.model_dir else "demo", model_dir=args.model_dir, device=args.device)
+    if args.shift is not None:  # a fixed schedule shift instead of the family's resolution-dependent one
+        models.family = dataclasses.replace(models.family, schedule=functools.partial(get_schedule, shift=args.shift))
     frames = 1 + 4 * args.window
     videos = []
     for number, clip in enumerate(pick_clips(args.data, args.skip + args.clips)[args.skip :]):
@@ -112,6 +117,7 @@ def run(args) -> list[dict]:
             generated, _ = read_mp4(output)
             video["scores"][variant] = section_scores(generated, truth)
             video["scores"][variant]["motion_ratio"] = float(drift.frame_motion(generated).mean() / drift.frame_motion(truth).mean())
+            video["scores"][variant]["sharpness_ratio"] = float(drift.sharpness(generated[1:]).mean() / drift.sharpness(truth[1:]).mean())  # below 1: softer than the truth
             video["scores"][variant]["seconds"] = round(time.perf_counter() - started, 1)
             if variant == "model":
                 video["scores"]["repeat-decoded"] = section_scores(np.repeat(generated[:1], frames, 0), truth)
@@ -132,6 +138,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--wrong-captions", type=int, default=0, help="also run the first N clips with the opposite motion's caption")
     parser.add_argument("--ceiling-only", action="store_true", help="score only repeat-first and truth-through-vae (no generation): judges a VAE before a transformer is trained on it")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps")
+    parser.add_argument("--shift", type=float, help="sample with this fixed schedule shift (e^mu) instead of the resolution-dependent one (1.74 at 128x128)")
     parser.add_argument("--cfg", type=float, default=1.0, help="real classifier-free guidance against the empty prompt (the demo trained with caption dropout 0.1)")
     parser.add_argument("--window", type=int, default=data.WINDOW, help="latent frames of the one section")
     parser.add_argument("--seed", type=int, default=0)
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         args.work = Path(work)
         videos = run(args)
     pairs = [("model", "repeat-first"), ("model", "repeat-decoded"), ("model", "model-wrong-caption"), ("truth-through-vae", "repeat-first"), ("model", "truth-through-vae")]
-    result = {"command": " ".join(sys.argv), "model": str(args.model_dir or "demo"), "steps": args.steps, "window": args.window, "seed": args.seed, "distilled_guidance": 1.0, "cfg": args.cfg, "skip": args.skip,
+    result = {"command": " ".join(sys.argv), "model": str(args.model_dir or "demo"), "steps": args.steps, "window": args.window, "seed": args.seed, "distilled_guidance": 1.0, "cfg": args.cfg, "shift": args.shift, "skip": args.skip,
               "seconds": round(time.perf_counter() - started, 1), "summary": summarise(videos, pairs), "videos": videos}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

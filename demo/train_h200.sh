@@ -7,7 +7,7 @@
 # `all`: the hub from the shipped demo (INIT=shipped, build.py --part unpack) or fresh (INIT=fresh); the clips
 # rendered (CPU) while the VAE trains (GPU) for VAE_S seconds; vae-export; the cache; the transformers of MODELS
 # at once until EXPORT_S seconds before BUDGET; export. `more`: the same from a carried .demo/hub, without the VAE;
-# `more-decoder`: `more` while the VAE's decoder trains beside it (encoder frozen), returned as $OUT/vae (VAE_LR, VAE_WORKERS).
+# `more-decoder`: `more` while the VAE's decoder trains beside it (encoder frozen), returned as $OUT/vae.tar (VAE_LR, VAE_WORKERS).
 # BUDGET counts from the script's start: keep it ~35 s under the call's limit (the install and import check run first).
 # MODELS: framepack (inverted), framepack-f1 (forward); a "-short" suffix trains that order with --history 1,0,0
 # (the drift study's short-history cells) from the hub's transformer into HUB_SHORT. Each run starts from the
@@ -47,9 +47,9 @@ for stage in "$@"; do
       [ -f "$DATA/train/clip-$(printf %05d $((CLIPS - 1))).mp4" ] || python3 demo/data.py "$DATA" --clips "$CLIPS" --seed "$SEED" --workers "$WORKERS" ;;
     vae)  # the whole VAE (encoder and decoder)
       python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/vae" --minutes "$(python3 -c "print($VAE_S / 60)")" --workers "$WORKERS" ;;
-    decoder)  # the VAE's decoder alone (latents, cache and transformers unchanged) until EXPORT_S + 20 s before BUDGET, exported into $OUT/vae
+    decoder)  # the VAE's decoder alone (latents, cache and transformers unchanged) until EXPORT_S + 20 s before BUDGET, back as $OUT/vae.tar (one file: $OUT returns few)
       python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/decoder" --decoder-only --lr "${VAE_LR:-2e-4}" --workers "${VAE_WORKERS:-8}" \
-        --minutes "$(python3 -c "print($(left $((EXPORT_S + 20))) / 60)")" --export --export-dir "$OUT/vae" > "$OUT/decoder.log" 2>&1
+        --minutes "$(python3 -c "print($(left $((EXPORT_S + 20))) / 60)")" --export --export-dir "$RUNS/decoder/vae" > "$OUT/decoder.log" 2>&1 && tar -C "$RUNS/decoder" -cf "$OUT/vae.tar" vae
       tail -n 1 "$OUT/decoder.log" ;;
     vae-export)  # scaling factor, held-out PSNR, float16 weights into the hub (the cache keys change with them)
       python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/vae" --minutes 0 --export --workers 0 | tee "$OUT/vae.json" ;;

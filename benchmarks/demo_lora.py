@@ -16,7 +16,6 @@ Usage: python benchmarks/demo_lora.py --out benchmarks/results/demo-lora-DATE.js
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,10 +23,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from demo import data  # noqa: E402
+
+from fpgen.lora import read_lora, write_lora  # noqa: E402
 
 PROMPT = "the camera spins"
 FRAMES = 37  # one 9-latent section
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=3, help="videos per arm")
     parser.add_argument("--device", default="cpu", help="where the LoRA trains and the videos are made (cpu, cuda)")
-    parser.add_argument("--keep", type=Path, help="also copy the trained LoRA here (tests/assets/demo-spin-lora.safetensors is one)")
+    parser.add_argument("--keep", type=Path, help="also keep the trained LoRA here, in bfloat16 (tests/assets/demo-spin-lora.safetensors is one)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,15 +113,17 @@ def main(argv: list[str] | None = None) -> None:
               "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--learning-rate", "1e-3", "--guidance", "1", "--shift", "2",
               "--device", args.device, "--cache-in-ram")  # fmt: skip
         train_s = time.perf_counter() - trained_at
-        if args.keep:
+        lora = work / "run" / "lora.safetensors"
+        if args.keep:  # in bfloat16, half the size (`fpgen lora convert --dtype bf16`); the videos below are made with this copy
             args.keep.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(work / "run" / "lora.safetensors", args.keep)
+            write_lora(args.keep, read_lora(lora)[0].to(torch.bfloat16))
+            lora = args.keep
         from fpgen.registry import MODELS
 
         example = MODELS["demo"].example
         arms = {"demo": [], "demo+spin LoRA": []}
         for seed in range(args.seeds):
-            for arm, extra in (("demo", ()), ("demo+spin LoRA", ("--lora", str(work / "run" / "lora.safetensors")))):
+            for arm, extra in (("demo", ()), ("demo+spin LoRA", ("--lora", str(lora)))):
                 video = work / f"{arm.replace(' ', '_').replace('+', '_')}-{seed}.mp4"
                 fpgen("generate", str(example), "--model", "demo", "-p", PROMPT, "--seconds", "1.2", "--seed", str(seed), "-o", str(video), "--device", args.device, *extra)
                 arms[arm].append(spin_angle(read_frames(video)))

@@ -72,7 +72,7 @@ def test_the_shipped_demo_unpacks_and_a_stopped_runs_ema_weights_export_into_the
 
 
 def test_growing_the_transformer_keeps_what_it_computes_and_export_reads_the_grown_shape(tmp_path):
-    """``--part grow`` (the demo's next round: more blocks, what rounds 1-8 learnt kept): the grown transformer's output
+    """``--part grow`` (the demo's round 9: more blocks, what rounds 1-8 learnt kept): the grown transformer's output
     equals the original's exactly, its new blocks are copies with zero modulation, and a run on it exports."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 

@@ -87,6 +87,27 @@ def test_round_trip_through_musubi_is_identical(cli, tmp_path):
     assert_one_line_error(cli("lora", "convert", ours, musubi, "--to", "musubi"), ExitCode.USAGE, "already exists", "--overwrite")
 
 
+def test_convert_to_bf16_halves_the_file(cli, tmp_path):
+    """--dtype bf16 stores every matrix rounded to bfloat16 and keeps the metadata (alphas, provenance)."""
+    ours = write_lora(tmp_path / "lora.safetensors", trained_lora())
+    half = tmp_path / "half.safetensors"
+    proc = cli("lora", "convert", ours, half, "--to", "diffusers", "--dtype", "bf16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    full, small = load_file(ours), load_file(half)
+    data = sum(value.numel() * value.element_size() for value in full.values())
+    assert json.loads(proc.stdout)["bytes"] == half.stat().st_size < ours.stat().st_size - 0.45 * data  # half the weights' bytes (the header stays)
+    assert sorted(full) == sorted(small)
+    for key, value in full.items():
+        assert value.dtype == torch.float32 and small[key].dtype == torch.bfloat16 and torch.equal(small[key], value.to(torch.bfloat16)), key
+    with safe_open(str(ours), "pt") as left, safe_open(str(half), "pt") as right:
+        assert left.metadata() == right.metadata()
+    (exact, _), (rounded, _) = read_lora(ours), read_lora(half)
+    for name, module in exact.modules.items():
+        delta = module.delta("cpu")
+        assert 0 < (rounded.modules[name].delta("cpu") - delta).norm() < 0.01 * delta.norm(), name
+    assert_one_line_error(cli("lora", "convert", ours, tmp_path / "x.safetensors", "--to", "diffusers", "--dtype", "int8"), ExitCode.USAGE, "unknown --dtype", "bf16")
+
+
 def test_lora_info(cli, tmp_path):
     shown = json.loads(cli("lora", "info", write_musubi(tmp_path / "m.safetensors", trained_lora(rank=4, alpha=2.0)), "--json").stdout)
     assert (shown["layout"], shown["modules"], shown["rank"], shown["alpha"], shown["trained"]) == ("musubi", 34, 4, 2.0, {"base_model": "framepack"})

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -246,6 +246,16 @@ class Lora:
             return line
         names = sorted(printable(key) for key in self.skipped)
         return f"{line}, {len(names)} skipped because FramePack has no such module: {', '.join(names[:4])}" + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    def to(self, dtype: torch.dtype) -> Lora:
+        """The same LoRA with its weights stored in ``dtype`` (bfloat16 halves a float32 file; alphas and row indices are kept)."""
+
+        def cast(value):
+            if isinstance(value, tuple):
+                return tuple(cast(part) for part in value)
+            return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+        return replace(self, modules={name: replace(m, **{f.name: cast(getattr(m, f.name)) for f in fields(m)}) for name, m in self.modules.items()})
 
     def adapter_metadata(self) -> dict:
         """diffusers' LoraConfig kwargs: the most common rank and alpha, and patterns for the others."""

@@ -39,7 +39,7 @@ def convert(
     source: Path = typer.Argument(..., help="A LoRA file in any layout fpgen reads (HunyuanVideo's are mapped onto FramePack's modules)."),
     target: Path = typer.Argument(..., help="The .safetensors file to write."),
     to: str = typer.Option(..., "--to", help="musubi (musubi-tuner's networks.lora_framepack) or diffusers (also fpgen's own)."),
-    dtype: str = typer.Option("keep", "--dtype", help="Store the weights as keep (as they are), fp32, bf16 or fp16; fpgen trains in fp32, and bf16 halves the file."),
+    dtype: str = typer.Option("keep", "--dtype", help="keep (the weights as they are), fp32, bf16 or fp16: fpgen trains LoRAs in fp32, and bf16 halves the file."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace TARGET if it exists."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
 ) -> None:

@@ -81,7 +81,7 @@ CAPTIONS = {
     "roll_cw": ["the camera rotates {speed} clockwise", "a {adj} clockwise rotation", "the picture turns {speed} clockwise"],
     "roll_ccw": ["the camera rotates {speed} counterclockwise", "a {adj} counterclockwise rotation", "the picture turns {speed} counterclockwise"],
     "still": ["the camera holds still", "a still shot", "nothing moves"],
-    "sway": ["the camera pans left and right", "the camera sways from side to side", "the view moves back and forth"],
+    "sway": ["the camera pans {speed} left and right", "the camera sways {speed} from side to side", "the view moves {speed} back and forth"],
 }
 SPEED_WORDS = {"slow": (("slowly", "gently"), ("slow", "gentle")), "fast": (("quickly", "fast"), ("quick", "fast"))}
 

@@ -41,6 +41,24 @@ def test_zoom_in_magnifies_the_centre():
     assert np.allclose(views[:, :2], views[0, :2])  # about a fixed centre
 
 
+def test_every_caption_states_the_speed_its_path_depends_on():
+    """A path whose size depends on its speed has that speed in its caption (round 9's sway captions did not: slow and
+    fast sways, 4 and 9.5 px, shared their words, so no model could tell which to make). Every caption word is in
+    the shipped demo's word-level tokenizer, so no word of a template is unknown to the text encoder."""
+    frames = 33
+    for motion in data.MOTIONS:
+        moves = {speed: data.motion_path(motion, speed, frames) for speed in data.SPEEDS}
+        if np.allclose(moves["slow"], moves["fast"]):  # still: no speed to state
+            continue
+        for seed in range(6):
+            slow, fast = (data.caption(motion, speed, "a cup", np.random.default_rng(seed)) for speed in ("slow", "fast"))
+            assert slow != fast, f"{motion}: {slow!r} says nothing of the speed"
+            said = {speed: {w for group in data.SPEED_WORDS[speed] for w in group} for speed in data.SPEEDS}
+            assert said["slow"] & set(slow.replace(",", "").split()) and said["fast"] & set(fast.replace(",", "").split()), (slow, fast)
+    shipped = json.loads((Path(data.__file__).parents[1] / "src/fpgen/demo_model/tokenizer/tokenizer.json").read_text())["model"]["vocab"]
+    assert set(data.caption_words()) <= set(shipped), set(data.caption_words()) - set(shipped)
+
+
 def test_views_stay_inside_the_photo():
     for motion in data.MOTIONS:
         path = data.motion_path(motion, "fast", 73)

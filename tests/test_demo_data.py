@@ -131,3 +131,14 @@ def test_short_share_makes_that_share_of_clips_one_to_four_sections_long(tmp_pat
     assert [len(read_mp4(p)[0]) for p in sorted((tmp_path / "train").glob("*.mp4"))] == [clip["frames"] for clip in clips]
     # the length is drawn apart from the clip's own stream: photo, motion and caption are those of a full-length clip
     assert [clip["caption"] for clip in clips] == [data.draw_clip(0, index, ("astronaut.png", "chelsea.png"), 8, varied=True)[0].caption for index in range(6)]
+
+
+def test_the_path_probe_reads_a_rendered_pan_in_whole_pixels():
+    """``benchmarks/demo_path_probe.py``'s shift: a fast pan left moves the content right by 1 px a frame (PAN_PX x 2.5)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from demo_path_probe import horizontal_shift
+
+    path = data.motion_path("pan_left", "fast", 9)
+    video = data.render(textured_photo(), data.fit_views(path, (300, 400), (128, 128), np.random.default_rng(0)), (128, 128))
+    assert [horizontal_shift(video[0], frame) for frame in video] == [round(-x) for x in path[:, 0]] == list(range(9))
+    assert horizontal_shift(video[8], video[0]) == -8

@@ -61,10 +61,10 @@ def convert(
         import torch
 
         lora = lora.to(getattr(torch, STORED_DTYPES[dtype]))
-    (write_musubi if to == "musubi" else write_lora)(target, lora)
+    size = (write_musubi if to == "musubi" else write_lora)(target, lora).stat().st_size
     Reporter(json_output).result(
-        {"source": str(source), "source_layout": layout, "target": str(target), "target_layout": to, "modules": len(lora.modules), "dtype": dtype, "bytes": target.stat().st_size},
-        f"{target}  ({len(lora.modules)} modules, {layout} -> {to}, {target.stat().st_size / 1e6:.1f} MB)",
+        {"source": str(source), "source_layout": layout, "target": str(target), "target_layout": to, "modules": len(lora.modules), "dtype": dtype, "bytes": size},
+        f"{target}  ({len(lora.modules)} modules, {layout} -> {to}, {size / 1e6:.1f} MB)",
     )
 
 

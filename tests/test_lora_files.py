@@ -30,6 +30,22 @@ def test_a_folder_written_by_write_lora_is_a_lora_choice(tmp_path):
     assert lora.info == small_lora().info
 
 
+def test_a_written_lora_gets_the_mode_of_the_users_new_files(tmp_path):
+    """safetensors 0.8 makes owner-only files; fpgen's tensor files follow the umask like its videos, so a shared LoRA stays readable."""
+    import os
+    import stat
+
+    modes = {}
+    for umask in (0o022, 0o077):
+        before = os.umask(umask)
+        try:
+            written = write_lora(tmp_path / f"lora-{umask:o}.safetensors", small_lora())
+        finally:
+            os.umask(before)
+        modes[umask] = stat.S_IMODE(written.stat().st_mode)
+    assert modes == {0o022: 0o644, 0o077: 0o600}
+
+
 def test_a_folder_without_a_lora_is_refused_when_parsed(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no LoRA file"):

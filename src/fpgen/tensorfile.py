@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import torch
@@ -28,7 +29,10 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # processes filling one cache may write the same entry
     try:
+        partial.open("w").close()  # created with the user's umask, to learn the mode a new file of theirs gets
+        mode = stat.S_IMODE(partial.stat().st_mode)
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(partial), metadata=metadata)
+        os.chmod(partial, mode)  # safetensors (0.8) writes owner-only files: a LoRA or job shared on a server must stay readable
         os.replace(partial, path)
     except Exception as error:
         partial.unlink(missing_ok=True)

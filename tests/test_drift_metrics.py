@@ -120,3 +120,24 @@ def test_the_shipped_demo_runs_its_trained_order_and_reports_the_other_as_not_tr
     assert drift.cell_models(hub, "forward", "short") == ("framepack-f1", Path("hub-short"), None)
     cells = {"inverted/packed": {"videos": [{"summary": {"psnr_mean": 20.0}}]}, "forward/packed": {"videos": []}}
     assert drift.compare(cells) == {}  # a cell without videos is in no comparison
+
+
+def test_demo_compare_pairs_clips_by_name_and_reports_the_gain_and_the_bar():
+    """``benchmarks/demo_compare.py``: new - old per clip, clips better, each model over the bar, geometric ratios."""
+    import demo_compare
+
+    def result(psnrs, sharpness, bar=(20.0, 25.0, 30.0)):
+        return {"videos": [{"clip": f"clip-{k}", "group": "pan", "scores": {"repeat-first": {"psnr": b}, "model": {"psnr": p, "sharpness_ratio": s, "motion_ratio": 1.0}}}
+                           for k, (p, s, b) in enumerate(zip(psnrs, sharpness, bar))]}  # fmt: skip
+
+    old, new = result([21.0, 24.0, 29.0], [0.5, 0.5, 0.5]), result([22.0, 26.0, 28.0], [1.0, 0.25, 0.5])
+    new["videos"].reverse()  # matched by name, not by order
+    summary = demo_compare.compare(demo_compare.common_clips(old, new))
+    assert summary["clips"] == 3 and summary["clips better"] == 2
+    assert summary["new - old"]["mean"] == pytest.approx(2 / 3)
+    assert summary["old - repeat-first"]["clips over"] == 1 and summary["new - repeat-first"]["clips over"] == 2
+    assert summary["new - repeat-first"]["mean"] == pytest.approx(1 / 3)
+    assert summary["sharpness new / old"] == pytest.approx(1.0) and summary["motion new / old"] == pytest.approx(1.0)  # x2, x0.5, x1
+    other_truth = result([21.0, 24.0, 29.0], [0.5] * 3, bar=(20.0, 25.0, 31.0))
+    with pytest.raises(SystemExit, match="clip-2 has different truth"):
+        demo_compare.common_clips(old, other_truth)

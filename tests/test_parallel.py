@@ -81,3 +81,18 @@ def test_a_job_stopped_on_one_device_finishes_split_over_two(hf_cache, tiny_mode
     assert json.loads(resumed.stdout)["resumed_sections"] == 1
     latents = load_tensors(tmp_path / "cut.safetensors")[0]["latents"]
     assert (latents - reference.result.latents).abs().max().item() < 1e-5
+
+
+def test_a_process_count_the_heads_do_not_share_over_is_refused_before_loading(tmp_path):
+    """diffusers' Ulysses all-to-all pads the last process's heads and needs it to keep a real one: the demo's 3 heads
+    go over 2 or 3 processes, not 4 (that failed in every worker after loading, as an "unexpected" AssertionError)."""
+    from fpgen.parallel import shares_heads
+
+    assert [n for n in range(1, 33) if shares_heads(24, n)] == [1, 2, 3, 4, 5, 6, 8, 12, 24]  # FramePack's transformer
+    assert [n for n in range(1, 9) if shares_heads(3, n)] == [1, 2, 3]
+    refused = run_fpgen("generate", "--model", "demo", "--device", "cpu", "--gpus", "4", "-o", "four.mp4", cwd=tmp_path, timeout=120)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: one video cannot be split over 4 processes: its transformer's 3 attention heads do not share out that way; use --gpus 2 or 3"
+    )
+    assert list(tmp_path.iterdir()) == []  # no job folder, no output

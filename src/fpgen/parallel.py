@@ -19,6 +19,7 @@ get diffusers' parallel config (the text refiner attends over the whole text in 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from multiprocessing import get_context
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -90,6 +92,22 @@ def split_sequence(blocks, device: torch.device) -> None:
 def process_count(gpus: str, device: str) -> int:
     """``--gpus`` for one video: the processes to split it over (GPUs, or with ``--device cpu`` gloo processes)."""
     return len(plan_workers(gpus, device))
+
+
+def shares_heads(heads: int, processes: int) -> bool:
+    """Whether diffusers' Ulysses all-to-all can share ``heads`` attention heads over ``processes``: it gives each
+    process ceil(heads / processes) of them, padding the last process's, and needs that process to keep a real one."""
+    per_process = -(-heads // processes)
+    return per_process * (processes - 1) < heads
+
+
+def check_head_split(processes: int, transformer: Path) -> None:
+    """Refuse, before any model loads, a process count the transformer's attention heads cannot be shared over."""
+    heads = json.loads((transformer / "config.json").read_text()).get("num_attention_heads")
+    if heads is not None and not shares_heads(heads, processes):
+        counts = [str(n) for n in range(2, heads + 1) if shares_heads(heads, n)]
+        choices = f"{', '.join(counts[:-1])} or {counts[-1]}" if len(counts) > 1 else "".join(counts)
+        raise InputError(f"one video cannot be split over {processes} processes: its transformer's {heads} attention heads do not share out that way", f"use --gpus {choices}")
 
 
 def on_rank(job, rank: int):

@@ -229,9 +229,10 @@ def _load_and_run(job, gpus: str, report):
         return _run(_load(job, report), job, report)
     if job.step_cache.kind == "fbcache":
         raise InputError("--step-cache fbcache runs block 0 apart, which a video split over GPUs cannot", "use --step-cache teacache or magcache with --gpus")
-    from fpgen.parallel import process_count, run_split
+    from fpgen.parallel import check_head_split, process_count, run_split
 
     count = process_count(gpus, job.spec.device)
+    check_head_split(count, job.model.paths["transformer"])
     report.info(f"loading {job.model.spec.name} in {count} processes (one video, each transformer pass split by sequence) ...")
     report.info(job.runtime.describe())
     return run_split(job, count, partial(_run, report=report))

@@ -1,26 +1,33 @@
-"""Two (or more) GPUs, in one command: DDP LoRA training, `--jobs --gpus N`, and one video split over two GPUs.
+"""Several GPUs, in one command: DDP LoRA training, `--jobs --gpus N`, one video split over N GPUs, FSDP2 full finetuning.
 
     cd .wt/multigpu && PYTHONPATH=src python3 benchmarks/multi_gpu.py --out benchmarks/results/h200x2-2026-11-30.json   # GPU box
     python3 benchmarks/multi_gpu.py --stages cp_step,cp_job --gen-compile --out cp-compiled.json                        # the split passes compiled
+    python3 benchmarks/multi_gpu.py --gpus 1,2,4 --stages train,generate --out h200x4.json                               # 4 GPUs; --add fills the same file in later calls
     python benchmarks/multi_gpu.py --tiny --out multi.json          # CPU smoke run: tiny models, gloo, CPU workers
 
-Stages, each run only if its estimate fits what is left of ``--budget-s`` ("skipped: time" otherwise):
+Every stage runs for each GPU count N of ``--gpus`` it applies to (default: 1, 2, 4, ... up to the GPUs there are;
+the split stages and fsdp from 2 on), each only if its estimate fits what is left of ``--budget-s`` ("skipped:
+time" otherwise); results are keyed by N:
 
-- train (1 GPU, then 2): ``torchrun --nproc_per_node N`` of this script's ``--train-worker``: each
+- train (each N): ``torchrun --nproc_per_node N`` of this script's ``--train-worker``: each
   rank builds the full-size transformer on its GPU with the same random weights
   (``train_step.build_model``), adds fpgen's LoRA (rank 32) and gradient checkpointing, and steps
   as ``fpgen finetune`` does (accelerate's DDP, ``accumulate_gradients``, clipping, AdamW); batch 1
   per GPU, a 640-bucket section at window 9. samples/s = N / (median s/step of rank 0).
-- cp_step (2 GPUs): ``torchrun`` of ``--cp-worker``: one transformer pass (one sampling step,
-  distilled guidance) of the same section on one GPU alone, then split over both by sequence
-  (``fpgen.parallel``, the path of ``fpgen generate IMAGE --gpus 2``); median s/step of each, the rel
+- cp_step (N >= 2): ``torchrun`` of ``--cp-worker``: one transformer pass (one sampling step,
+  distilled guidance) of the same section on one GPU alone, then split over the N by sequence
+  (``fpgen.parallel``, the path of ``fpgen generate IMAGE --gpus N``); median s/step of each, the rel
   L2 between the two outputs, and a CUDA profile of one split step (NCCL kernel time vs the rest).
-- generate (1 GPU, then 2): ``python -m fpgen generate --jobs FILE --gpus N`` on full-size random
+- generate (each N): ``python -m fpgen generate --jobs FILE --gpus N`` on full-size random
   models written as a ``--model-dir`` folder, ``--jobs-per-gpu`` jobs per GPU of ``--gen-seconds``
   at ``--gen-steps`` steps; s/frame = wall time of the command / frames, and the pace of the jobs
   after each worker's first (model loading excluded).
-- cp_job (2 GPUs): ``python -m fpgen generate IMAGE --gpus 2``, the same job as one line of the
+- cp_job (N >= 2): ``python -m fpgen generate IMAGE --gpus N``, the same job as one line of the
   jobs file; its s/frame (model loading excluded) against the 1-GPU jobs after the first.
+- vae (N >= 2): the 4-section job's decodes on one GPU, then shared over N (``fpgen.vae_split``).
+- fsdp (N >= 2): `fpgen finetune --full` of the 13B under FSDP2 on N GPUs (s/step, per-GPU peak), then a
+  reduced-depth transformer's sharded checkpoint resumed on N and on N/2 GPUs (twice the gradient accumulation),
+  compared bit for bit with the straight run.
 
 The model folder is written on the last GPU while the 1-GPU training runs. NCCL_NVLS_ENABLE=0,
 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 are set in this process and every
@@ -285,14 +292,14 @@ def fpgen_generate(args, models: Path) -> list[str]:
             *(["--size", args.gen_size] if args.gen_size else []), *(["--device", "cpu"] if args.tiny else []), *([] if args.gen_compile else ["--no-compile"])]  # fmt: skip
 
 
-def cp_job(args, models: Path, timeout: float) -> dict:
-    """`fpgen generate IMAGE --gpus 2`: the jobs' job as one video over two GPUs; s/frame from its own time (model loading excluded).
+def cp_job(n: int, args, models: Path, timeout: float) -> dict:
+    """`fpgen generate IMAGE --gpus N`: the jobs' job as one video over N GPUs; s/frame from its own time (model loading excluded).
 
     Run ``--cp-job-runs`` times: with --gen-compile the first compiles, the later ones start from the warm compile cache.
     """
-    folder, runs, started = fresh_folder(args.work / "cp-job"), [], time.perf_counter()
+    folder, runs, started = fresh_folder(args.work / f"cp-job-{n}"), [], time.perf_counter()
     for run in range(args.cp_job_runs):
-        command = [*fpgen_generate(args, models), str(folder / "start.png"), "-p", PROMPT, "--seed", "1", "--gpus", "2", "-o", str(folder / f"cp-{run}.mp4")]
+        command = [*fpgen_generate(args, models), str(folder / "start.png"), "-p", PROMPT, "--seed", "1", "--gpus", str(n), "-o", str(folder / f"cp-{run}.mp4")]
         with GpuMemory() as memory:
             proc, wall, stderr = run_command(command, timeout - (time.perf_counter() - started))
         if proc is None or proc.returncode:
@@ -300,7 +307,7 @@ def cp_job(args, models: Path, timeout: float) -> dict:
             break
         result = json.loads(proc.stdout.splitlines()[-1])
         runs.append({"frames": result["frames"], "elapsed_s": result["elapsed_s"], "s_per_frame": round(result["elapsed_s"] / result["frames"], 4), "wall_s": round(wall, 1),
-                     "nvidia_smi_peak_used_gib": memory.gib(2)})  # fmt: skip
+                     "nvidia_smi_peak_used_gib": memory.gib(n)})  # fmt: skip
     return {**runs[-1], "runs": runs} if len(runs) > 1 else runs[0]
 
 
@@ -415,8 +422,8 @@ def vae_worker(args) -> None:
     dist.destroy_process_group()
 
 
-def vae(args, timeout: float) -> dict:
-    return run_workers(args, 2, "vae", ["--train-size", args.train_size, "--window", str(args.window)], timeout)[0]
+def vae(n: int, args, timeout: float) -> dict:
+    return run_workers(args, n, "vae", ["--train-size", args.train_size, "--window", str(args.window)], timeout)[0]
 
 
 def timed_steps(step, warmup: int, steps: int) -> tuple[torch.Tensor, float]:
@@ -443,10 +450,10 @@ def cuda_profile(step) -> dict:
     return {"cuda_kernel_s": round(total, 4), "nccl_kernel_s": round(nccl, 4), "nccl_share": round(nccl / total, 3) if total else None}
 
 
-def cp_step(args, timeout: float) -> dict:
+def cp_step(n: int, args, timeout: float) -> dict:
     forwarded = ["--train-size", args.train_size, "--window", str(args.window), "--prompt-tokens", str(args.prompt_tokens), "--steps", str(args.steps), "--warmup", str(args.warmup),
                  *(["--gen-compile"] if args.gen_compile else [])]  # fmt: skip
-    return run_workers(args, 2, "cp", forwarded, timeout)[0]
+    return run_workers(args, n, "cp", forwarded, timeout)[0]
 
 
 # ---------------------------------------------------------------------------------------------- fsdp: `fpgen finetune --full` under FSDP2
@@ -482,7 +489,7 @@ def write_clips(folder: Path, count: int, frames: int, size: tuple[int, int]) ->
 def finetune(args, processes: int, output: Path, timeout: float, *options: str) -> tuple[dict, list[dict]]:
     """`fpgen finetune` on ``processes`` GPUs under accelerate's FSDP2 config (one plain process on 1 GPU or --tiny); (outcome, log rows)."""
     launcher = ["-m", "accelerate.commands.launch", "--config_file", str(BENCHMARKS.parent / "configs/accelerate/fsdp.yaml"), "--num_processes", str(processes), "-m"] if processes > 1 else ["-m"]
-    command = [sys.executable, *launcher, "fpgen", "finetune", str(args.work / "fsdp" / "clips"), "-o", str(output), "--model-dir", str(args.models), "--cache-dir", str(args.work / "fsdp" / "cache"),
+    command = [sys.executable, *launcher, "fpgen", "finetune", str(output.parent / "clips"), "-o", str(output), "--model-dir", str(args.models), "--cache-dir", str(output.parent / "cache"),
                "--window", str(args.window), "--size", args.train_size, "--lr", "1e-5", "--json", *(["--device", "cpu"] if args.tiny else []), *options]  # fmt: skip
     with GpuMemory() as memory:
         proc, wall, stderr = run_command(command, timeout, **({"OMP_NUM_THREADS": "1"} if args.tiny else {}))
@@ -518,17 +525,18 @@ def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict:
     return {"tensors": len(a), "identical": sum(torch.equal(a[k], b[k]) for k in a), "max_rel_l2": max(rel.values())}
 
 
-def fsdp(args, timeout: float) -> dict:
-    """Full finetuning under FSDP2: the 13B on two GPUs (s/step, memory), then a reduced-depth transformer's sharded checkpoint
-    resumed on two GPUs (bit for bit) and on one (another process count); every run through `fpgen finetune`."""
-    started, work = time.perf_counter(), args.work / "fsdp"
+def fsdp(n: int, args, timeout: float) -> dict:
+    """Full finetuning under FSDP2: the 13B on N GPUs (s/step, memory), then a reduced-depth transformer's sharded checkpoint
+    resumed on N GPUs (bit for bit) and on N/2 (another process count); every run through `fpgen finetune` (--tiny: one process)."""
+    started, work = time.perf_counter(), args.work / f"fsdp-{n}"
     left = lambda: timeout - (time.perf_counter() - started)  # noqa: E731
     shutil.rmtree(work, ignore_errors=True)
     height, width = (int(v) for v in args.train_size.split("x"))
     write_clips(work / "clips", 2, 4 * args.window + 5, (height, width))
     reduced = work / "reduced"
     writer = subprocess.Popen([sys.executable, __file__, "--write-reduced", str(reduced), *(["--tiny"] if args.tiny else [])], env=subprocess_env(**({"CUDA_VISIBLE_DEVICES": "1"} if not args.tiny else {})))
-    gpus = 1 if args.tiny else 2
+    gpus = 1 if args.tiny else n
+    other = max(1, gpus // 2)  # its gradient accumulation makes up the rest, so the steps see the same samples
     result = {"settings": {"size": args.train_size, "window": args.window, "batch_per_gpu": 1, "optimizer": "AdamW, float32 weights and moments, bf16 autocast",
                            "gradient_checkpointing": True, "reduced_depth": REDUCED, "processes": gpus}}  # fmt: skip
 
@@ -542,7 +550,7 @@ def fsdp(args, timeout: float) -> dict:
     options = ("--model", str(reduced), "--full", "--save-every", "2", "--max-steps", "4")
     straight, _ = finetune(args, gpus, work / "straight", left() - 120, *options)
     result["reduced"] = {"straight": straight}
-    for name, processes, extra in (("resumed_same_count", gpus, ()), ("resumed_one_process", 1, ("--grad-accum", str(gpus)))):
+    for name, processes, extra in (("resumed_same_count", gpus, ()), ("resumed_half_count", other, ("--grad-accum", str(gpus // other)))):
         folder = work / name
         if "error" in straight or left() < 40:
             result["reduced"][name] = {"skipped": "the straight run failed" if "error" in straight else "time"}
@@ -550,6 +558,7 @@ def fsdp(args, timeout: float) -> dict:
         shutil.copytree(work / "straight", folder, ignore=lambda where, names: [n for n in names if n == "step-0000004" or (Path(where) == work / "straight" and n.startswith(RESULT_FILES))],
                         copy_function=os.link)  # fmt: skip
         outcome, _ = finetune(args, processes, folder, left() - 10, *options, "--resume", *extra)
+        outcome["processes"] = processes
         if "error" not in outcome:
             outcome["vs_straight_step_4"] = compare(read_whole(work / "straight/checkpoints/step-0000004"), read_whole(folder / "checkpoints/step-0000004"))
         result["reduced"][name] = outcome
@@ -583,25 +592,50 @@ def summary_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-STAGES = [("fsdp", 2), ("vae", 2), ("train", 1), ("cp_step", 2), ("train", 2), ("generate", 1), ("generate", 2), ("cp_job", 2)]  # most wanted first
+KINDS = ("fsdp", "vae", "train", "cp_step", "generate", "cp_job")
+SPLIT = ("fsdp", "vae", "cp_step", "cp_job")  # one job over N GPUs: from two on
+
+
+def stage_plan(counts: list[int], wanted: set[str]) -> list[tuple[str, int]]:
+    """(kind, GPU count) in the order they run, most wanted first: FSDP and the VAE, training with the split step, then the jobs."""
+    plan = [("fsdp", n) for n in counts] + [("vae", n) for n in counts]
+    plan += [(kind, n) for n in counts for kind in ("cp_step", "train")] + [("generate", n) for n in counts] + [("cp_job", n) for n in counts]
+    return [(kind, n) for kind, n in plan if kind in wanted and (n > 1 or kind not in SPLIT)]
+
+
+def default_counts(gpus: int) -> list[int]:
+    """1, 2, 4, ... up to the GPUs there are (the counts the issues' scaling tables use)."""
+    return [2**k for k in range(gpus.bit_length())]
 
 
 def headline(results: dict) -> dict:
-    """The issue's keys, from the stages' figures (None where a stage did not run)."""
-    train, gen, step, job = results["train"], results["generate"], results.get("cp_step", {}), results.get("cp_job", {})
-    full = results.get("fsdp", {}).get("full_size", {})
+    """The issue's keys, from the stages' figures, each keyed by GPU count (None where a stage did not run), and the scaling ratios."""
+    train, gen, step, job, vae, fsdp = (results.get(kind, {}) for kind in ("train", "generate", "cp_step", "cp_job", "vae", "fsdp"))
+
+    def each(stage: dict, key: str) -> dict:
+        return {n: figures.get(key) for n, figures in stage.items()}
+
+    samples, warm, split = each(train, "samples_per_s"), each(gen, "later_jobs_s_per_frame_per_gpu"), each(step, "split_s_per_step")
+    one_gpu_step = next((v for v in each(step, "one_gpu_s_per_step").values() if v), None)  # each split stage timed one GPU alone too
+    one_gpu_vae = next((v for v in each(vae, "one_gpu_s_per_section").values() if v), None)
     return {
-        "train_lora_samples_per_s": {n: stage.get("samples_per_s") for n, stage in train.items()},
-        "jobs_s_per_frame": {n: stage.get("s_per_frame") for n, stage in gen.items()},
-        "jobs_warm_s_per_frame_per_gpu": {n: stage.get("later_jobs_s_per_frame_per_gpu") for n, stage in gen.items()},
-        "one_gpu_exact_s_per_step": step.get("one_gpu_s_per_step"),
-        "cp_exact_s_per_step": step.get("split_s_per_step"),
-        "cp_rel_l2_vs_one_gpu": step.get("rel_l2"),
-        "cp_job_s_per_frame": job.get("s_per_frame"),
-        "one_gpu_job_s_per_frame": gen.get("1", {}).get("later_jobs_s_per_frame_per_gpu"),
-        "vae_s_per_section": {n: results.get("vae", {}).get(key) for n, key in (("1", "one_gpu_s_per_section"), ("2", "split_s_per_section"))},
-        "train_full_fsdp_s_per_step": full.get("s_per_step"),
-        "train_full_fsdp_peak_gib_per_gpu": full.get("nvidia_smi_peak_used_gib"),
+        "gpus": sorted({int(n) for kind in KINDS for n in results.get(kind, {})}),
+        "train_lora_samples_per_s": samples,
+        "train_lora_scaling": {n: round(v / samples["1"], 3) if v and samples.get("1") else None for n, v in samples.items()},  # goal: >= 0.9 N at 4
+        "jobs_s_per_frame": each(gen, "s_per_frame"),
+        "jobs_warm_s_per_frame_per_gpu": warm,
+        "jobs_warm_throughput_scaling": {n: round(int(n) * warm["1"] / v, 3) if v and warm.get("1") else None for n, v in warm.items()},  # goal: >= 0.95 N
+        "one_gpu_exact_s_per_step": one_gpu_step,
+        "cp_exact_s_per_step": split,
+        "cp_step_vs_one_gpu": {n: round(f["split_s_per_step"] / f["one_gpu_s_per_step"], 3) if f.get("split_s_per_step") and f.get("one_gpu_s_per_step") else None
+                               for n, f in step.items()},  # each against the one GPU timed in the same stage; goal: <= 0.32 at 4
+        "cp_rel_l2_vs_one_gpu": each(step, "rel_l2"),
+        "cp_nccl_share": {n: (figures.get("split_step_profile") or {}).get("nccl_share") for n, figures in step.items()},
+        "cp_job_s_per_frame": each(job, "s_per_frame"),
+        "one_gpu_job_s_per_frame": warm.get("1"),
+        "vae_s_per_section": {"1": one_gpu_vae, **each(vae, "split_s_per_section")},
+        "train_full_fsdp_s_per_step": {n: figures.get("full_size", {}).get("s_per_step") for n, figures in fsdp.items()},
+        "train_full_fsdp_peak_gib_per_gpu": {n: figures.get("full_size", {}).get("nvidia_smi_peak_used_gib") for n, figures in fsdp.items()},
     }
 
 
@@ -612,7 +646,9 @@ def parse_args():
     parser.add_argument("--budget-s", type=float, default=560.0, help="stop starting stages that would end after this (the device allows 600 s a command)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fpgen-multi"))
     parser.add_argument("--models", type=Path, default=None, help="the --model-dir folder [default: /dev/shm when it fits]")
-    parser.add_argument("--stages", default="train,cp_step,generate,cp_job", help="the kinds of stage to run, e.g. cp_step,cp_job with --gen-compile")
+    parser.add_argument("--stages", default="train,cp_step,generate,cp_job", help=f"the kinds of stage to run, of {','.join(KINDS)}; e.g. cp_step,cp_job with --gen-compile")
+    parser.add_argument("--gpus", help="the GPU counts to measure, e.g. 1,2,4 [default: 1, 2, 4, ... up to the GPUs there are; --tiny 1,2]")
+    parser.add_argument("--add", action="store_true", help="keep what --out already holds (an earlier call's stages) and add this call's to it")
     train_args = parser.add_argument_group("train and cp_step")
     train_args.add_argument("--train-size", default=None, help="HxW [default: 640x608, the 640 bucket of a square picture; --tiny 64x64]")
     train_args.add_argument("--window", type=int, default=9)
@@ -634,6 +670,16 @@ def parse_args():
     parser.add_argument("--write-models", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--write-reduced", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if unknown := set(args.stages.split(",")) - set(KINDS):
+        parser.error(f"unknown stage {', '.join(sorted(unknown))}: choose from {','.join(KINDS)}")
+    try:
+        args.gpus = sorted({int(n) for n in args.gpus.split(",")}) if args.gpus else None
+    except ValueError:
+        parser.error(f"--gpus takes GPU counts separated by commas, e.g. 1,2,4 (got {args.gpus!r})")
+    if args.gpus and args.gpus[0] < 1:
+        parser.error("--gpus counts start at 1")
+    if args.add and not args.out.is_file():
+        parser.error(f"--add keeps what {args.out} holds, but there is no such file: leave --add out for a new one")
     args.train_size = args.train_size or ("64x64" if args.tiny else "640x608")
     args.gen_size = args.gen_size or ("64x64" if args.tiny else None)
     return args
@@ -659,16 +705,19 @@ def main() -> None:
     gpus = 0 if args.tiny else torch.cuda.device_count()
     if not args.tiny and gpus < 2:
         raise SystemExit("needs two GPUs (or --tiny for the CPU smoke test)")
+    counts = args.gpus or ([1, 2] if args.tiny else default_counts(gpus))
+    if not args.tiny and counts[-1] > gpus:
+        raise SystemExit(f"--gpus asks for {counts[-1]} GPUs; this machine has {gpus}")
     name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.splitlines()[0] if gpus else ""
     device = f"{gpus} x {name}" if gpus else f"cpu ({os.cpu_count()} cores)"  # (nvidia-smi: this process leaves CUDA alone)
-    results = {}
-    record(results, args.out, device=device, gpus=2, torch=torch.__version__, models="tiny" if args.tiny else "full size, random weights",
+    results = json.loads(args.out.read_text()) if args.add else {}
+    record(results, args.out, device=device, gpus=sorted(set(results.get("gpus", [])) | set(counts)), torch=torch.__version__, models="tiny" if args.tiny else "full size, random weights",
                       train_settings={"size": args.train_size, "window": args.window, "lora_rank": args.rank, "batch_per_gpu": 1, "prompt_tokens": args.prompt_tokens,
                                       "timed_steps": args.steps, "warmup_steps": args.warmup, "precision": "bf16 autocast, bf16 base", "gradient_checkpointing": True},
                       cp_settings={"size": args.train_size, "window": args.window, "pass": "one transformer pass (one step, distilled guidance), bf16", "compiled": args.gen_compile},
                       generate_settings={"jobs_per_gpu": args.jobs_per_gpu, "seconds": args.gen_seconds, "steps": args.gen_steps, "size": args.gen_size or "640 bucket (640x608)",
                                          "mode": "cpu" if args.tiny else "exact" + ("" if args.gen_compile else ", not compiled"), "s_per_frame": "wall time of the whole command / frames"},
-                      train={}, generate={})  # fmt: skip
+                      **{kind: results.get(kind, {}) for kind in KINDS})  # fmt: skip
 
     wanted = set(args.stages.split(","))
     writer = start_model_writer(args, gpus) if wanted & {"generate", "cp_job", "fsdp"} else None
@@ -688,8 +737,8 @@ def main() -> None:
                 writer.wait()
 
     estimates = {"fsdp": 60.0, "vae": 60.0, "train": 60.0, "cp_step": 60.0, "generate": 60.0, "cp_job": 60.0} if args.tiny else {"fsdp": 300.0, "vae": 70.0, "train": 100.0, "cp_step": 90.0, "generate": 150.0, "cp_job": 110.0}
-    run_stage = {"train": lambda n, t: train(n, args, t), "cp_step": lambda n, t: cp_step(args, t), "generate": lambda n, t: generate(n, args, args.models, t), "cp_job": lambda n, t: cp_job(args, args.models, t), "fsdp": lambda n, t: fsdp(args, t), "vae": lambda n, t: vae(args, t)}
-    for kind, n in [(kind, n) for kind, n in STAGES if kind in wanted]:
+    run_stage = {"train": lambda n, t: train(n, args, t), "cp_step": lambda n, t: cp_step(n, args, t), "generate": lambda n, t: generate(n, args, args.models, t), "cp_job": lambda n, t: cp_job(n, args, args.models, t), "fsdp": lambda n, t: fsdp(n, args, t), "vae": lambda n, t: vae(n, args, t)}
+    for kind, n in stage_plan(counts, wanted):
         if (kind, n) != ("train", 1):  # every other stage uses the writer's GPU or its models
             wait_for_models()
         seconds = left()
@@ -700,7 +749,7 @@ def main() -> None:
         else:
             print(f"{kind} on {n} {'GPU' if gpus else 'process'}(es)...", flush=True)
             outcome = run_stage[kind](n, seconds)
-        record(results, args.out, **{kind: {**results[kind], str(n): outcome} if kind in ("train", "generate") else outcome})
+        record(results, args.out, **{kind: {**results[kind], str(n): outcome}})
         print(f"{kind} {n}: {json.dumps(outcome)[:1500]}", flush=True)
     if writer is not None:
         wait_for_models()

@@ -117,3 +117,25 @@ def test_bench_helios_profiles_a_tiny_job(tmp_path):
     assert len(chunks) == 2 and all(len(chunk["passes_s"]) == 3 for chunk in chunks)
     assert all(0 < chunk["decode_s"] <= chunk["after_s"] for chunk in chunks)
     assert result["fast"]["mode"] == "exact" and result["fast_rel_l2_vs_exact"] == 0.0
+
+
+def test_multi_gpu_plans_every_count_and_reads_scaling_per_count():
+    """``benchmarks/multi_gpu.py`` for issue 19: the split stages from two GPUs on, every stage per count, and the
+    scaling keys against one GPU (the goals: LoRA samples/s and warm jobs x N, a split pass's share of one GPU's)."""
+    import multi_gpu
+
+    assert multi_gpu.default_counts(4) == [1, 2, 4] and multi_gpu.default_counts(8) == [1, 2, 4, 8] and multi_gpu.default_counts(3) == [1, 2]
+    plan = multi_gpu.stage_plan([1, 2, 4], {"train", "cp_step", "fsdp"})
+    assert plan == [("fsdp", 2), ("fsdp", 4), ("train", 1), ("cp_step", 2), ("train", 2), ("cp_step", 4), ("train", 4)]
+    results = {
+        "train": {"1": {"samples_per_s": 0.2}, "2": {"samples_per_s": 0.4}, "4": {"samples_per_s": 0.76}},
+        "generate": {"1": {"later_jobs_s_per_frame_per_gpu": 0.36}, "4": {"later_jobs_s_per_frame_per_gpu": 0.4}},
+        "cp_step": {"2": {"one_gpu_s_per_step": 1.0, "split_s_per_step": 0.57}, "4": {"one_gpu_s_per_step": 1.0, "split_s_per_step": 0.3, "split_step_profile": {"nccl_share": 0.1}}},
+        "fsdp": {"4": {"full_size": {"s_per_step": 9.0}}},
+    }
+    keys = multi_gpu.headline(results)
+    assert keys["gpus"] == [1, 2, 4]
+    assert keys["train_lora_scaling"] == {"1": 1.0, "2": 2.0, "4": 3.8}
+    assert keys["jobs_warm_throughput_scaling"] == {"1": 1.0, "4": 3.6}  # 4 x 0.36 / 0.4
+    assert keys["cp_step_vs_one_gpu"] == {"2": 0.57, "4": 0.3} and keys["cp_nccl_share"] == {"2": None, "4": 0.1}
+    assert keys["train_full_fsdp_s_per_step"] == {"4": 9.0} and keys["one_gpu_job_s_per_frame"] == 0.36

@@ -106,8 +106,8 @@ def check_head_split(processes: int, transformer: Path) -> None:
     heads = json.loads((transformer / "config.json").read_text()).get("num_attention_heads")
     if heads is not None and not shares_heads(heads, processes):
         counts = [str(n) for n in range(2, heads + 1) if shares_heads(heads, n)]
-        choices = f"{', '.join(counts[:-1])} or {counts[-1]}" if len(counts) > 1 else "".join(counts)
-        raise InputError(f"one video cannot be split over {processes} processes: its transformer's {heads} attention heads do not share out that way", f"use --gpus {choices}")
+        hint = f"use --gpus {' or '.join([', '.join(counts[:-1]), counts[-1]] if len(counts) > 1 else counts)}" if counts else "make it on one GPU"
+        raise InputError(f"one video cannot be split over {processes} processes: its transformer's {heads} attention heads do not share out that way", hint)
 
 
 def on_rank(job, rank: int):
